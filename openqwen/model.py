@@ -1,0 +1,311 @@
+"""The Qwen decoder in one file.
+
+A LLaMA-like pre-norm transformer as the report describes it: untied (or, for small Qwen2.5 sizes,
+tied) embedding and output head; rotary position embeddings with fp32 inverse frequencies in the
+rotate-half layout; bias only in the query/key/value projection; RMSNorm computed in fp32; SwiGLU.
+Grouped-query attention covers Qwen1.5/2/2.5. Nothing here knows about parallelism, mixed precision
+or compilation: those are applied from outside (``openqwen.train``).
+
+Reading order: RMSNorm -> rotary helpers -> KVCache -> Attention -> MLP -> Block -> Qwen.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import QwenConfig
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm: statistics in fp32, the weight applied in the input dtype (as released)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+# --------------------------------------------------------------------------------------- rotary
+def rope_inverse_frequencies(head_dim: int, base: float, device: torch.device | None = None) -> torch.Tensor:
+    """theta_i = base^(-2i/d), always in fp32 (bf16 frequencies visibly hurt long positions)."""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim
+    return 1.0 / (base**exponents)
+
+
+def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables of shape [B, 1, T, head_dim] for integer positions [B, T]."""
+    angles = positions.float()[..., None] * inv_freq  # [B, T, d/2]
+    angles = torch.cat((angles, angles), dim=-1)  # rotate-half layout: first half pairs with second
+    return angles.cos()[:, None], angles.sin()[:, None]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate [B, H, T, D] by the angles in cos/sin, computed in fp32 and returned in x's dtype."""
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (xf * cos + rotated * sin).to(x.dtype)
+
+
+# -------------------------------------------------------------------------------------- KV cache
+class KVCache:
+    """Preallocated key/value buffers, one row per sequence, each row with its own length.
+
+    Rows never share a position counter, so sequences of different lengths sit in one batch without
+    left padding (and without the position shift that left padding caused in the release). A caller
+    that right-pads a batched prefill corrects ``lengths`` afterwards; padded slots past a row's
+    length are overwritten by its next tokens and are never attended to.
+
+    The model drives it per forward pass: :meth:`prepare` (mask for the new tokens),
+    :meth:`update` (once per layer), :meth:`advance` (lengths += new tokens).
+    """
+
+    def __init__(
+        self,
+        config: QwenConfig,
+        batch_size: int,
+        max_length: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        shape = (batch_size, config.num_key_value_heads, max_length, config.head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.max_length = max_length
+        self._write: torch.Tensor | int = 0  # slot indices [B, T], or the shared start slot
+        self._used = 0  # slots that attention reads this step
+
+    @property
+    def batch_size(self) -> int:
+        return self.lengths.shape[0]
+
+    def reset(self, rows: torch.Tensor | list[int] | None = None) -> None:
+        """Forget the contents of some rows (all rows when None)."""
+        if rows is None:
+            self.lengths.zero_()
+        else:
+            self.lengths[torch.as_tensor(rows, device=self.lengths.device)] = 0
+
+    def default_positions(self, q_len: int) -> torch.Tensor:
+        return self.lengths[:, None] + torch.arange(q_len, device=self.lengths.device)
+
+    def prepare(self, q_len: int) -> torch.Tensor | None:
+        """Plan where ``q_len`` new tokens go; return the boolean attention mask [B, 1, T, S] (or None
+        when plain causal attention over all used slots is exact)."""
+        start = int(self.lengths.min())
+        end = int(self.lengths.max()) + q_len
+        if end > self.max_length:
+            raise ValueError(
+                f"KV cache overflow: {end} tokens needed, the cache holds {self.max_length}; "
+                "allocate a longer cache or shorten the request"
+            )
+        self._used = end
+        uniform = start + q_len == end
+        if uniform:
+            self._write = start
+            if q_len == 1 or start == 0:
+                return None  # decode step (sees every used slot) or a fresh prefill (plain causal)
+        slots = torch.arange(end, device=self.lengths.device)
+        query_slots = self.default_positions(q_len)  # [B, T]
+        if not uniform:
+            self._write = query_slots
+        return (slots[None, None, :] <= query_slots[:, :, None])[:, None]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new keys/values [B, Hkv, T, D] of one layer; return all used slots."""
+        kbuf, vbuf = self.keys[layer], self.values[layer]
+        if isinstance(self._write, int):
+            start = self._write
+            kbuf[:, :, start : start + k.shape[2]] = k
+            vbuf[:, :, start : start + v.shape[2]] = v
+        else:
+            rows = torch.arange(k.shape[0], device=k.device)[:, None]
+            kbuf[rows, :, self._write] = k.transpose(1, 2)
+            vbuf[rows, :, self._write] = v.transpose(1, 2)
+        return kbuf[:, :, : self._used], vbuf[:, :, : self._used]
+
+    def advance(self, q_len: int) -> None:
+        self.lengths += q_len
+
+
+# ------------------------------------------------------------------------------------ the layers
+class Attention(nn.Module):
+    def __init__(self, config: QwenConfig, layer_index: int) -> None:
+        super().__init__()
+        self.layer_index = layer_index
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.dropout = config.dropout
+        qkv_width = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
+        # One fused projection (one matmul) for Q | K | V; checkpoints are split/joined on load/save.
+        self.qkv_proj = nn.Linear(config.hidden_size, qkv_width, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: KVCache | None,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.qkv_proj(x).split(
+            [self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, self.num_kv_heads * self.head_dim],
+            dim=-1,
+        )
+        q = q.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer_index, k, v)
+        out = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=mask,
+            is_causal=mask is None and T > 1 and k.shape[2] == T,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.num_kv_heads != self.num_heads,
+        )
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)); gate and up fused into one matmul."""
+
+    def __init__(self, config: QwenConfig) -> None:
+        super().__init__()
+        self.intermediate_size = config.intermediate_size
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, config: QwenConfig, layer_index: int) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer_index)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, cos, sin, mask, cache):
+        x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, mask, cache))
+        return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
+
+
+# ------------------------------------------------------------------------------------- the model
+class Qwen(nn.Module):
+    """A Qwen causal language model. ``forward`` returns logits [B, T, vocab] as a plain tensor."""
+
+    def __init__(self, config: QwenConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """The release's init: N(0, 0.02) everywhere, N(0, 0.02/sqrt(2L)) for the residual outputs."""
+        std = self.config.initializer_range
+        out_std = std / math.sqrt(2 * self.config.num_hidden_layers)
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            elif name.endswith(".bias"):
+                p.zero_()
+            elif name.endswith(("o_proj.weight", "down_proj.weight")):
+                p.normal_(0.0, out_std)
+            else:
+                p.normal_(0.0, std)
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        segment_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Final-norm hidden states [B, T, hidden] (reward and value heads read these).
+
+        positions: absolute positions [B, T]; by default 0..T-1, or continuing each cache row.
+        segment_ids: [B, T] ids of packed documents; attention stays inside each one (training).
+        """
+        B, T = input_ids.shape
+        if positions is None:
+            positions = cache.default_positions(T) if cache is not None else torch.arange(
+                T, device=input_ids.device
+            ).expand(B, T)
+        mask = None
+        if cache is not None:
+            if segment_ids is not None:
+                raise ValueError("segment_ids (packed training) and a KV cache cannot be combined")
+            mask = cache.prepare(T)
+        elif segment_ids is not None:
+            causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()
+            mask = (causal & (segment_ids[:, :, None] == segment_ids[:, None, :]))[:, None]
+        inv_freq = rope_inverse_frequencies(self.config.head_dim, self.config.rope_theta, input_ids.device)
+        cos, sin = rope_cos_sin(positions, inv_freq)
+        x = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask, cache)
+        if cache is not None:
+            cache.advance(T)
+        return self.norm(x)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        segment_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.lm_head(self.hidden_states(input_ids, positions, cache, segment_ids))
+
+    # ------------------------------------------------------------------------------ conveniences
+    def new_cache(self, batch_size: int, max_length: int) -> KVCache:
+        """A KV cache on this model's device and dtype."""
+        p = self.embed_tokens.weight
+        return KVCache(self.config, batch_size, max_length, dtype=p.dtype, device=p.device)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu"
+    ) -> "Qwen":
+        """Load a Hugging Face folder (Qwen2 or first-generation layout), a ``.gguf`` file or an
+        openqwen checkpoint. See :mod:`openqwen.checkpoint`."""
+        from .checkpoint import load_model
+
+        return load_model(path, dtype=dtype, device=device)
+
+    def save_pretrained(self, path: str | Path, max_shard_bytes: int = 4 << 30) -> None:
+        """Write the Hugging Face Qwen2 layout (config.json + safetensors) that transformers loads."""
+        from .checkpoint import save_model
+
+        save_model(self, path, max_shard_bytes=max_shard_bytes)
