@@ -1,0 +1,27 @@
+"""Shared fixtures. Tests that need a real artifact ask for it through `artifact` and skip cleanly
+when ../shared/tools/fetch-artifacts has not been run (CI runs it)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from openqwen.artifacts import artifact_path
+
+
+@pytest.fixture
+def artifact():
+    def get(name: str):
+        path = artifact_path(name)
+        if path is None:
+            pytest.skip(f"artifact {name!r} not fetched (run ../shared/tools/fetch-artifacts)")
+        return path
+
+    return get
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    # Tests run two at a time on two cores (pytest -n 2); one thread each avoids oversubscription.
+    torch.set_num_threads(1)
+    yield
