@@ -1,0 +1,116 @@
+"""What a run reports: a JSONL log, a console progress bar, TensorBoard when installed, a PNG curve.
+
+Only rank 0 writes. Each JSONL line is one event: ``{"kind": "train", "step", "loss", "lr",
+"grad_norm", "tokens_per_s", "flops_per_s", "mfu", ...}`` or ``{"kind": "val", "step", "val_loss"}``.
+A resumed run appends to the same file after cutting the lines past the checkpoint's step, so the
+log always reads as one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def measure_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32, size: int = 1024,
+                       seconds: float = 0.3) -> float:
+    """Achieved FLOP/s of a square matmul in ``dtype`` on ``device``: the peak MFU is measured against."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(3):
+        a @ b
+    sync()
+    n, t0 = 0, time.perf_counter()
+    while True:
+        for _ in range(4):
+            a @ b
+        n += 4
+        sync()
+        dt = time.perf_counter() - t0
+        if dt >= seconds:
+            return 2 * size**3 * n / dt
+
+
+class MetricsLogger:
+    def __init__(self, out_dir: str | Path, enabled: bool = True, tensorboard: bool = True,
+                 resume_step: int = 0) -> None:
+        self.enabled = enabled
+        self.path = Path(out_dir) / "metrics.jsonl"
+        self.records: list[dict[str, Any]] = []
+        self._tb = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            kept = []
+            for line in self.path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a kill
+                if rec.get("step", 0) <= resume_step and resume_step > 0:
+                    kept.append(rec)
+            self.records = kept
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(Path(out_dir) / "tensorboard"))
+            except ImportError:  # tensorboard is optional
+                self._tb = None
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.records.append(record)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step",):
+                    self._tb.add_scalar(f"{record.get('kind', 'train')}/{k}", v, record["step"])
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_loss_curves(runs: dict[str, list[dict[str, Any]]], out_png: str | Path, title: str = "loss") -> Path:
+    """A PNG with the training (and validation, dashed) loss of each named run against its step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 4), squeeze=False)
+    for ax, (name, records) in zip(axes[0], runs.items()):
+        train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train"]
+        val = [(r["step"], r["val_loss"]) for r in records if r.get("kind") == "val"]
+        if train:
+            ax.plot(*zip(*train), label="train", lw=1)
+        if val:
+            ax.plot(*zip(*val), "o--", label="validation")
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (nats/token)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
