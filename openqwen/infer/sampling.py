@@ -1,0 +1,142 @@
+"""Sampling parameters and the logits pipeline of one request.
+
+The semantics follow the release (Hugging Face ``generate``): the repetition penalty is applied to the
+raw logits first (a logit > 0 is divided by the penalty, a logit < 0 multiplied, for every token already
+present in the prompt or the output), then temperature, then top-k, then top-p (the smallest set of
+most likely tokens whose probability reaches ``top_p``; at least one token is always kept).
+
+Every request owns its own random generator, seeded from ``seed``, so a request sampled inside a batch
+draws exactly the numbers it would draw alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class SamplingParams:
+    """How to pick tokens for one request. Defaults: plain sampling at temperature 1 from the full
+    distribution, up to 512 new tokens."""
+
+    max_new_tokens: int = 512
+    """Most tokens to generate (the stop token, when one ends the request, counts as one)."""
+    temperature: float = 1.0
+    """Logits are divided by this; 0 means greedy (argmax)."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the most likely tokens whose probabilities sum to top_p (1 = off)."""
+    top_k: int = 0
+    """Keep only the k most likely tokens (0 = off)."""
+    repetition_penalty: float = 1.0
+    """> 1 discourages tokens already in the prompt or output (1 = off); HF/release semantics."""
+    stop: list[str] = field(default_factory=list)
+    """Stop strings: generation ends when the text contains one; the stop string is not returned."""
+    stop_token_ids: list[int] = field(default_factory=list)
+    """Token ids that end generation (in addition to the tokenizer's end-of-text unless ignore_eos)."""
+    seed: int | None = None
+    """Seed of this request's own generator (None: a fresh random seed)."""
+    greedy: bool = False
+    """Argmax decoding regardless of temperature/top-p/top-k."""
+    logprobs: bool = False
+    """Return the log-probability (under the raw model distribution) of every generated token."""
+    ignore_eos: bool = False
+    """Do not stop at ``<|endoftext|>`` (benchmarks that need a fixed length)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        self.stop = [s for s in self.stop if s]  # "" would match everywhere; OpenAI ignores it too
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field to fix."""
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)) or self.temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
+        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
+        if not isinstance(self.repetition_penalty, (int, float)) or not (
+            math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0
+        ):
+            raise ValueError(f"repetition_penalty must be a finite number > 0, got {self.repetition_penalty!r}")
+        if not all(isinstance(s, str) for s in self.stop):
+            raise ValueError(f"stop must be a list of strings, got {self.stop!r}")
+        if not all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids):
+            raise ValueError(f"stop_token_ids must be non-negative integers, got {self.stop_token_ids!r}")
+        if self.seed is not None and not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.greedy or self.temperature == 0
+
+    @classmethod
+    def chat_defaults(cls, **overrides: Any) -> "SamplingParams":
+        """The release's chat defaults: top_p 0.8, top_k off, repetition penalty 1.1, 512 new tokens."""
+        base = dict(max_new_tokens=512, temperature=1.0, top_p=0.8, top_k=0, repetition_penalty=1.1)
+        base.update(overrides)
+        return cls(**base)
+
+    def replace(self, **changes: Any) -> "SamplingParams":
+        return dataclasses.replace(self, **changes)
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """HF semantics on a [V] row: for seen tokens, logit/penalty if > 0 else logit*penalty."""
+    if penalty == 1.0:
+        return logits
+    penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
+    return torch.where(seen, penalised, logits)
+
+
+# Top-p looks at the top _NUCLEUS_PROBE tokens first; when their mass already reaches top_p the nucleus
+# lies inside them and a full 152k-entry sort is not needed. The result is exactly the full-sort result.
+_NUCLEUS_PROBE = 256
+
+
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """Temperature, top-k, top-p (in that order, as HF) on a fp32 [V] row; removed tokens get -inf."""
+    if temperature != 1.0:
+        logits = logits / temperature
+    V = logits.shape[-1]
+    if top_k and top_k < V:
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        probe = min(V, max(_NUCLEUS_PROBE, top_k if top_k else 0))
+        vals, idx = torch.topk(logits, probe)  # sorted descending
+        probs = torch.softmax(logits, -1)[idx]
+        if probe < V and float(probs.sum()) < top_p:
+            vals, idx = torch.sort(logits, descending=True)
+            probs = torch.softmax(vals, -1)
+        # HF sorts ascending and removes tokens whose cumulative mass stays <= 1 - top_p. In descending
+        # order that is: keep token i when the mass strictly before it is < top_p (float-equal to HF's
+        # rule up to rounding); the first token is always kept.
+        before = torch.cumsum(probs, 0) - probs
+        keep_n = max(1, int((before < top_p).sum()))
+        keep = idx[:keep_n]
+        out = torch.full_like(logits, float("-inf"))
+        out[keep] = logits[keep]
+        logits = out
+    return logits
+
+
+def sample_token(
+    logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor | None, generator: torch.Generator | None
+) -> int:
+    """Pick the next token from a fp32 [V] row of raw logits."""
+    if params.repetition_penalty != 1.0 and seen is not None:
+        logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    if params.is_greedy:
+        return int(torch.argmax(logits))
+    logits = filter_logits(logits, params.temperature, params.top_k, params.top_p)
+    probs = torch.softmax(logits, -1)
+    return int(torch.multinomial(probs, 1, generator=generator))

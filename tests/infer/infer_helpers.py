@@ -1,0 +1,104 @@
+"""Shared pieces of the inference tests: a tiny random model and a byte-level tokenizer with the
+QwenTokenizer interface (ids 0..255 are bytes, then <|endoftext|>, <|im_start|>, <|im_end|>), so engine
+tests run in milliseconds and do not depend on the real vocabulary."""
+
+from __future__ import annotations
+
+import codecs
+
+import torch
+
+from openqwen import Qwen, QwenConfig
+
+EOT, IM_START, IM_END = 256, 257, 258
+
+
+class ByteStreamDecoder:
+    def __init__(self) -> None:
+        self._dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token_id: int) -> str:
+        return "" if token_id >= 256 else self._dec.decode(bytes([token_id]))
+
+    def flush(self) -> str:
+        return self._dec.decode(b"", final=True)
+
+
+class ByteTokenizer:
+    vocab_size = 259
+    eos_id = EOT
+    im_start_id = IM_START
+    im_end_id = IM_END
+    stop_ids = [IM_END, IM_START, EOT]
+    special_tokens = {"<|endoftext|>": EOT, "<|im_start|>": IM_START, "<|im_end|>": IM_END}
+
+    def encode(self, text: str, allowed_special=frozenset()) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        names = {v: k for k, v in self.special_tokens.items()}
+        out, buf = [], bytearray()
+        for t in ids:
+            if t < 256:
+                buf.append(t)
+                continue
+            out.append(buf.decode("utf-8", errors="replace"))
+            buf = bytearray()
+            if not skip_special_tokens:
+                out.append(names[t])
+        out.append(buf.decode("utf-8", errors="replace"))
+        return "".join(out)
+
+    def stream_decoder(self) -> ByteStreamDecoder:
+        return ByteStreamDecoder()
+
+    def apply_chat_template(self, messages, add_generation_prompt=True, return_assistant_mask=False):
+        if not messages or messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": "You are a helpful assistant."}] + list(messages)
+        ids: list[int] = []
+        for m in messages:
+            ids += [IM_START] + self.encode(f"{m['role']}\n{m['content']}") + [IM_END] + self.encode("\n")
+        if add_generation_prompt:
+            ids += [IM_START] + self.encode("assistant\n")
+        return ids
+
+
+def tiny_model(seed: int = 0, vocab: int = 259, layers: int = 2, kv_heads: int = 2, **kw) -> Qwen:
+    """A random tiny Qwen with non-trivial biases and norms (peaked enough to give varied text)."""
+    cfg = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+               num_attention_heads=4, num_key_value_heads=kv_heads, seq_length=256, max_position_embeddings=512,
+               tie_word_embeddings=False)
+    cfg.update(kw)
+    torch.manual_seed(seed)
+    model = Qwen(QwenConfig(**cfg)).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))
+            elif name.endswith(".bias"):
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+            elif name == "lm_head.weight":
+                p.mul_(40)  # sharper distributions: fewer near-ties, text that is not pure noise
+    return model
+
+
+def hf_twin(model: Qwen):
+    """transformers' Qwen2ForCausalLM holding the same weights (the independent reference)."""
+    import transformers
+
+    from openqwen.checkpoint import hf_state_from_model
+
+    c = model.config
+    hf_config = transformers.Qwen2Config(
+        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
+        num_key_value_heads=c.num_key_value_heads, rope_theta=c.rope_theta, rms_norm_eps=c.rms_norm_eps,
+        tie_word_embeddings=c.tie_word_embeddings, max_position_embeddings=c.max_position_embeddings,
+        attn_implementation="eager",
+    )
+    hf = transformers.Qwen2ForCausalLM(hf_config).eval()
+    hf.load_state_dict(hf_state_from_model(model), strict=False)
+    if c.tie_word_embeddings:
+        hf.tie_weights()
+    return hf
