@@ -1,0 +1,101 @@
+"""``openqwen serve``: the OpenAI-compatible API and the web chat page for one model."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from pathlib import Path
+
+EXAMPLES = """\
+examples:
+  openqwen serve --model runs/demo/sft
+  openqwen serve --model ~/.cache/openqwen-artifacts/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf \\
+      --dtype bf16 --port 8000 --api-key sk-local --served-model-name qwen-coder
+
+  then open http://127.0.0.1:8000/ for the chat page, or use any OpenAI client:
+  curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+      -d '{"model": "sft", "messages": [{"role": "user", "content": "Hello"}], "stream": true}'
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="serve a model over an OpenAI-compatible HTTP API with a web chat page",
+        description="Serve a model over an OpenAI-compatible HTTP API (GET /v1/models, POST "
+        "/v1/chat/completions, POST /v1/completions, GET /health; streaming with server-sent events) "
+        "and a web chat page at /. Concurrent requests are batched together by the engine.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", required=True, help="model folder (HF Qwen2 layout, openqwen run) or .gguf file")
+    p.add_argument("--tokenizer", default=None, help="tokenizer path when it is not inside --model")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--api-key", default=os.environ.get("OPENQWEN_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on /v1 requests (default: $OPENQWEN_API_KEY, "
+                   "none when unset)")
+    p.add_argument("--served-model-name", default=None,
+                   help="model id clients pass as 'model' (default: the --model file or folder name)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "int8"],
+                   help="precision of the weights (default fp32; int8: weight-only int8 linears, fastest "
+                   "CPU decode; bf16: half the memory)")
+    p.add_argument("--max-batch-size", type=int, default=16,
+                   help="most sequences decoded together (default 16); more requests wait in the queue")
+    p.add_argument("--max-model-len", type=int, default=None,
+                   help="context window, prompt + completion (default: the model's)")
+    p.add_argument("--default-max-tokens", type=int, default=512,
+                   help="completion length when a request sets no max_tokens (default 512, the release's "
+                   "chat default)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=run)
+
+
+def _load_engine(args: argparse.Namespace):
+    import torch
+
+    from ..infer.engine import Engine
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    kwargs = {"max_batch_size": args.max_batch_size}
+    if args.max_model_len:
+        kwargs["max_seq_len"] = args.max_model_len
+    return Engine.from_pretrained(args.model, dtype=args.dtype, tokenizer_path=args.tokenizer, **kwargs)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import ServerConfig, create_app
+
+    if not Path(args.model).expanduser().exists():
+        print(f"error: --model {args.model!r} does not exist; pass a model folder or a .gguf file", file=sys.stderr)
+        return 2
+    if args.max_batch_size < 1:
+        print("error: --max-batch-size must be at least 1", file=sys.stderr)
+        return 2
+    name = args.served_model_name or Path(args.model).expanduser().resolve().name.removesuffix(".gguf")
+    print(f"loading {args.model} ...", file=sys.stderr, flush=True)
+    engine = _load_engine(args)
+    app = create_app(engine, ServerConfig(model_name=name, api_key=args.api_key, max_model_len=args.max_model_len,
+                                          default_max_tokens=args.default_max_tokens))
+    # Bind here so that --port 0 can report the port it got (tests and scripts read this line).
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as e:
+        print(f"error: cannot listen on {args.host}:{args.port}: {e.strerror}; pick another --port", file=sys.stderr)
+        return 2
+    port = sock.getsockname()[1]
+    host = f"[{args.host}]" if family == socket.AF_INET6 else args.host
+    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level))
+    print(f"serving '{name}' on http://{host}:{port}/ (OpenAI base URL http://{host}:{port}/v1)",
+          file=sys.stderr, flush=True)
+    server.run(sockets=[sock])
+    return 0
