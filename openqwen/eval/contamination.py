@@ -1,0 +1,165 @@
+"""Contamination report: 13-gram overlap between training data and each evaluation task.
+
+The check of GPT-3 (Brown et al. 2020), which the report's decontamination step follows: text is
+lower-cased and split into words (each CJK character counts as a word, since Chinese has no spaces);
+an evaluation item is *contaminated* when any of its 13-word windows also occurs anywhere in the
+training data. Items shorter than 13 words cannot be checked this way and are counted apart.
+
+Training n-grams are kept as sorted 64-bit hashes (xxh64), 8 bytes each, so a corpus of a few
+hundred million words fits in memory; a hash collision can only over-report, never hide, overlap.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import xxhash
+
+N = 13
+_WORD = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|[^\W\u3400-\u9fff\uf900-\ufaff]+")
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def ngram_hashes(text: str, n: int = N) -> np.ndarray:
+    w = words(text)
+    if len(w) < n:
+        return np.empty(0, dtype=np.uint64)
+    return np.fromiter((xxhash.xxh64_intdigest(" ".join(w[i : i + n])) for i in range(len(w) - n + 1)),
+                       dtype=np.uint64, count=len(w) - n + 1)
+
+
+class NgramIndex:
+    """The set of ``n``-gram hashes of a training corpus."""
+
+    def __init__(self, n: int = N) -> None:
+        self.n = n
+        self._parts: list[np.ndarray] = []
+        self._sorted: np.ndarray | None = None
+        self.documents = 0
+
+    def add(self, text: str) -> None:
+        self._parts.append(ngram_hashes(text, self.n))
+        self._sorted = None
+        self.documents += 1
+
+    def add_all(self, texts: Iterable[str], progress: bool = False) -> "NgramIndex":
+        if progress:
+            from tqdm import tqdm  # noqa: PLC0415
+
+            texts = tqdm(texts, desc="indexing training n-grams", unit="doc")
+        for t in texts:
+            self.add(t)
+        return self
+
+    @property
+    def hashes(self) -> np.ndarray:
+        if self._sorted is None:
+            self._sorted = np.unique(np.concatenate(self._parts)) if self._parts else np.empty(0, np.uint64)
+            self._parts = [self._sorted]
+        return self._sorted
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def overlap(self, text: str) -> int:
+        """How many of ``text``'s n-grams occur in the index."""
+        h = ngram_hashes(text, self.n)
+        if not len(h) or not len(self.hashes):
+            return 0
+        pos = np.searchsorted(self.hashes, h).clip(max=len(self.hashes) - 1)
+        return int((self.hashes[pos] == h).sum())
+
+
+@dataclass
+class TaskContamination:
+    task: str
+    total: int
+    checked: int
+    """Items with at least ``n`` words (shorter ones cannot hold an n-gram)."""
+    contaminated: int
+    contaminated_ids: list[str] = field(default_factory=list)
+
+    @property
+    def fraction(self) -> float:
+        return self.contaminated / self.checked if self.checked else 0.0
+
+
+def check_task(index: NgramIndex, task: str, items: Sequence[tuple[str, str]]) -> TaskContamination:
+    """``items`` are (id, text) pairs of one task."""
+    checked, hits = 0, []
+    for item_id, text in items:
+        if len(words(text)) < index.n:
+            continue
+        checked += 1
+        if index.overlap(text):
+            hits.append(item_id)
+    return TaskContamination(task, len(items), checked, len(hits), hits)
+
+
+def training_texts(paths: Sequence[str | Path]) -> Iterable[str]:
+    """Documents of the training manifest: files or folders of .txt/.md/.py/.jsonl/.zip (recursive).
+    A path prefixed with ``@`` names a file listing one such path per line."""
+    from .tasks.perplexity import read_texts  # noqa: PLC0415
+
+    for p in paths:
+        p = str(p)
+        if p.startswith("@"):
+            yield from training_texts([ln.strip() for ln in Path(p[1:]).read_text().splitlines() if ln.strip()])
+            continue
+        path = Path(p)
+        if not path.exists():
+            raise FileNotFoundError(f"training data {path} does not exist")
+        if path.is_dir():
+            for f in sorted(path.rglob("*")):
+                if f.is_file() and f.suffix in (".txt", ".md", ".py", ".jsonl", ".zip"):
+                    yield from read_texts(f)
+        else:
+            yield from read_texts(path)
+
+
+def task_items(task: str, data: str | None = None) -> list[tuple[str, str]]:
+    """(id, text) of every item of a harness task: what a model could have memorised."""
+    from .harness import task_data_path  # noqa: PLC0415
+    from .tasks import code, math as mathtasks, multiple_choice as mc  # noqa: PLC0415
+
+    path = task_data_path(task, data)
+    if task in ("mmlu", "ceval", "cmmlu", "mc"):
+        items, _ = mc.load_mc(path)
+        return [(it.id, it.question + "\n" + "\n".join(it.choices)) for it in items]
+    if task == "humaneval":
+        return [(p.task_id, p.prompt + p.canonical_solution) for p in code.load_humaneval(path)]
+    if task == "mbpp":
+        return [(p.task_id, p.instruction + "\n" + p.canonical_solution) for p in code.load_mbpp(path, shots=0)]
+    if task == "gsm8k":
+        return [(p.id, p.question + "\n" + p.solution) for p in mathtasks.load_gsm8k(path)]
+    raise ValueError(f"no contamination check for task {task!r} (generated or free-text tasks have no fixed items)")
+
+
+def report(training: Sequence[str | Path], tasks: Sequence[str], data: dict[str, str] | None = None,
+           n: int = N, progress: bool = False) -> dict[str, Any]:
+    """Build the training index once, check every task; a JSON-ready dict."""
+    index = NgramIndex(n).add_all(training_texts(training), progress=progress)
+    rows = [check_task(index, t, task_items(t, (data or {}).get(t))) for t in tasks]
+    return {
+        "n": n,
+        "training_documents": index.documents,
+        "training_ngrams": len(index),
+        "tasks": {r.task: {"total": r.total, "checked": r.checked, "contaminated": r.contaminated,
+                           "fraction": r.fraction, "contaminated_ids": r.contaminated_ids[:100]} for r in rows},
+    }
+
+
+def markdown(rep: dict[str, Any]) -> str:
+    lines = [f"Contamination ({rep['n']}-gram overlap; {rep['training_documents']} training documents, "
+             f"{rep['training_ngrams']} distinct n-grams)", "",
+             "| task | items | checked | contaminated | fraction |", "|---|---:|---:|---:|---:|"]
+    for t, r in rep["tasks"].items():
+        lines.append(f"| {t} | {r['total']} | {r['checked']} | {r['contaminated']} | {r['fraction']:.2%} |")
+    return "\n".join(lines) + "\n"

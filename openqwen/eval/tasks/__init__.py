@@ -1,0 +1,1 @@
+"""Benchmark task families: multiple choice, code, math, perplexity."""

@@ -1,0 +1,88 @@
+"""Perplexity of text at given context lengths (the report's Table 3 is this measurement on arXiv).
+
+The token stream of the text is cut into consecutive, non-overlapping windows of ``L`` tokens. In
+each window the model predicts tokens 2..L from their prefixes; perplexity is ``exp`` of the mean
+negative log-likelihood over all predicted tokens of all windows. Comparing several ``L`` on the
+same text shows whether a model keeps using longer context (perplexity falls) or breaks past its
+training length (perplexity explodes).
+
+Logits are never materialised for a whole window: hidden states go through the output head in
+chunks, so a 16K window of a 152K-vocabulary model needs a few hundred MB, not 10 GB.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import zipfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .multiple_choice import TaskDataError
+
+
+def read_texts(path: str | Path) -> list[str]:
+    """Documents from a ``.txt``/``.md`` file, a ``.jsonl`` (``text`` field), a ``.zip`` of text files
+    (the shakespeare artifact), or a folder of any of these (sorted by name)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no text at {path}")
+    if path.is_dir():
+        return [t for f in sorted(path.iterdir()) if f.is_file() for t in read_texts(f)]
+    if path.suffix == ".zip":
+        with zipfile.ZipFile(path) as z:
+            return [z.read(n).decode("utf-8", errors="replace") for n in sorted(z.namelist())
+                    if not n.endswith("/")]
+    if path.suffix == ".jsonl":
+        out = []
+        for i, line in enumerate(io.open(path, encoding="utf-8")):
+            if line.strip():
+                row = json.loads(line)
+                if "text" not in row:
+                    raise TaskDataError(f"{path}:{i + 1}: perplexity .jsonl rows need a 'text' field")
+                out.append(row["text"])
+        return out
+    return [path.read_text(encoding="utf-8", errors="replace")]
+
+
+@torch.no_grad()
+def window_nll(model: Any, window: torch.Tensor, chunk: int = 1024) -> tuple[float, int]:
+    """Summed NLL (nats) of tokens 1..L-1 of ``window`` [L] given their prefixes, and their count."""
+    h = model.hidden_states(window[None])[0]  # [L, d]
+    targets = window[1:]
+    total = 0.0
+    for s in range(0, len(targets), chunk):
+        logits = model.lm_head(h[s : s + chunk][: len(targets) - s]).float()
+        total += F.cross_entropy(logits, targets[s : s + chunk], reduction="sum").item()
+    return total, len(targets)
+
+
+def perplexity(model: Any, token_ids: Sequence[int], context_length: int, max_windows: int | None = None,
+               progress: bool = False) -> dict[str, Any]:
+    """Perplexity over non-overlapping windows of ``context_length`` tokens of ``token_ids``."""
+    if context_length < 2:
+        raise ValueError(f"context_length must be at least 2, got {context_length}")
+    n_windows = len(token_ids) // context_length
+    if max_windows is not None:
+        n_windows = min(n_windows, max_windows)
+    if n_windows == 0:
+        raise ValueError(f"the text has {len(token_ids)} tokens, fewer than one window of {context_length}")
+    device = model.embed_tokens.weight.device
+    ids = torch.tensor(list(token_ids[: n_windows * context_length]), dtype=torch.long, device=device)
+    it = range(n_windows)
+    if progress:
+        from tqdm import tqdm  # noqa: PLC0415
+
+        it = tqdm(it, desc=f"perplexity @{context_length}", unit="window")
+    nll, count = 0.0, 0
+    for w in it:
+        s, c = window_nll(model, ids[w * context_length : (w + 1) * context_length])
+        nll += s
+        count += c
+    mean = nll / count
+    return {"perplexity": math.exp(mean), "mean_nll": mean, "tokens": count, "windows": n_windows,
+            "context_length": context_length}
