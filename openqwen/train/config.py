@@ -74,6 +74,10 @@ class OptimSection:
 class TrainSection:
     out_dir: str = "runs/train"
     max_steps: int = 1000
+    """Length of the run (the schedule decays over it)."""
+    stop_after: int | None = None
+    """Stop (with a checkpoint) after this step although the schedule runs to max_steps; a later call
+    resumes. For jobs cut into time slices."""
     batch_size: int = 8
     """Sequences per micro-batch on each rank."""
     grad_accum: int = 1
@@ -148,8 +152,11 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(_plain(self.to_dict()), sort_keys=False, allow_unicode=True)
+
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(_plain(self.to_dict()), sort_keys=False))
+        Path(path).write_text(self.to_yaml())
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "TrainConfig":

@@ -209,8 +209,9 @@ class Trainer:
         tokens_per_step = t.batch_size * t.grad_accum * info.world_size * self.seq_len
         last_val = None
         start_time, start_step = time.perf_counter(), self.step
+        end = t.max_steps if t.stop_after is None else min(t.max_steps, t.stop_after)
         try:
-            while self.step < t.max_steps:
+            while self.step < end:
                 t0 = time.perf_counter()
                 stats = self.train_step()
                 if info.device.type == "cuda":
@@ -227,10 +228,10 @@ class Trainer:
                 rec["mfu"] = rec["flops_per_s"] / (self.peak_flops * info.world_size)
                 if self.step % t.log_every == 0 or self.step == t.max_steps:
                     logger.log(rec)
-                if self.val and ((t.eval_every and self.step % t.eval_every == 0) or self.step == t.max_steps):
+                if self.val and ((t.eval_every and self.step % t.eval_every == 0) or self.step == end):
                     last_val = self.evaluate()
                     logger.log({"kind": "val", "step": self.step, "val_loss": last_val})
-                if (t.save_every and self.step % t.save_every == 0) or self.step == t.max_steps:
+                if (t.save_every and self.step % t.save_every == 0) or self.step == end:
                     self.save()
                 if bar is not None:
                     bar.update(1)
