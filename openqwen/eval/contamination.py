@@ -31,7 +31,7 @@ def ngram_hashes(text: str, n: int = N) -> np.ndarray:
     w = words(text)
     if len(w) < n:
         return np.empty(0, dtype=np.uint64)
-    return np.fromiter((xxhash.xxh64_intdigest(" ".join(w[i : i + n])) for i in range(len(w) - n + 1)),
+    return np.fromiter((xxhash.xxh64_intdigest(" ".join(w[i : i + n]).encode()) for i in range(len(w) - n + 1)),
                        dtype=np.uint64, count=len(w) - n + 1)
 
 

@@ -27,7 +27,8 @@ from .multiple_choice import TaskDataError
 
 def read_texts(path: str | Path) -> list[str]:
     """Documents from a ``.txt``/``.md`` file, a ``.jsonl`` (``text`` field), a ``.zip`` of text files
-    (the shakespeare artifact), or a folder of any of these (sorted by name)."""
+    (its .txt/.md members when it has any, e.g. the plays of the shakespeare artifact), or a folder of
+    any of these (sorted by name)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no text at {path}")
@@ -35,8 +36,9 @@ def read_texts(path: str | Path) -> list[str]:
         return [t for f in sorted(path.iterdir()) if f.is_file() for t in read_texts(f)]
     if path.suffix == ".zip":
         with zipfile.ZipFile(path) as z:
-            return [z.read(n).decode("utf-8", errors="replace") for n in sorted(z.namelist())
-                    if not n.endswith("/")]
+            names = [n for n in sorted(z.namelist()) if not n.endswith("/")]
+            prose = [n for n in names if n.endswith((".txt", ".md"))]
+            return [z.read(n).decode("utf-8", errors="replace") for n in (prose or names)]
     if path.suffix == ".jsonl":
         out = []
         for i, line in enumerate(io.open(path, encoding="utf-8")):

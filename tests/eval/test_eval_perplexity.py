@@ -1,0 +1,54 @@
+"""Perplexity equals exp of the mean token loss computed independently (transformers' Qwen2 on the
+same weights), and reading texts handles the artifact's zip."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from openqwen import Qwen, QwenConfig
+from openqwen.eval.tasks.perplexity import perplexity, read_texts
+
+transformers = pytest.importorskip("transformers")
+
+
+def test_perplexity_matches_transformers_loss(tmp_path):
+    torch.manual_seed(0)
+    model = Qwen(QwenConfig(vocab_size=211, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, seq_length=128,
+                            max_position_embeddings=512)).eval()
+    model.save_pretrained(tmp_path / "m")
+    hf = transformers.Qwen2ForCausalLM.from_pretrained(tmp_path / "m", torch_dtype=torch.float32).eval()
+    ids = torch.randint(0, 211, (1000,), generator=torch.Generator().manual_seed(1)).tolist()
+    for L in (16, 100):
+        got = perplexity(model, ids, L, max_windows=5)
+        losses = []
+        with torch.no_grad():
+            for w in range(5):
+                x = torch.tensor([ids[w * L : (w + 1) * L]])
+                losses.append(hf(input_ids=x, labels=x).loss.item())  # mean over the L-1 predictions
+        assert got["windows"] == 5 and got["tokens"] == 5 * (L - 1)
+        assert got["perplexity"] == pytest.approx(math.exp(sum(losses) / len(losses)), rel=1e-4)
+
+
+def test_perplexity_chunked_head_and_errors():
+    torch.manual_seed(0)
+    model = Qwen(QwenConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                            num_attention_heads=2, seq_length=64, max_position_embeddings=256)).eval()
+    from openqwen.eval.tasks.perplexity import window_nll
+
+    w = torch.randint(0, 50, (70,))
+    a, n = window_nll(model, w, chunk=7)
+    b, _ = window_nll(model, w, chunk=4096)
+    assert n == 69 and a == pytest.approx(b, rel=1e-5)
+    with pytest.raises(ValueError, match="fewer than one window"):
+        perplexity(model, list(range(10)), 64)
+
+
+def test_read_texts_zip_and_jsonl(tmp_path, artifact):
+    plays = read_texts(artifact("shakespeare"))
+    assert len(plays) == 38 and all(len(p) > 10_000 for p in plays)
+    (tmp_path / "t.jsonl").write_text('{"text": "one"}\n{"text": "two"}\n')
+    assert read_texts(tmp_path / "t.jsonl") == ["one", "two"]
