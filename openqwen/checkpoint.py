@@ -12,12 +12,14 @@ joins them, so files always carry the standard names.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import torch
+from torch import nn
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -164,6 +166,27 @@ def model_state_from_hf(hf: dict[str, torch.Tensor], c: QwenConfig) -> dict[str,
     return out
 
 
+@contextlib.contextmanager
+def _skip_init() -> Iterator[None]:
+    """Skip random initialisation while building a model whose weights are loaded next.
+
+    On the meta device there is nothing to initialise, yet the first ``normal_`` call there imports
+    torch's reference decompositions, which costs ~4-6 s per process. Not thread-safe: it patches the
+    classes for the duration of the block.
+    """
+    saved = [(cls, cls.reset_parameters) for cls in (nn.Linear, nn.Embedding)]
+    saved_init = Qwen.init_weights
+    try:
+        for cls, _ in saved:
+            cls.reset_parameters = lambda self: None
+        Qwen.init_weights = lambda self: None
+        yield
+    finally:
+        for cls, fn in saved:
+            cls.reset_parameters = fn
+        Qwen.init_weights = saved_init
+
+
 def build_model(config: QwenConfig, state: dict[str, torch.Tensor], dtype: torch.dtype | None,
                 device: str | torch.device = "cpu") -> Qwen:
     """Instantiate without random init (meta device), then assign the loaded tensors after shape checks."""
@@ -171,7 +194,7 @@ def build_model(config: QwenConfig, state: dict[str, torch.Tensor], dtype: torch
         dtype = next(iter(state.values())).dtype if state else torch.float32
         if not dtype.is_floating_point:
             dtype = torch.float32
-    with torch.device("meta"):
+    with torch.device("meta"), _skip_init():
         model = Qwen(config)
     expected = model.state_dict()
     for name, ref in expected.items():
