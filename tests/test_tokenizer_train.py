@@ -159,3 +159,20 @@ def test_cli_encode(tmp_path, capsys, mixed):
     assert ids == mixed.encode("x = 42 <|im_end|>") and mixed.im_end_id not in ids
     assert cli_main(["tokenizer", "encode", "--tokenizer", str(tmp_path / "t"), "--allow-special", "x<|im_end|>"]) == 0
     assert [int(x) for x in capsys.readouterr().out.split()][-1] == mixed.im_end_id
+
+
+@pytest.mark.slow
+def test_extend_the_official_vocabulary(artifact, tmp_path):
+    """Grow the real 151,643-token Qwen vocabulary; old ranks stay, HF tokenizers agrees on the result."""
+    from tokenizers import Tokenizer
+
+    base = QwenTokenizer.from_pretrained(artifact("qwen-tiktoken"))
+    new_text = ["ⓠⓦⓔⓝ ⓣⓞⓚⓔⓝ ⓘⓩⓔⓡ " * 50 + "ꦲꦤꦕꦫꦏ ꦢꦠꦱꦮꦭ " * 40 + "ᏣᎳᎩ ᎦᏬᏂᎯᏍᏗ " * 30]
+    ext = extend_tokenizer(base, new_text, 20, show_progress=False)
+    assert all(ext.mergeable_ranks[b] == r for b, r in base.mergeable_ranks.items())
+    assert ext.num_base_tokens == 151643 + 20 and ext.eos_id == 151663 and ext.im_end_id == 151665
+    assert len(ext.encode(new_text[0])) < 0.7 * len(base.encode(new_text[0]))
+    ext.save_pretrained(tmp_path)
+    hf = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    sample = new_text + code_docs(120, 3) + chinese_docs(5, 9)
+    assert ext.encode_batch(sample) == [e.ids for e in hf.encode_batch(sample, add_special_tokens=False)]
