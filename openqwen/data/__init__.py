@@ -1,0 +1,10 @@
+"""The pretraining data pipeline: demo corpus, normalisation, exact and fuzzy dedup, language id,
+quality filters, decontamination, mixing, and packing into token shards (see docs/data.md).
+
+Everything here is a plain function: :func:`~openqwen.data.pipeline.run_pipeline` runs the cleaning
+stages, :func:`~openqwen.data.packing.pack_documents` packs, :class:`~openqwen.data.packing.PackedDataset`
+reads the result. Submodules are imported on use so that ``import openqwen.data`` stays light.
+"""
+
+# the cleaning stages in their default order (each is `openqwen data <stage>` and a pipeline step)
+STAGES = ["normalize", "dedup-exact", "dedup-fuzzy", "langid", "filter", "decontam", "mix"]

@@ -68,6 +68,117 @@ def _pack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pipeline_config(args: argparse.Namespace):
+    from .pipeline import PipelineConfig
+
+    raw: dict = {}
+    if getattr(args, "config", None):
+        import yaml
+
+        with open(args.config, encoding="utf-8") as f:
+            raw = yaml.safe_load(f) or {}
+    config = PipelineConfig.from_dict(raw)
+    # command-line options override the file
+    if getattr(args, "threshold", None) is not None:
+        config.dedup.threshold = args.threshold
+    if getattr(args, "num_perm", None) is not None:
+        config.dedup.num_perm = args.num_perm
+    if getattr(args, "ngram", None) is not None:
+        config.dedup.ngram = args.ngram
+    if getattr(args, "keep_langs", None):
+        config.langid.keep = args.keep_langs.split(",")
+    if getattr(args, "scorer", None):
+        config.filter.scorer = args.scorer
+    if getattr(args, "min_quality", None) is not None:
+        config.filter.min_quality = args.min_quality
+    if getattr(args, "eval_sets", None) is not None:
+        config.decontam.eval_sets = [s for s in args.eval_sets.split(",") if s]
+    if getattr(args, "eval_file", None):
+        config.decontam.extra = list(args.eval_file)
+    if getattr(args, "weight", None):
+        for item in args.weight:
+            name, _, value = item.partition("=")
+            try:
+                config.mix.weights[name] = float(value)
+            except ValueError:
+                raise SystemExit(f"--weight {item!r}: expected SOURCE=NUMBER, e.g. arithmetic=2")
+    if getattr(args, "stages", None):
+        config.stages = args.stages.split(",")
+    config.__post_init__()
+    config.dedup.__post_init__()
+    config.mix.__post_init__()
+    return config
+
+
+def _executor(args: argparse.Namespace):
+    from .executors import make_executor
+
+    return make_executor(args.executor, workers=args.workers, address=args.ray_address)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .pipeline import run_pipeline
+
+    summary = run_pipeline(args.input, args.out, _pipeline_config(args), _executor(args))
+    mb = summary["bytes_in"] / 1e6
+    print(f"{summary['docs_in']} documents ({mb:.2f} MB) -> {summary['docs_out']} in {summary['output']} "
+          f"({summary['seconds']:.1f} s, {mb / max(summary['seconds'], 1e-9):.2f} MB/s)")
+    return 0
+
+
+def _stage(args: argparse.Namespace) -> int:
+    from .pipeline import run_stage
+
+    _print_manifest(run_stage(args.stage, args.input, args.out, _pipeline_config(args), _executor(args)))
+    return 0
+
+
+def _train_quality(args: argparse.Namespace) -> int:
+    from .io import iter_texts
+    from .quality import QualityClassifier, synthetic_negatives
+
+    good = list(iter_texts(args.good))
+    if args.limit:
+        good = good[: args.limit]
+    bad = list(iter_texts(args.bad)) if args.bad else synthetic_negatives(good, len(good), seed=args.seed)
+    clf = QualityClassifier().fit(good + bad, [1] * len(good) + [0] * len(bad), progress=True)
+    clf.save(args.out)
+    s = clf.score(good[:200] + bad[:200])
+    print(f"trained on {len(good)} good / {len(bad)} bad documents; mean score good "
+          f"{s[: min(200, len(good))].mean():.3f}, bad {s[min(200, len(good)):].mean():.3f}; saved {args.out}")
+    return 0
+
+
+def _add_common(sp: argparse.ArgumentParser, config_help: str = "YAML file with stage sections") -> None:
+    sp.add_argument("--in", dest="input", required=True, nargs="+",
+                    help="input files or folders (.jsonl[.gz] with a 'text' field, or text files)")
+    sp.add_argument("--out", required=True, help="output folder")
+    sp.add_argument("--config", default=None, help=config_help + " (see docs/data.md)")
+    sp.add_argument("--executor", choices=["local", "ray"], default="local",
+                    help="local processes (default) or a Ray cluster (needs the ray extra)")
+    sp.add_argument("--workers", type=int, default=1, help="parallel shard workers (default 1)")
+    sp.add_argument("--ray-address", default=None, help="Ray cluster address ('auto', ray://...); "
+                    "default: start a local Ray")
+
+
+def _add_stage_options(sp: argparse.ArgumentParser, stage: str | None) -> None:
+    if stage in (None, "dedup-fuzzy"):
+        sp.add_argument("--threshold", type=float, default=None, help="MinHash Jaccard threshold (0.8)")
+        sp.add_argument("--num-perm", type=int, default=None, help="MinHash permutations (128)")
+        sp.add_argument("--ngram", type=int, default=None, help="shingle size in words/CJK chars (5)")
+    if stage in (None, "langid"):
+        sp.add_argument("--keep-langs", default=None, help="comma-separated languages to keep, e.g. en,zh,code")
+    if stage in (None, "filter"):
+        sp.add_argument("--scorer", default=None, help="quality model (.npz from train-quality) or module:attr")
+        sp.add_argument("--min-quality", type=float, default=None, help="minimum quality score (0.5)")
+    if stage in (None, "decontam"):
+        sp.add_argument("--eval-sets", default=None, help="built-in sets, comma-separated (humaneval,mmlu)")
+        sp.add_argument("--eval-file", action="append", help="extra evaluation file (repeatable)")
+    if stage in (None, "mix"):
+        sp.add_argument("--weight", action="append", metavar="SOURCE=W",
+                        help="per-source weight, e.g. --weight arithmetic=2 --weight python_stdlib=0.5")
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "data",
@@ -96,5 +207,43 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     k.add_argument("--seed", type=int, default=0, help="document shuffle seed (default 0)")
     k.add_argument("--no-shuffle", action="store_true", help="keep the input document order")
     k.set_defaults(func=_pack)
+
+    r = sub.add_parser("run", help="run the cleaning stages in order (normalize ... mix)",
+                       description="normalize -> dedup-exact -> dedup-fuzzy -> langid -> filter -> decontam "
+                       "-> mix, each into OUT/NN-stage with its manifest. Finished stages are skipped, "
+                       "a killed run resumes.", epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_common(r)
+    r.add_argument("--stages", default=None, help="comma-separated subset of the stages, in order")
+    _add_stage_options(r, None)
+    r.set_defaults(func=_run)
+
+    from . import STAGES
+
+    helps = {
+        "normalize": "Unicode NFC, newlines, control characters, blank-line runs",
+        "dedup-exact": "drop documents whose normalised text was seen before",
+        "dedup-fuzzy": "MinHash + LSH near-duplicate removal (one document per cluster)",
+        "langid": "label languages with py3langid, optionally keep only some",
+        "filter": "Gopher/C4 prose rules, Chinese and code rules, optional quality model",
+        "decontam": "drop documents sharing 13-grams with evaluation sets (HumanEval, MMLU)",
+        "mix": "per-source weights: up-sample (>1) or down-sample (<1)",
+    }
+    for stage in STAGES:
+        sp = sub.add_parser(stage, help=helps[stage], description=helps[stage] + ". Writes shards and "
+                            "manifest.json to --out.")
+        _add_common(sp)
+        _add_stage_options(sp, stage)
+        sp.set_defaults(func=_stage, stage=stage)
+
+    q = sub.add_parser("train-quality", help="train the hashed n-gram quality classifier",
+                       description="Logistic regression on hashed word/character n-grams. Negatives "
+                       "default to synthetic junk made from the positives' vocabulary.")
+    q.add_argument("--good", required=True, nargs="+", help="files/folders of good documents")
+    q.add_argument("--bad", nargs="+", default=None, help="files/folders of bad documents (default: synthetic)")
+    q.add_argument("--out", required=True, help="output .npz")
+    q.add_argument("--limit", type=int, default=5000, help="at most this many good documents (5000)")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=_train_quality)
 
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])

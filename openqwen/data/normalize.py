@@ -104,8 +104,21 @@ def unit_hashes(key: str) -> np.ndarray:
         # spaces contribute 0, so each unit's sum covers only its own bytes
         vals = np.where(is_space, 0, b.astype(np.uint64) + np.uint64(1)) * _powers(b.size)[offset]
         sums = np.add.reduceat(vals, starts)
-        lengths = np.diff(np.append(starts, b.size)).astype(np.uint64)
+        # unit length without its separating space (as if the text had a final space)
+        lengths = (np.diff(np.append(starts, b.size + 1)) - 1).astype(np.uint64)
         return mix64(sums ^ (lengths << np.uint64(56)))
+
+
+def ngram_hashes(u: np.ndarray, n: int) -> np.ndarray:
+    """Hashes of the ``n``-grams of a sequence of unit hashes (``len(u) - n + 1`` of them)."""
+    m = u.size - n + 1
+    if m <= 0:
+        return np.zeros(0, dtype=np.uint64)
+    acc = np.zeros(m, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(n):  # a loop over the n-gram width, not over n-grams
+            acc = acc * np.uint64(0x9E3779B97F4A7C15) + u[k : k + m]
+    return mix64(acc ^ np.uint64(n))
 
 
 def shingle_hashes(key: str, ngram: int) -> np.ndarray:
@@ -114,10 +127,4 @@ def shingle_hashes(key: str, ngram: int) -> np.ndarray:
     u = unit_hashes(key)
     if u.size == 0:
         return u
-    n = min(ngram, u.size)
-    m = u.size - n + 1
-    acc = np.zeros(m, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for k in range(n):  # a loop over the n-gram width, not over shingles
-            acc = acc * np.uint64(0x9E3779B97F4A7C15) + u[k : k + m]
-    return mix64(acc ^ np.uint64(n))
+    return ngram_hashes(u, min(ngram, u.size))

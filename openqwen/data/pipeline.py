@@ -1,0 +1,305 @@
+"""The stages as resumable jobs over shards, and the whole pipeline in one call.
+
+A stage reads a folder (or files) of documents and writes ``shard-NNNNN.jsonl.gz`` files plus
+``manifest.json`` into its own folder. Per-shard work is one task for an executor
+(:mod:`~openqwen.data.executors`); when a shard is finished its done marker
+(``_done/NNNNN.json``, written atomically after the shard) holds its counts. So:
+
+* re-running a finished stage (its ``manifest.json`` exists, same config) does nothing;
+* a killed stage resumes: shards with a done marker are skipped, the others are redone;
+* the manifest sums the markers: documents and bytes in, kept, removed by reason, errors (bad
+  lines with file and line), and checks ``docs_in == kept + removed + errors``.
+
+Global stages (exact and fuzzy dedup) run in three steps: per-shard hashes or MinHash signatures
+(parallel, each saved as ``_work/NNNNN.npy``), one global decision in the driver (which documents
+to keep), then the per-shard writes (parallel).
+
+Default order (``run_pipeline``): normalize -> dedup-exact -> dedup-fuzzy -> langid -> filter ->
+decontam -> mix; the output of ``mix`` is what :func:`~openqwen.data.packing.pack_documents` packs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import STAGES  # the default order lives in the package, where the CLI reads it cheaply
+from .decontam import DecontamConfig, build_eval_index, decontaminate_documents
+from .dedup import MinHashConfig, MinHasher, cluster_signatures, exact_hash
+from .executors import Executor, LocalExecutor
+from .filters import FilterConfig, filter_documents
+from .io import (
+    DONE_DIR,
+    BadLine,
+    StageStats,
+    atomic_write_bytes,
+    atomic_write_json,
+    list_input_files,
+    read_documents,
+    read_manifest,
+    write_jsonl_gz,
+    write_manifest,
+)
+from .langid import LangIdConfig, langid_documents
+from .mix import MixConfig, mix_documents
+from .normalize import normalize_text
+
+TEXT_FILES_PER_TASK = 256  # plain text inputs (one document per file) are grouped into tasks
+
+
+@dataclass
+class PipelineConfig:
+    """Settings of every stage; each section is the dataclass of its module (documented there)."""
+
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    dedup: MinHashConfig = field(default_factory=MinHashConfig)
+    langid: LangIdConfig = field(default_factory=LangIdConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    decontam: DecontamConfig = field(default_factory=DecontamConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.stages if s not in STAGES]
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; stages are {STAGES}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PipelineConfig":
+        """From a dict such as a parsed YAML file: ``{"stages": [...], "dedup": {"threshold": 0.7}, ...}``."""
+        sections = {f.name: f for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in (d or {}).items():
+            if key not in sections:
+                raise ValueError(f"unknown config section {key!r}; sections: {', '.join(sections)}")
+            if key == "stages":
+                kwargs[key] = list(value)
+                continue
+            section_cls = type(getattr(cls(), key))
+            allowed = {f.name for f in fields(section_cls)}
+            bad = set(value) - allowed
+            if bad:
+                raise ValueError(f"unknown option(s) {sorted(bad)} in section {key!r}; allowed: {sorted(allowed)}")
+            kwargs[key] = section_cls(**value)
+        return cls(**kwargs)
+
+
+# ---------------------------------------------------------------- per-shard work (runs in workers)
+
+
+def _read_shard(paths: list[str], stats: StageStats | None) -> list[dict[str, Any]]:
+    docs = []
+    for p in paths:
+        for doc in read_documents(p):
+            if isinstance(doc, BadLine):
+                if stats is not None:
+                    stats.error(doc)
+            else:
+                docs.append(doc)
+    return docs
+
+
+def _save_npy(path: str | Path, array: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _normalize(docs: list[dict[str, Any]], params: dict[str, Any]) -> list[list[dict[str, Any]] | str]:
+    out: list[list[dict[str, Any]] | str] = []
+    for d in docs:
+        d["text"] = normalize_text(d["text"])
+        out.append([d] if d["text"].strip() else "empty")
+    return out
+
+
+def _apply_mask(docs: list[dict[str, Any]], params: dict[str, Any], mask: np.ndarray) -> list[Any]:
+    if mask.size != len(docs):
+        raise RuntimeError("keep mask does not match the shard (the input changed during the stage?)")
+    return [[d] if k else params["reason"] for d, k in zip(docs, mask)]
+
+
+OPS: dict[str, Callable[..., list[Any]]] = {
+    "normalize": _normalize,
+    "langid": lambda docs, p: langid_documents(docs, LangIdConfig(**p)),
+    "filter": lambda docs, p: filter_documents(docs, FilterConfig(**p)),
+    "decontam": lambda docs, p: decontaminate_documents(docs, p["index"], p["ngram"], p["min_matches"]),
+    "mix": lambda docs, p: mix_documents(docs, MixConfig(**p)),
+}
+
+
+def run_shard(task: dict[str, Any]) -> dict[str, Any]:
+    """Process one task (module-level so process pools and Ray can ship it). Returns its stats."""
+    op, params = task["op"], task["params"]
+    if op in ("exact_hash", "minhash"):
+        docs = _read_shard(task["in"], None)
+        if op == "exact_hash":
+            digests = b"".join(exact_hash(d["text"]) for d in docs)
+            arr = np.frombuffer(digests, dtype=np.uint64).reshape(-1, 2) if docs else np.zeros((0, 2), np.uint64)
+        else:
+            arr = MinHasher(MinHashConfig(**params)).signatures([d["text"] for d in docs])
+        _save_npy(task["out"], arr)
+        return {"documents": len(docs)}
+    stats = StageStats()
+    docs = _read_shard(task["in"], stats)
+    for d in docs:
+        stats.add_in(d["text"])
+    if op == "apply_mask":
+        results = _apply_mask(docs, params, np.load(task["mask"]))
+    else:
+        results = OPS[op](docs, params)
+    kept: list[dict[str, Any]] = []
+    for r in results:
+        if isinstance(r, str):
+            stats.remove(r)
+        else:
+            stats.keep(r[0]["text"])
+            stats.added += len(r) - 1
+            kept.extend(r)
+    write_jsonl_gz(task["out"], kept)
+    atomic_write_json(task["done"], stats.to_dict())  # after the shard: marker => shard complete
+    return stats.to_dict()
+
+
+# ---------------------------------------------------------------- stage driver
+
+
+def _input_groups(inputs: Any) -> list[list[str]]:
+    files = list_input_files(inputs)
+    groups: list[list[str]] = []
+    text_run: list[str] = []
+    for f in files:
+        if f.name.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")):
+            if text_run:
+                groups.append(text_run)
+                text_run = []
+            groups.append([str(f)])
+        else:
+            text_run.append(str(f))
+            if len(text_run) >= TEXT_FILES_PER_TASK:
+                groups.append(text_run)
+                text_run = []
+    if text_run:
+        groups.append(text_run)
+    return groups
+
+
+def _map_tasks(op: str, params: dict[str, Any], groups: list[list[str]], out: Path,
+               mask_dir: Path | None = None) -> list[dict[str, Any]]:
+    tasks = []
+    for i, g in enumerate(groups):
+        t = {"op": op, "params": params, "in": g, "out": str(out / f"shard-{i:05d}.jsonl.gz"),
+             "done": str(out / DONE_DIR / f"{i:05d}.json"), "shard": i}
+        if mask_dir is not None:
+            t["mask"] = str(mask_dir / f"keep-{i:05d}.npy")
+        tasks.append(t)
+    return tasks
+
+
+def run_stage(stage: str, inputs: Any, out_dir: str | Path, config: PipelineConfig | None = None,
+              executor: Executor | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run one stage (a name from :data:`STAGES`) from ``inputs`` into ``out_dir``; returns the manifest."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; stages are {STAGES}")
+    config = config or PipelineConfig()
+    executor = executor or LocalExecutor()
+    out = Path(out_dir)
+    groups = _input_groups(inputs)
+    section = {"normalize": None, "dedup-exact": None, "dedup-fuzzy": config.dedup, "langid": config.langid,
+               "filter": config.filter, "decontam": config.decontam, "mix": config.mix}[stage]
+    params = asdict(section) if section is not None else {}
+    stage_config = {"params": params, "inputs": groups}
+    done = read_manifest(out)
+    if done is not None:
+        if done.get("config") == stage_config:
+            log(f"{stage}: already finished in {out} ({done['kept']} kept); nothing to do")
+            return done
+        raise FileExistsError(f"{out} holds a finished {done.get('stage')} stage with other inputs or "
+                              "settings; use a new output folder or delete that one")
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DONE_DIR).mkdir(exist_ok=True)
+    work = out / "_work"
+    extra: dict[str, Any] = {}
+    mask_dir = None
+    if stage in ("dedup-exact", "dedup-fuzzy"):
+        work.mkdir(exist_ok=True)
+        op = "exact_hash" if stage == "dedup-exact" else "minhash"
+        phase1 = [{"op": op, "params": params, "in": g, "out": str(work / f"{i:05d}.npy")}
+                  for i, g in enumerate(groups)]
+        executor.map(run_shard, [t for t in phase1 if not Path(t["out"]).exists()], desc=f"{stage} hash")
+        arrays = [np.load(t["out"]) for t in phase1]
+        sizes = [a.shape[0] for a in arrays]
+        allv = np.concatenate(arrays) if arrays else np.zeros((0, 2), np.uint64)
+        if stage == "dedup-exact":
+            keep = np.zeros(allv.shape[0], dtype=bool)
+            if allv.shape[0]:
+                _, first = np.unique(allv, axis=0, return_index=True)
+                keep[first] = True  # the first occurrence in input order survives
+            reason = "exact_duplicate"
+        else:
+            result = cluster_signatures(allv, config.dedup)
+            keep = result.keep
+            reason = "near_duplicate"
+            bands, rows = config.dedup.lsh_shape()
+            extra = {"lsh": {"bands": bands, "rows": rows, "candidate_pairs": result.candidate_pairs,
+                             "verified_pairs": result.verified_pairs, "clusters": result.num_clusters}}
+        for i, part in enumerate(np.split(keep, np.cumsum(sizes)[:-1]) if sizes else []):
+            _save_npy(work / f"keep-{i:05d}.npy", part)
+        tasks = _map_tasks("apply_mask", {"reason": reason}, groups, out, work)
+    elif stage == "decontam":
+        work.mkdir(exist_ok=True)
+        index_path = work / "eval-ngrams.npy"
+        extra = {"eval_index": build_eval_index(config.decontam, index_path, log=log)}
+        tasks = _map_tasks("decontam", {"index": str(index_path), "ngram": config.decontam.ngram,
+                                        "min_matches": config.decontam.min_matches}, groups, out)
+    else:
+        tasks = _map_tasks(stage.replace("-", "_"), params, groups, out, mask_dir)
+    pending = [t for t in tasks if not Path(t["done"]).exists()]
+    if len(pending) < len(tasks):
+        log(f"{stage}: resuming, {len(tasks) - len(pending)} of {len(tasks)} shards already done")
+    executor.map(run_shard, pending, desc=stage)
+    stats = StageStats()
+    for t in tasks:
+        stats.merge(StageStats.from_dict(json.loads(Path(t["done"]).read_text())))
+    manifest = write_manifest(out, stage, stats, inputs=[p for g in groups for p in g],
+                              outputs=[Path(t["out"]).name for t in tasks], config=stage_config,
+                              seconds=time.perf_counter() - t0, extra=extra)
+    log(f"{stage}: {stats.docs_in} in, {stats.kept} kept, removed {stats.removed or 0}, "
+        f"{stats.errors} errors ({manifest['seconds']:.1f} s)")
+    return manifest
+
+
+def run_pipeline(inputs: Any, out_dir: str | Path, config: PipelineConfig | None = None,
+                 executor: Executor | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run ``config.stages`` in order, each into ``out_dir/NN-stage``; returns a summary dict
+    (also written to ``out_dir/pipeline.json``) whose ``output`` is the last stage's folder."""
+    config = config or PipelineConfig()
+    executor = executor or LocalExecutor()
+    out = Path(out_dir)
+    t0 = time.perf_counter()
+    current: Any = inputs
+    manifests = []
+    for k, stage in enumerate(config.stages, 1):
+        stage_dir = out / f"{k:02d}-{stage}"
+        manifests.append(run_stage(stage, current, stage_dir, config, executor, log))
+        current = stage_dir
+    seconds = time.perf_counter() - t0
+    first, last = manifests[0], manifests[-1]
+    summary = {
+        "output": str(current),
+        "stages": [{k: m[k] for k in ("stage", "docs_in", "bytes_in", "kept", "bytes_kept", "removed",
+                                       "errors", "added", "seconds")} for m in manifests],
+        "docs_in": first["docs_in"],
+        "bytes_in": first["bytes_in"],
+        "docs_out": last["kept"] + last.get("added", 0),
+        "seconds": round(seconds, 3),
+        "config": asdict(config),
+    }
+    atomic_write_json(out / "pipeline.json", summary)
+    return summary
