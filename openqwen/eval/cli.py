@@ -73,7 +73,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     c.add_argument("--train", nargs="+", required=True,
-                   help="training data: files/folders of .txt/.md/.py/.jsonl/.zip, or @LIST (one path per line)")
+                   help="training data: files/folders of .jsonl(.gz) with a text field, text files, .zip, "
+                   "or @LIST (one path per line)")
     c.add_argument("--tasks", nargs="+", default=["mmlu", "humaneval"],
                    choices=["mmlu", "ceval", "cmmlu", "mc", "humaneval", "mbpp", "gsm8k"])
     c.add_argument("--data", nargs="*", default=[], metavar="TASK=PATH", help="task files, e.g. gsm8k=test.jsonl")

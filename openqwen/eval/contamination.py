@@ -104,24 +104,20 @@ def check_task(index: NgramIndex, task: str, items: Sequence[tuple[str, str]]) -
 
 
 def training_texts(paths: Sequence[str | Path]) -> Iterable[str]:
-    """Documents of the training manifest: files or folders of .txt/.md/.py/.jsonl/.zip (recursive).
-    A path prefixed with ``@`` names a file listing one such path per line."""
+    """Documents of the training data: files or folders the data pipeline reads (``.jsonl``/``.jsonl.gz``
+    with a ``text`` field, text files; see :func:`openqwen.data.io.iter_texts`), ``.zip`` archives of
+    text files, and ``@LIST`` (a file naming one such path per line)."""
+    from ..data.io import iter_texts  # noqa: PLC0415
     from .tasks.perplexity import read_texts  # noqa: PLC0415
 
     for p in paths:
         p = str(p)
         if p.startswith("@"):
             yield from training_texts([ln.strip() for ln in Path(p[1:]).read_text().splitlines() if ln.strip()])
-            continue
-        path = Path(p)
-        if not path.exists():
-            raise FileNotFoundError(f"training data {path} does not exist")
-        if path.is_dir():
-            for f in sorted(path.rglob("*")):
-                if f.is_file() and f.suffix in (".txt", ".md", ".py", ".jsonl", ".zip"):
-                    yield from read_texts(f)
+        elif p.endswith(".zip"):
+            yield from read_texts(p)
         else:
-            yield from read_texts(path)
+            yield from iter_texts(p)
 
 
 def task_items(task: str, data: str | None = None) -> list[tuple[str, str]]:
