@@ -119,7 +119,11 @@ def _executor(args: argparse.Namespace):
 def _run(args: argparse.Namespace) -> int:
     from .pipeline import run_pipeline
 
-    summary = run_pipeline(args.input, args.out, _pipeline_config(args), _executor(args))
+    executor = _executor(args)
+    try:
+        summary = run_pipeline(args.input, args.out, _pipeline_config(args), executor)
+    finally:
+        getattr(executor, "close", lambda: None)()
     mb = summary["bytes_in"] / 1e6
     print(f"{summary['docs_in']} documents ({mb:.2f} MB) -> {summary['docs_out']} in {summary['output']} "
           f"({summary['seconds']:.1f} s, {mb / max(summary['seconds'], 1e-9):.2f} MB/s)")
@@ -129,7 +133,11 @@ def _run(args: argparse.Namespace) -> int:
 def _stage(args: argparse.Namespace) -> int:
     from .pipeline import run_stage
 
-    _print_manifest(run_stage(args.stage, args.input, args.out, _pipeline_config(args), _executor(args)))
+    executor = _executor(args)
+    try:
+        _print_manifest(run_stage(args.stage, args.input, args.out, _pipeline_config(args), executor))
+    finally:
+        getattr(executor, "close", lambda: None)()
     return 0
 
 

@@ -24,14 +24,26 @@ def _progress(total: int, desc: str):
 class LocalExecutor:
     """``workers`` processes on this machine (1 = run inline, which is easiest to debug).
 
-    Worker processes are started with ``spawn``: they import only the data modules, never inherit
-    a parent's threads or a model held in memory.
+    Workers are forked where the platform allows it (Linux): they start in milliseconds and inherit
+    the imported modules instead of importing the package (and torch with it) again; the stage
+    functions use only numpy and the standard library, so no thread pool is in use across the
+    fork. Elsewhere they are spawned. The pool lives as long as the executor (``close()`` or a
+    ``with`` block ends it), so a multi-stage run pays the start-up once.
     """
 
     def __init__(self, workers: int = 1):
         if workers < 1:
             raise ValueError("workers must be >= 1")
         self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _get_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            import multiprocessing as mp
+
+            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context(method))
+        return self._pool
 
     def map(self, fn: Callable[[dict[str, Any]], Any], tasks: list[dict[str, Any]], desc: str = "") -> list[Any]:
         if not tasks:
@@ -44,16 +56,29 @@ class LocalExecutor:
                     results.append(fn(t))
                     bar.update()
                 return results
-            import multiprocessing as mp
-
-            with ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)),
-                                     mp_context=mp.get_context("spawn")) as pool:
-                futures = [pool.submit(fn, t) for t in tasks]
-                for f in futures:
-                    f.add_done_callback(lambda _f: bar.update())
-                return [f.result() for f in futures]
+            futures = [self._get_pool().submit(fn, t) for t in tasks]
+            for f in futures:
+                f.add_done_callback(lambda _f: bar.update())
+            return [f.result() for f in futures]
         finally:
             bar.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def __enter__(self) -> "LocalExecutor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: nothing left to clean
+            pass
 
 
 class RayExecutor:
