@@ -283,7 +283,7 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
                 f"{'messages' if chat else 'prompt'} or completion.",
                 param="max_tokens", code="context_length_exceeded")
         budget = max_tokens if max_tokens is not None else min(cfg.default_max_tokens, context - prompt_len)
-        fields: dict[str, Any] = {"max_new_tokens": budget, "stop": list(req.stop)}
+        fields: dict[str, Any] = {"max_new_tokens": budget, "stop": list(req.stop), "ignore_eos": req.ignore_eos}
         if req.temperature is not None:
             fields["temperature"] = req.temperature
         if req.top_p is not None:
@@ -293,10 +293,10 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
         if req.repetition_penalty is not None:
             fields["repetition_penalty"] = req.repetition_penalty
         if chat:
-            fields["stop_token_ids"] = list(tokenizer.stop_ids)
+            fields["stop_token_ids"] = [] if req.ignore_eos else list(tokenizer.stop_ids)
             base = SamplingParams.chat_defaults(**fields)
         else:
-            fields["stop_token_ids"] = [tokenizer.eos_id]
+            fields["stop_token_ids"] = [] if req.ignore_eos else [tokenizer.eos_id]
             base = SamplingParams(**fields)
         # each choice gets its own seed so that n > 1 gives n different samples, reproducibly
         return [base.replace(seed=None if req.seed is None else req.seed + i) for i in range(req.n)]
@@ -508,3 +508,44 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
+
+
+class BackgroundServer:
+    """Serve ``app`` with uvicorn from a daemon thread (notebooks, tests, benchmarks).
+
+    ``port=0`` picks a free port; :attr:`url` is the base URL (the OpenAI base URL is ``url + "/v1"``).
+    Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
+                 start_timeout: float = 60.0) -> None:
+        import socket
+        import time
+
+        import uvicorn
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        self.port = sock.getsockname()[1]
+        self.url = f"http://{host}:{self.port}"
+        self.app = app
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=2))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True,
+                                       name="openqwen-serve")
+        self.thread.start()
+        deadline = time.monotonic() + start_timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start on {self.url}")
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    def __enter__(self) -> "BackgroundServer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

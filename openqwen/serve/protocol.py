@@ -78,6 +78,7 @@ class _Sampling(_Request):
     # Extensions (the release's sampling knobs); top_k 0 or -1 means "off".
     top_k: int | None = Field(None, ge=-1)
     repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
+    ignore_eos: bool = False  # generate max_tokens regardless of end-of-text (benchmarks; as vLLM)
     # Accepted and checked so that a client relying on them gets an error instead of silence.
     logprobs: Any = None
     user: str | None = None

@@ -3,10 +3,6 @@ uvicorn server on a free loopback port (in a thread), which the official ``opena
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
-
 import torch
 
 from openqwen import Qwen, QwenConfig
@@ -46,28 +42,8 @@ def greedy_reference(model: Qwen, prompt: list[int], max_new: int, stop_ids: set
     return out
 
 
-class LiveServer:
-    """uvicorn serving ``app`` on 127.0.0.1 at a free port, in a daemon thread."""
+def LiveServer(app):
+    """A live uvicorn server on a free loopback port, in a thread (the package's own helper)."""
+    from openqwen.serve.app import BackgroundServer
 
-    def __init__(self, app) -> None:
-        import uvicorn
-
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.app = app
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-
-    def close(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
+    return BackgroundServer(app)
