@@ -176,3 +176,21 @@ def test_extend_the_official_vocabulary(artifact, tmp_path):
     hf = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
     sample = new_text + code_docs(120, 3) + chinese_docs(5, 9)
     assert ext.encode_batch(sample) == [e.ids for e in hf.encode_batch(sample, add_special_tokens=False)]
+
+
+def test_cli_extend(tmp_path, mixed):
+    mixed.save_pretrained(tmp_path / "base")
+    rng = random.Random(0)
+    words = "안녕하세요 세계 한국어 문장입니다 Привет как дела мягких французских булок".split()
+    new_text = "\n".join(" ".join(rng.choice(words) for _ in range(30)) for _ in range(100))
+    (tmp_path / "zh.txt").write_text(new_text, encoding="utf-8")
+    assert cli_main(["tokenizer", "train", "--extend", str(tmp_path / "base"), "--input", str(tmp_path / "zh.txt"),
+                     "--new-tokens", "50", "--out", str(tmp_path / "ext"), "--quiet"]) == 0
+    ext = QwenTokenizer.from_pretrained(tmp_path / "ext")
+    assert all(ext.mergeable_ranks[b] == r for b, r in mixed.mergeable_ranks.items())
+    assert ext.num_base_tokens == mixed.num_base_tokens + 50
+    assert list(ext.special_tokens) == list(mixed.special_tokens) and ext.eos_id == ext.num_base_tokens
+    assert len(ext.encode(new_text)) < 0.5 * len(mixed.encode(new_text))
+    with pytest.raises(SystemExit, match="--new-tokens"):
+        cli_main(["tokenizer", "train", "--extend", str(tmp_path / "base"), "--input", str(tmp_path / "zh.txt"),
+                  "--out", str(tmp_path / "x")])
