@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import codecs
 import json
-import re
 import struct
 import unicodedata
 from functools import lru_cache
