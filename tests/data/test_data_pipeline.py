@@ -208,3 +208,19 @@ def test_ray_executor_matches_local(tmp_path, corpus):
         ex.ray.shutdown()
     assert read_out(Path(local["output"])) == read_out(Path(ray_run["output"]))
     assert [s["removed"] for s in local["stages"]] == [s["removed"] for s in ray_run["stages"]]
+
+
+def test_contamination_from_an_extra_eval_file(tmp_path):
+    # no artifacts needed: the evaluation set is a user file; the copy differs in case and punctuation
+    question = ("A train leaves the station at nine in the morning travelling at sixty miles per hour "
+                "towards a city two hundred miles away; when does it arrive?")
+    evals = tmp_path / "my_eval.jsonl"
+    evals.write_text(json.dumps({"text": question}) + "\n")
+    clean = prose(200)
+    leaked = clean[:400] + " " + question.upper().replace(";", " --") + " " + clean[400:]
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(json.dumps({"text": t}) for t in (clean, leaked)) + "\n")
+    cfg = PipelineConfig(decontam=DecontamConfig(eval_sets=[], extra=[str(evals)]))
+    m = run_stage("decontam", src, tmp_path / "dc", cfg, log=lambda *_: None)
+    assert m["removed"] == {"contaminated": 1} and m["eval_index"]["items"] == 1
+    assert [d["text"] for d in read_out(tmp_path / "dc")] == [clean]
