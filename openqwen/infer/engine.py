@@ -29,7 +29,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -73,8 +73,9 @@ class RequestHandle:
     """A submitted request. Iterate it for :class:`StreamEvent` s (ends after the final event);
     :meth:`result` waits for the :class:`Completion`; :meth:`cancel` frees its slot at the next step."""
 
-    def __init__(self, request_id: int, prompt_tokens: int) -> None:
+    def __init__(self, request_id: int, prompt_tokens: int, pump: Callable[[], None] | None = None) -> None:
         self.id = request_id
+        self._pump = pump  # without a background thread, waiting means stepping the engine
         self.prompt_tokens = prompt_tokens
         self.events: "queue.Queue[StreamEvent]" = queue.Queue()
         self.cancelled = threading.Event()
@@ -88,6 +89,9 @@ class RequestHandle:
         if self._completion is not None:
             return
         while True:
+            if self._pump is not None:
+                while self.events.empty():
+                    self._pump()
             ev = self.events.get()
             if ev.error is not None:
                 raise RuntimeError(f"generation failed: {ev.error}") from ev.error
@@ -148,10 +152,12 @@ class Engine:
     max_batch_size: slots in the KV cache (concurrent requests); more requests wait in a queue.
     max_seq_len: positions per slot (prompt + output); default min(max_position_embeddings, 8192).
     The cache costs ``2 * layers * kv_heads * head_dim * bytes * max_batch_size * max_seq_len``.
+    background: run :meth:`step` in a background thread whenever there is work (the default); with
+    False the caller drives :meth:`step` itself (deterministic tests, benchmarks, custom schedulers).
     """
 
     def __init__(self, model: Qwen, tokenizer: Any, max_batch_size: int = 16, max_seq_len: int | None = None,
-                 name: str = "openqwen") -> None:
+                 name: str = "openqwen", background: bool = True) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.model = model.eval()
@@ -171,6 +177,7 @@ class Engine:
         self._step_lock = threading.Lock()  # one stepping thread at a time
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
+        self._background = background
         self._closed = False
 
     # ------------------------------------------------------------------------------ construction
@@ -213,7 +220,7 @@ class Engine:
         stop_ids = set(params.stop_token_ids) | set(extra_stop_ids)
         if self._eos is not None and not params.ignore_eos:
             stop_ids.add(self._eos)
-        handle = RequestHandle(next(self._ids), len(ids))
+        handle = RequestHandle(next(self._ids), len(ids), None if self._background else self.step)
         req = _Request(handle, ids, params, stop_ids, self.tokenizer, self.config.vocab_size)
         with self._work:
             if self._closed:
@@ -291,6 +298,8 @@ class Engine:
         return out
 
     def _ensure_thread(self) -> None:
+        if not self._background:
+            return
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._loop, name="openqwen-engine", daemon=True)
             self._thread.start()

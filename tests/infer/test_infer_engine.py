@@ -77,8 +77,7 @@ def test_requests_joining_mid_flight_match_solo(engine):
 def test_manual_joins_between_steps_match_solo():
     """Drive step() by hand so that joins happen at known steps, with slot holes in the decode span."""
     model = tiny_model(seed=3)
-    eng = Engine(model, ByteTokenizer(), max_batch_size=3, max_seq_len=128)
-    eng._ensure_thread = lambda: None  # no background thread: this test steps the engine itself
+    eng = Engine(model, ByteTokenizer(), max_batch_size=3, max_seq_len=128, background=False)
     a = eng.submit("first prompt", GREEDY.replace(max_new_tokens=6))
     b = eng.submit("second, longer prompt here", GREEDY.replace(max_new_tokens=20))
     for _ in range(3):
