@@ -62,6 +62,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=10.0, help="code: seconds per sandboxed test run (default 10)")
     p.add_argument("--workers", type=int, default=None, help="code: sandboxed runs in parallel")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--resume", action="store_true",
+                   help="generation tasks: keep the completions in OUTPUT.partial.jsonl from an interrupted "
+                        "run with the same settings and generate only the rest")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_eval)
 
@@ -100,8 +103,13 @@ def _run_eval(args: argparse.Namespace) -> int:
         max_windows=args.max_windows, timeout_s=args.timeout, workers=args.workers,
         progress=not args.no_progress,
         partial_path=str(args.output) + ".partial.jsonl" if args.output else None,
+        resume=args.resume,
     )
-    if cfg.partial_path:
+    if args.resume and not args.output:
+        print("openqwen eval: error: --resume needs --output (the partial file is OUTPUT.partial.jsonl)",
+              file=sys.stderr)
+        return 2
+    if cfg.partial_path and not cfg.resume:
         Path(cfg.partial_path).unlink(missing_ok=True)  # a fresh run, not appended to an old one
     try:
         result = run_eval(cfg)

@@ -85,6 +85,8 @@ class EvalConfig:
     partial_path: str | None = None
     """Generation tasks append each finished chunk's completions here (JSON lines), so a long run
     that is stopped still leaves its work behind."""
+    resume: bool = False
+    """Reuse the completions already in ``partial_path`` and generate only the missing ones."""
 
     def resolved_shots(self) -> int:
         if self.shots is not None:
@@ -143,22 +145,27 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[int]], cfg: EvalConf
     longest = max(len(p) for p in prompts) + max_new_tokens + 1
     engine = Engine(model, tokenizer, max_batch_size=cfg.batch_size,
                     max_seq_len=min(longest, model.config.max_position_embeddings))
+    done = _load_partial(cfg.partial_path, prompts) if cfg.resume else {}
+    todo = [i for i in range(len(prompts)) if i not in done]
     # Chunks of a few batches: continuous batching inside each, and a partial file after each.
     chunk = max(4 * cfg.batch_size, 32)
-    out: list[Any] = []
     bar = None
-    if cfg.progress and len(prompts) > chunk:
+    if cfg.progress and len(todo) > chunk:
         from tqdm import tqdm  # noqa: PLC0415
 
-        bar = tqdm(total=len(prompts), desc="generating", unit="req")
+        bar = tqdm(total=len(prompts), initial=len(done), desc="generating", unit="req")
     try:
-        for s in range(0, len(prompts), chunk):
-            comps = engine.generate(prompts[s : s + chunk], params[s : s + chunk], progress=cfg.progress and bar is None)
-            out += comps
+        for s in range(0, len(todo), chunk):
+            idx = todo[s : s + chunk]
+            comps = engine.generate([prompts[i] for i in idx], [params[i] for i in idx],
+                                    progress=cfg.progress and bar is None)
+            for i, c in zip(idx, comps):
+                done[i] = c
             if cfg.partial_path:
                 with open(cfg.partial_path, "a", encoding="utf-8") as f:
-                    for i, c in enumerate(comps):
-                        f.write(json.dumps({"index": s + i, "text": c.text, "finish_reason": c.finish_reason,
+                    for i, c in zip(idx, comps):
+                        f.write(json.dumps({"index": i, "prompt_tokens": len(prompts[i]), "text": c.text,
+                                            "finish_reason": c.finish_reason,
                                             "completion_tokens": c.completion_tokens}) + "\n")
             if bar is not None:
                 bar.update(len(comps))
@@ -166,7 +173,37 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[int]], cfg: EvalConf
         engine.close()
         if bar is not None:
             bar.close()
-    return out
+    return [done[i] for i in range(len(prompts))]
+
+
+@dataclass
+class SavedCompletion:
+    """A completion read back from a partial file (what the scorers use of a Completion)."""
+
+    text: str
+    finish_reason: str
+    completion_tokens: int
+    prompt_tokens: int = 0
+
+
+def _load_partial(path: str | None, prompts: list[list[int]]) -> dict[int, Any]:
+    """Completions of an earlier, interrupted run of the same task (``--resume``)."""
+    if not path or not Path(path).exists():
+        return {}
+    done: dict[int, Any] = {}
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines()):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short when the earlier run was killed
+        i = int(r["index"])
+        if i >= len(prompts) or r.get("prompt_tokens", len(prompts[i])) != len(prompts[i]):
+            raise ValueError(f"{path}:{n + 1} does not belong to this run (other task, limit or prompts); "
+                             "delete it or run without --resume")
+        done[i] = SavedCompletion(r["text"], r["finish_reason"], r["completion_tokens"], len(prompts[i]))
+    return done
 
 
 def _truncate_at_stop(text: str, stop: list[str]) -> str:

@@ -78,3 +78,18 @@ def test_bad_input_exits_2(tmp_path, tiny_dir, capsys):
     assert "needs --data" in capsys.readouterr().err
     assert main(["eval", "--model", str(tiny_dir), "--task", "mmlu", "--data", str(tmp_path / "nope.jsonl")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_resume_reuses_saved_completions(tmp_path, tiny_dir, artifact):
+    from openqwen.eval.tasks.code import load_humaneval
+
+    first = load_humaneval(artifact("humaneval"))[0]
+    n_prompt = len(QwenTokenizer.from_pretrained(tiny_dir).encode(first.prompt))
+    saved = {"index": 0, "prompt_tokens": n_prompt, "text": first.canonical_solution, "finish_reason": "stop",
+             "completion_tokens": 7}
+    (tmp_path / "r.json.partial.jsonl").write_text(json.dumps(saved) + "\n" + '{"index": 1, "te')  # cut line
+    res = run(tmp_path, "--model", str(tiny_dir), "--task", "humaneval", "--limit", "2", "--max-new-tokens", "5",
+              "--resume")
+    assert res["details"][0]["completion"] == first.canonical_solution and res["details"][0]["passed"] == 1
+    assert res["metrics"]["pass@1"] == 0.5  # the saved right answer; the tiny model fails the other
+    assert 7 < res["counts"]["generated_tokens"] <= 12
