@@ -148,7 +148,7 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[int]], cfg: EvalConf
     done = _load_partial(cfg.partial_path, prompts) if cfg.resume else {}
     todo = [i for i in range(len(prompts)) if i not in done]
     # Chunks of a few batches: continuous batching inside each, and a partial file after each.
-    chunk = max(4 * cfg.batch_size, 32)
+    chunk = max(2 * cfg.batch_size, 16)
     bar = None
     if cfg.progress and len(todo) > chunk:
         from tqdm import tqdm  # noqa: PLC0415
