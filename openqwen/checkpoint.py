@@ -4,6 +4,8 @@ Reads
   1. a Hugging Face folder in the Qwen2 layout (``Qwen2ForCausalLM``; config.json + safetensors,
      one file or sharded with ``model.safetensors.index.json``). openqwen's own checkpoints are this
      layout too, with the openqwen-only settings kept in ``openqwen`` inside config.json;
+  2. a first-generation folder (``QWenLMHeadModel``), see :mod:`openqwen.checkpoint_v1`;
+  3. a ``.gguf`` file of the qwen2 architecture, see :mod:`openqwen.gguf_loader`.
 Writes the Qwen2 layout, which transformers, vLLM and llama.cpp's converter all take.
 
 Internally the model fuses Q|K|V and gate|up into single projections; this module splits and
