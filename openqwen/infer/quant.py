@@ -5,7 +5,8 @@ the weights from memory, so fewer bytes per weight means more tokens per second.
 
 * :class:`Int8Linear` (``quantize_int8(model)``): weights rounded to int8 with one fp32 scale per
   output row (symmetric, absmax / 127); activations and accumulation stay fp32. 4x fewer bytes than fp32.
-* :class:`BF16Linear` (``optimise_for_decode(model)`` on a bf16 model): bf16 weights, fp32 accumulation.
+* :class:`BF16Linear` (``optimise_for_decode(model)`` on a bf16 model): bf16 weights, fp32 activations
+  and accumulation.
 
 Both run small batches (decode, M <= 16 rows) through a tiny AVX2/FMA C kernel compiled once on first
 use with the system C compiler (cached in ``~/.cache/openqwen/kernels``) and called through ctypes; it
@@ -166,7 +167,7 @@ class _KernelLinear(nn.Module):
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
         M = x2.shape[0]
-        lib = load_kernels() if self.in_features % 32 == 0 else None
+        lib = (_lib if _lib is not None else load_kernels()) if self.in_features % 32 == 0 else None
         if M > MAX_KERNEL_ROWS:
             y = F.linear(x2.float(), self._dense(), None if self.bias is None else self.bias.float())
         elif lib is None:
@@ -252,8 +253,13 @@ def quantize_int8(model: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def optimise_for_decode(model: nn.Module) -> nn.Module:
-    """For a bf16 model, swap nn.Linear for :class:`BF16Linear` (fp32 accumulation, fast on CPUs
-    without native bf16); fp32 models are left as they are (torch's fp32 matvec is already fast)."""
+    """For a bf16 model: bf16 weights, fp32 compute. Every nn.Linear becomes a :class:`BF16Linear`
+    (weights stay bf16: half the bytes to read per token) and the few remaining parameters (norms,
+    the input embedding) go back to fp32, so activations, the KV cache and all small ops run in fp32,
+    which CPUs without native bf16 do much faster. fp32 models are left as they are."""
     if next(model.parameters()).dtype != torch.bfloat16:
         return model
-    return _swap_linears(model, lambda m: BF16Linear(m.weight, m.bias))
+    _swap_linears(model, lambda m: BF16Linear(m.weight, m.bias))
+    for p in model.parameters():
+        p.data = p.data.float()
+    return model

@@ -1,0 +1,296 @@
+"""Decode speed at batch 1 on the real Qwen2.5-Coder-0.5B-Instruct GGUF, against peers, in one run.
+
+    .venv/bin/python -m benchmarks.bench_infer [--threads 1] [--tokens 48] [--llama-python PATH]
+
+Measures, on the same weights and the same number of threads:
+  * the machine's memory bandwidth (best of several full passes over a 512 MiB tensor) and from it
+    the roofline of each precision: bandwidth / bytes of weights read per decoded token;
+  * openqwen's engine in fp32, bf16 and int8 (decode tokens/s, prefill excluded);
+  * transformers' ``generate`` (fp32 and bf16; decode rate = extra tokens / extra time);
+  * llama.cpp (llama-cpp-python) on the q4_k_m file itself, when ``--llama-python`` names a Python
+    that has it installed.
+Writes docs/benchmarks/inference.md (table), inference.json and inference.png (plot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+PROMPT = "Write a Python function that checks whether a number is prime, with a docstring and tests."
+OUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
+
+
+class BandwidthProbe:
+    """Times full reads of a 512 MiB fp32 tensor (far larger than the caches). A decode step streams the
+    weights once, so ``bytes / read bandwidth`` is the fastest a step can be: the roofline."""
+
+    def __init__(self, mib: int = 512) -> None:
+        self.a = torch.empty(mib * 1024 * 1024 // 4, dtype=torch.float32).uniform_()
+        self.a.sum()
+
+    def seconds_per_byte(self) -> float:
+        t = time.perf_counter()
+        self.a.sum()
+        return (time.perf_counter() - t) / (self.a.numel() * 4)
+
+
+def weight_bytes_per_token(model: torch.nn.Module) -> int:
+    """Bytes a batch-1 decode step must read: every linear layer's weight (+scales, bias), the norms,
+    and one embedding row (the lookup touches a single row)."""
+    total = 0
+    for name, mod in model.named_modules():
+        if name == "embed_tokens":
+            total += mod.weight.shape[1] * mod.weight.element_size()
+            continue
+        for t in list(mod.parameters(recurse=False)) + list(mod.buffers(recurse=False)):
+            if t is not None:
+                total += t.numel() * t.element_size()
+    return total
+
+
+def engine_decode_vs_roofline(engine, ids: list[int], probe: BandwidthProbe, model_bytes: int,
+                              rounds: int, per_round: int = 6) -> dict:
+    """Alternate rounds of ``per_round`` decode steps with one bandwidth read, so that both see the same
+    machine load (this machine is shared); report medians. The engine is stepped by hand (no thread)."""
+    import statistics
+
+    from openqwen.infer.sampling import SamplingParams
+
+    handle = engine.submit(ids, SamplingParams(max_new_tokens=rounds * per_round + 3, temperature=0, ignore_eos=True))
+    engine.step()  # prefill (and the first token)
+    engine.step()  # warm-up decode step
+    step_s, read_s = [], []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for _ in range(per_round):
+            engine.step()
+        step_s.append((time.perf_counter() - t) / per_round)
+        read_s.append(probe.seconds_per_byte() * model_bytes)
+    while engine.num_active:
+        engine.step()
+    ratios = [r / s for r, s in zip(read_s, step_s)]
+    return dict(tok_s=1 / statistics.median(step_s), roofline_tok_s=1 / statistics.median(read_s),
+                of_roofline=statistics.median(ratios), tokens=handle.result().token_ids,
+                bandwidth_gb_s=model_bytes / statistics.median(read_s) / 1e9)
+
+
+def batch_decode_rate(model, tok, ids: list[int], batch: int, steps: int = 8) -> float:
+    """Aggregate decode tokens/s with ``batch`` requests decoding together (after their prefill)."""
+    from openqwen.infer.engine import Engine
+    from openqwen.infer.sampling import SamplingParams
+
+    engine = Engine(model, tok, max_batch_size=batch, max_seq_len=len(ids) + steps + 8, background=False)
+    for i in range(batch):
+        engine.submit(ids, SamplingParams(max_new_tokens=steps + 3, temperature=0.7, seed=i, ignore_eos=True))
+    engine.step()
+    engine.step()
+    t = time.perf_counter()
+    for _ in range(steps):
+        engine.step()
+    rate = batch * steps / (time.perf_counter() - t)
+    while engine.num_active:
+        engine.step()
+    return rate
+
+
+def hf_decode_rate(hf, ids: list[int], n: int) -> tuple[float, list[int]]:
+    x = torch.tensor([ids])
+
+    def run(k):
+        t = time.perf_counter()
+        out = hf.generate(x, max_new_tokens=k, min_new_tokens=k, do_sample=False, pad_token_id=0)
+        return time.perf_counter() - t, out[0, len(ids):].tolist()
+
+    run(2)  # warm-up
+    t1, _ = run(1)
+    tn, toks = run(n + 1)
+    return n / (tn - t1), toks
+
+
+def hf_from_model(model, dtype):
+    import transformers
+
+    from openqwen.checkpoint import hf_state_from_model
+
+    c = model.config
+    cfg = transformers.Qwen2Config(
+        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
+        num_key_value_heads=c.num_key_value_heads, rope_theta=c.rope_theta, rms_norm_eps=c.rms_norm_eps,
+        tie_word_embeddings=c.tie_word_embeddings, max_position_embeddings=c.max_position_embeddings,
+    )
+    with torch.device("meta"):
+        hf = transformers.Qwen2ForCausalLM(cfg)
+    state = {k: v.to(dtype) for k, v in hf_state_from_model(model).items()}
+    hf.load_state_dict(state, strict=False, assign=True)
+    hf.model.rotary_emb = type(hf.model.rotary_emb)(config=cfg)  # its buffers are not in the state dict
+    if c.tie_word_embeddings:
+        hf.tie_weights()
+    return hf.eval()
+
+
+LLAMA_SCRIPT = r"""
+import sys, time, json
+from llama_cpp import Llama
+path, threads, n, prompt = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=512, verbose=False)
+toks = llm.tokenize(prompt.encode(), add_bos=False)
+def run(k):
+    llm.reset()
+    t = time.perf_counter()
+    llm.create_completion(prompt, max_tokens=k, temperature=0, logit_bias={llm.token_eos(): -1e9})
+    return time.perf_counter() - t
+run(2)
+t1 = run(1); tn = run(n + 1)
+print(json.dumps({"tok_s": n / (tn - t1)}))
+"""
+
+
+def llama_decode_rate(python: str, gguf: Path, threads: int, n: int) -> float | None:
+    try:
+        res = subprocess.run([python, "-c", LLAMA_SCRIPT, str(gguf), str(threads), str(n), PROMPT],
+                             capture_output=True, text=True, timeout=1200)
+        return float(json.loads(res.stdout.strip().splitlines()[-1])["tok_s"])
+    except Exception as e:  # noqa: BLE001 - an optional peer
+        print(f"llama.cpp peer failed: {e}", file=sys.stderr)
+        return None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads for every engine [1]")
+    ap.add_argument("--rounds", type=int, default=8, help="rounds of 6 decode steps + 1 bandwidth read [8]")
+    ap.add_argument("--tokens", type=int, default=48, help="decoded tokens for llama.cpp [48]")
+    ap.add_argument("--hf-tokens", type=int, default=16, help="decoded tokens for transformers [16]")
+    ap.add_argument("--batch-sizes", default="4,16", help="int8 aggregate decode at these batch sizes ['4,16']")
+    ap.add_argument("--llama-python", default=None, help="a Python with llama-cpp-python installed")
+    ap.add_argument("--model", default=None, help="GGUF file (default: the fetched artifact)")
+    ap.add_argument("--no-write", action="store_true", help="print only; do not write docs/benchmarks")
+    args = ap.parse_args()
+
+    from openqwen import Qwen
+    from openqwen.artifacts import artifact_path
+    from openqwen.infer import quant
+    from openqwen.infer.engine import Engine
+    from openqwen.tokenizer import QwenTokenizer
+
+    torch.set_num_threads(args.threads)
+    gguf = Path(args.model) if args.model else artifact_path("qwen25-coder-0.5b-instruct-gguf")
+    if gguf is None:
+        print("the GGUF artifact is not fetched (../shared/tools/fetch-artifacts)", file=sys.stderr)
+        return 1
+    tok = QwenTokenizer.from_pretrained(gguf)
+    ids = tok.apply_chat_template([{"role": "user", "content": PROMPT}])
+    base = Qwen.from_pretrained(gguf, dtype="fp32")
+    print(f"model: {gguf.name}, {sum(p.numel() for p in base.parameters()) / 1e6:.0f}M parameters; "
+          f"kernels: {quant.kernel_status()}; threads: {args.threads}", flush=True)
+
+    rows = []
+    probe = BandwidthProbe()
+
+    def record(name, precision, rate, extra=None):
+        row = dict(engine=name, precision=precision, tok_s=rate, bytes_per_token=None, roofline_tok_s=None,
+                   of_roofline=None, bandwidth_gb_s=None)
+        row.update(extra or {})
+        rows.append(row)
+        roof = f", {row['of_roofline']:.0%} of its roofline {row['roofline_tok_s']:.2f}" if row["of_roofline"] else ""
+        print(f"{name:>14} {precision:>6}: {rate:6.2f} tok/s{roof}", flush=True)
+
+    # ours, each precision built from the same fp32 weights
+    ref_tokens = None
+    for precision in ("fp32", "bf16", "int8"):
+        model = copy.deepcopy(base)
+        if precision == "bf16":
+            model = quant.optimise_for_decode(model.to(torch.bfloat16))
+        elif precision == "int8":
+            model = quant.quantize_int8(model)
+        nbytes = weight_bytes_per_token(model)
+        engine = Engine(model, tok, max_batch_size=1, max_seq_len=len(ids) + args.rounds * 6 + 8, background=False)
+        res = engine_decode_vs_roofline(engine, ids, probe, nbytes, args.rounds)
+        toks = res.pop("tokens")
+        if ref_tokens is None:
+            ref_tokens = toks
+        agree = sum(a == b for a, b in zip(toks, ref_tokens)) / len(ref_tokens)
+        print(f"  {precision}: {nbytes / 1e6:.0f} MB read per token; greedy tokens equal to fp32's: {agree:.0%}")
+        record("openqwen", precision, res.pop("tok_s"), dict(res, bytes_per_token=nbytes,
+                                                              greedy_agreement_with_fp32=agree))
+        if precision == "int8" and args.batch_sizes:
+            for bs in [int(b) for b in args.batch_sizes.split(",")]:
+                rate = batch_decode_rate(model, tok, ids, bs)
+                print(f"  int8 aggregate decode at batch {bs}: {rate:.2f} tok/s", flush=True)
+                rows.append(dict(engine="openqwen", precision=f"int8 batch {bs}", tok_s=rate, aggregate=True))
+        del engine, model
+        gc.collect()
+
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        hf = hf_from_model(base, dtype)
+        rate, toks = hf_decode_rate(hf, ids, args.hf_tokens)
+        print(f'  transformers {precision}: {rate:.2f} tok/s', flush=True)
+        if precision == "fp32":
+            same = toks[: args.hf_tokens] == ref_tokens[: args.hf_tokens]
+            print(f"  transformers greedy == openqwen fp32 greedy: {same}")
+        record("transformers", precision, rate)
+        del hf
+        gc.collect()
+
+    if args.llama_python:
+        rate = llama_decode_rate(args.llama_python, gguf, args.threads, args.tokens)
+        if rate is not None:
+            record("llama.cpp", "q4_k_m", rate)
+
+    meta = dict(date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), machine=platform.processor() or
+                platform.machine(), cpu=_cpu_name(), threads=args.threads, tokens=args.tokens,
+                torch=torch.__version__, command="python -m benchmarks.bench_infer " + " ".join(sys.argv[1:]),
+                kernels=quant.kernel_status())
+    if not args.no_write:
+        write_report(rows, meta)
+    return 0
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + f" ({len(Path('/proc/cpuinfo').read_text().split('processor')) - 1} cores)"
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def write_report(rows: list[dict], meta: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "inference.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=2) + "\n")
+    rows = [r for r in rows if not r.get("aggregate")]
+    labels = [f"{r['engine']}\n{r['precision']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.bar(labels, [r["tok_s"] for r in rows], color=["C0" if r["engine"] == "openqwen" else "C7" for r in rows])
+    for i, r in enumerate(rows):
+        if r.get("roofline_tok_s"):
+            ax.plot([i - 0.4, i + 0.4], [r["roofline_tok_s"]] * 2, "r--", lw=1.5,
+                    label="memory-bandwidth roofline" if i == 0 else None)
+    ax.set_ylabel("decode tokens/s, batch 1")
+    ax.set_title(f"Qwen2.5-Coder-0.5B decode, {meta['threads']} thread(s), {meta['cpu']}", fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(OUT / "inference.png", dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
