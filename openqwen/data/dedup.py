@@ -167,10 +167,11 @@ def band_hashes(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     sig = signatures[:, : bands * rows].astype(np.uint64).reshape(n, bands, rows)
     acc = np.zeros((n, bands), dtype=np.uint64)
     with np.errstate(over="ignore"):
-        for r in range(rows):
-            acc = mix64(acc * np.uint64(0x9E3779B97F4A7C15) + sig[:, :, r])
+        for r in range(rows):  # a polynomial in the row values (wrapping), mixed once at the end
+            acc *= np.uint64(0x9E3779B97F4A7C15)
+            acc += sig[:, :, r]
     # the band number goes into the hash so equal values in different bands never collide
-    return acc ^ mix64(np.arange(bands, dtype=np.uint64) + np.uint64(1))[None, :]
+    return mix64(acc ^ mix64(np.arange(bands, dtype=np.uint64) + np.uint64(1))[None, :])
 
 
 def candidate_pairs(signatures: np.ndarray, bands: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
