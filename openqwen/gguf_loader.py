@@ -250,7 +250,7 @@ def _unpack_nibbles(qs: torch.Tensor) -> torch.Tensor:
     order). Works on 8 bytes at a time through int64 lanes."""
     k = qs.shape[-1]
     lanes = qs.contiguous().view(torch.int64)
-    out = torch.empty((*qs.shape[:-1], k // 4), dtype=torch.int64)
+    out = torch.empty((*qs.shape[:-1], k // 4), dtype=torch.int64, device=qs.device)
     torch.bitwise_and(lanes, _LOW_NIBBLES, out=out[..., : k // 8])
     hi = out[..., k // 8 :]
     torch.bitwise_right_shift(lanes, 4, out=hi)
@@ -260,7 +260,7 @@ def _unpack_nibbles(qs: torch.Tensor) -> torch.Tensor:
 
 def _high_bits(qh: torch.Tensor) -> torch.Tensor:
     """Bytes [n, k] -> uint8 [n, 8k] holding bit j of the input bytes at bit 4 (little-endian order)."""
-    return _HIGH_BIT_LUT[qh.long()].view(torch.uint8).reshape(qh.shape[0], -1)
+    return _HIGH_BIT_LUT.to(qh.device)[qh.long()].view(torch.uint8).reshape(qh.shape[0], -1)
 
 
 def _k_scales(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -343,7 +343,7 @@ def _deq_q6_k(b: torch.Tensor, out: torch.Tensor) -> None:
     # two halves of 128 values: 64 ql bytes each (low nibbles, then high nibbles) and 32 qh bytes each
     # holding bits 4-5 of four runs of 32 values
     q = _unpack_nibbles(b[:, :128].reshape(n, 2, 64)).view(n, 8, 32)
-    qh = b[:, 128:192].reshape(n, 2, 1, 32) >> _Q6_SHIFTS
+    qh = b[:, 128:192].reshape(n, 2, 1, 32) >> _Q6_SHIFTS.to(b.device)
     qh &= 3
     qh <<= 4
     q |= qh.view(n, 8, 32)
@@ -373,9 +373,10 @@ def dequantize(raw: torch.Tensor | np.ndarray, ggml_type: int, shape: tuple[int,
     if raw.numel() != numel // block * size or numel % block:
         raise CheckpointError(f"{name} data of {raw.numel()} bytes does not hold a tensor of shape {tuple(shape)}")
     if out is None:
-        out = torch.empty(shape, dtype=torch.float32)
-    elif tuple(out.shape) != tuple(shape) or out.dtype != torch.float32 or not out.is_contiguous():
-        raise ValueError(f"out must be a contiguous float32 tensor of shape {tuple(shape)}")
+        out = torch.empty(shape, dtype=torch.float32, device=raw.device)
+    elif (tuple(out.shape) != tuple(shape) or out.dtype != torch.float32 or not out.is_contiguous()
+          or out.device != raw.device):
+        raise ValueError(f"out must be a contiguous float32 tensor of shape {tuple(shape)} on {raw.device}")
     flat = out.view(-1)
     if ggml_type == _F32:
         flat.copy_(raw.view(torch.float32))
