@@ -16,6 +16,7 @@ examples:
   openqwen data demo-corpus --out data/demo            # the built-in corpus (~15 MB)
   openqwen data demo-corpus --out /tmp/dq --quick      # ~0.3 MB, for tests
   openqwen data run --in data/demo --out data/clean    # all cleaning stages, then mix
+  openqwen data shard --in data/demo --out data/shards --docs-per-shard 500   # more shards, more workers
   openqwen data pack --in data/clean/07-mix --out data/packed --seq-len 512
   openqwen data dedup-fuzzy --in shards/ --out dedup/ --threshold 0.8 --workers 2
   openqwen data run --in data/demo --out data/clean --executor ray
@@ -141,6 +142,13 @@ def _stage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shard(args: argparse.Namespace) -> int:
+    from .pipeline import reshard
+
+    _print_manifest(reshard(args.input, args.out, docs_per_shard=args.docs_per_shard))
+    return 0
+
+
 def _train_quality(args: argparse.Namespace) -> int:
     from .io import iter_texts
     from .quality import QualityClassifier, synthetic_negatives
@@ -243,6 +251,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         _add_common(sp)
         _add_stage_options(sp, stage)
         sp.set_defaults(func=_stage, stage=stage)
+
+    h = sub.add_parser("shard", help="rewrite documents as gzip JSONL shards of N documents",
+                       description="Stages run one task per shard: reshard a corpus held in a few big files "
+                       "so that --workers / Ray can spread it. Bad lines are counted in the manifest.")
+    h.add_argument("--in", dest="input", required=True, nargs="+", help="input files or folders")
+    h.add_argument("--out", required=True, help="output folder")
+    h.add_argument("--docs-per-shard", type=int, default=1000, help="documents per shard (1000)")
+    h.set_defaults(func=_shard)
 
     q = sub.add_parser("train-quality", help="train the hashed n-gram quality classifier",
                        description="Logistic regression on hashed word/character n-grams. Negatives "

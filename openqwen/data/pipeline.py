@@ -275,6 +275,42 @@ def run_stage(stage: str, inputs: Any, out_dir: str | Path, config: PipelineConf
     return manifest
 
 
+def reshard(inputs: Any, out_dir: str | Path, docs_per_shard: int = 1000,
+            log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Rewrite documents as ``shard-NNNNN.jsonl.gz`` files of ``docs_per_shard`` documents each.
+
+    Stages parallelise over shards, so a corpus in a few big files uses few workers; resharding
+    first spreads it. Bad lines are counted and listed in the manifest like in every stage. Runs
+    in the driver (it is I/O bound) and, like the stages, does nothing when already finished.
+    """
+    from .io import ShardWriter
+
+    out = Path(out_dir)
+    files = [str(f) for f in list_input_files(inputs)]
+    stage_config = {"params": {"docs_per_shard": docs_per_shard}, "inputs": [[f] for f in files]}
+    done = read_manifest(out)
+    if done is not None:
+        if done.get("config") == stage_config:
+            log(f"shard: already finished in {out}; nothing to do")
+            return done
+        raise FileExistsError(f"{out} holds finished shards of other inputs; use a new output folder")
+    t0 = time.perf_counter()
+    stats = StageStats()
+    with ShardWriter(out, docs_per_shard=docs_per_shard) as writer:
+        for f in files:
+            for doc in read_documents(f):
+                if isinstance(doc, BadLine):
+                    stats.error(doc)
+                    continue
+                stats.add_in(doc["text"])
+                stats.keep(doc["text"])
+                writer.write(doc)
+    manifest = write_manifest(out, "shard", stats, inputs=files, outputs=[p.name for p in writer.paths],
+                              config=stage_config, seconds=time.perf_counter() - t0)
+    log(f"shard: {stats.kept} documents in {len(writer.paths)} shards, {stats.errors} errors")
+    return manifest
+
+
 def run_pipeline(inputs: Any, out_dir: str | Path, config: PipelineConfig | None = None,
                  executor: Executor | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run ``config.stages`` in order, each into ``out_dir/NN-stage``; returns a summary dict

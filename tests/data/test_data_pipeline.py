@@ -224,3 +224,14 @@ def test_contamination_from_an_extra_eval_file(tmp_path):
     m = run_stage("decontam", src, tmp_path / "dc", cfg, log=lambda *_: None)
     assert m["removed"] == {"contaminated": 1} and m["eval_index"]["items"] == 1
     assert [d["text"] for d in read_out(tmp_path / "dc")] == [clean]
+
+
+def test_reshard_spreads_documents_and_counts_bad_lines(tmp_path, corpus):
+    from openqwen.data.pipeline import reshard
+
+    src, docs = corpus
+    m = reshard(src, tmp_path / "s", docs_per_shard=10, log=lambda *_: None)
+    assert m["kept"] == len(docs) and m["errors"] == 2 and m["balanced"]
+    assert len(m["outputs"]) == -(-len(docs) // 10)
+    assert [d["text"] for d in read_out(tmp_path / "s")] == [d["text"] for d in docs]
+    assert reshard(src, tmp_path / "s", docs_per_shard=10, log=lambda *_: None) == m  # finished: no-op
