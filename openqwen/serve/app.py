@@ -27,7 +27,7 @@ from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -37,6 +37,7 @@ log = logging.getLogger("openqwen.serve")
 
 STATIC_DIR = Path(__file__).parent / "static"
 CHAT_ROLES = {"system", "user", "assistant"}
+CLIENT_CLOSED = 499  # nginx's "client closed request": logged, never seen by the (gone) client
 
 
 # ---------------------------------------------------------------------------------------- errors
@@ -354,8 +355,9 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
         data = obj if isinstance(obj, dict) else obj.model_dump()
         return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
-    async def run_to_end(request: Request, jobs: list[tuple[list[int], list[Any]]]) -> list[list[_Event]]:
-        """Generate every choice of every prompt; cancel all of them if the client disconnects."""
+    async def run_to_end(request: Request, jobs: list[tuple[list[int], list[Any]]]) -> list[list[_Event]] | None:
+        """Generate every choice of every prompt; cancel all of them and return None if the client
+        disconnects first."""
         groups: list[_Choices] = []
         try:
             for ids, params in jobs:
@@ -379,9 +381,9 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
         gone = asyncio.ensure_future(_wait_for_disconnect(request))
         try:
             await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-            if not work.done():  # the client left: free the slots now
+            if not work.done():  # the client left: free the slots now (finally), answer no one
                 work.cancel()
-                raise asyncio.CancelledError
+                return None
             return work.result()
         finally:
             gone.cancel()
@@ -420,7 +422,10 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return _stream(request, ids, params, rid, ts, chat=True, include_usage=include_usage)
-        (events,) = await run_to_end(request, [(ids, params)])
+        results = await run_to_end(request, [(ids, params)])
+        if results is None:
+            return Response(status_code=CLIENT_CLOSED)
+        (events,) = results
         return P.ChatCompletion(
             id=rid, created=ts, model=cfg.model_name, system_fingerprint=fingerprint,
             choices=[P.ChatChoice(index=e.index, message=P.ResponseMessage(content=e.text), finish_reason=e.finish_reason)
@@ -441,6 +446,8 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return _stream(request, prompts[0], jobs[0][1], rid, ts, chat=False, include_usage=include_usage)
         results = await run_to_end(request, jobs)
+        if results is None:
+            return Response(status_code=CLIENT_CLOSED)
         choices, completion_tokens = [], 0
         for p, events in enumerate(results):  # OpenAI numbers choices prompt-major: index = p * n + i
             for e in events:
