@@ -154,8 +154,11 @@ def _train_quality(args: argparse.Namespace) -> int:
     from .quality import QualityClassifier, synthetic_negatives
 
     good = list(iter_texts(args.good))
-    if args.limit:
-        good = good[: args.limit]
+    if args.limit and len(good) > args.limit:
+        # a seeded sample over all sources: the first N documents would often be one source only
+        import random
+
+        good = random.Random(args.seed).sample(good, args.limit)
     bad = list(iter_texts(args.bad)) if args.bad else synthetic_negatives(good, len(good), seed=args.seed)
     clf = QualityClassifier().fit(good + bad, [1] * len(good) + [0] * len(bad), progress=True)
     clf.save(args.out)
@@ -266,7 +269,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--good", required=True, nargs="+", help="files/folders of good documents")
     q.add_argument("--bad", nargs="+", default=None, help="files/folders of bad documents (default: synthetic)")
     q.add_argument("--out", required=True, help="output .npz")
-    q.add_argument("--limit", type=int, default=5000, help="at most this many good documents (5000)")
+    q.add_argument("--limit", type=int, default=5000, help="at most this many good documents, sampled (5000)")
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=_train_quality)
 

@@ -235,3 +235,14 @@ def test_reshard_spreads_documents_and_counts_bad_lines(tmp_path, corpus):
     assert len(m["outputs"]) == -(-len(docs) // 10)
     assert [d["text"] for d in read_out(tmp_path / "s")] == [d["text"] for d in docs]
     assert reshard(src, tmp_path / "s", docs_per_shard=10, log=lambda *_: None) == m  # finished: no-op
+
+
+def test_cli_train_quality_and_filter_with_it(tmp_path, corpus):
+    from openqwen.cli import main
+    from openqwen.data.quality import QualityClassifier
+
+    src, docs = corpus
+    assert main(["data", "train-quality", "--good", str(src), "--out", str(tmp_path / "q.npz"), "--limit", "20"]) == 0
+    clf = QualityClassifier.load(tmp_path / "q.npz")
+    s = clf.score([docs[3]["text"], "buy now click here " * 30])
+    assert s[0] > 0.5 > s[1]
