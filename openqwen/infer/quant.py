@@ -58,7 +58,8 @@ static inline __m256 load_bf16(const uint16_t *p) {
 }
 
 /* y[m, n] = scale[n] * sum_k x[m, k] * w[n, k] + bias[n]; K % 32 == 0; rows of x are fp32.
-   Each weight row is read from memory once for all M rows of x (it stays in L1 for m > 0). */
+   Each weight row is read from memory once for all M rows of x. Rows of x go four at a time, so one
+   weight conversion feeds four FMAs (batched decode is otherwise bound by the conversions). */
 #define GEMV(NAME, WT, LOAD)                                                                          \
 void NAME(const float *x, const WT *w, const float *scale, const float *bias, float *y,             \
           int M, int N, int K, int nthreads) {                                                       \
@@ -66,8 +67,30 @@ void NAME(const float *x, const WT *w, const float *scale, const float *bias, fl
     for (int n = 0; n < N; n++) {                                                                     \
         const WT *wr = w + (size_t)n * K;                                                             \
         float s = scale ? scale[n] : 1.0f, b = bias ? bias[n] : 0.0f;                                 \
-        if (n + 4 < N) _mm_prefetch((const char *)(wr + 4 * (size_t)K), _MM_HINT_T0);                 \
-        for (int m = 0; m < M; m++) {                                                                 \
+        int m = 0;                                                                                    \
+        for (; m + 4 <= M; m += 4) {                                                                  \
+            const float *x0 = x + (size_t)m * K, *x1 = x0 + K, *x2 = x1 + K, *x3 = x2 + K;            \
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();                                \
+            __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();                                \
+            __m256 c0 = _mm256_setzero_ps(), c1 = _mm256_setzero_ps();                                \
+            __m256 c2 = _mm256_setzero_ps(), c3 = _mm256_setzero_ps();                                \
+            for (int k = 0; k < K; k += 16) {                                                         \
+                __m256 wa = LOAD(wr + k), wb = LOAD(wr + k + 8);                                      \
+                a0 = _mm256_fmadd_ps(wa, _mm256_loadu_ps(x0 + k), a0);                                \
+                a1 = _mm256_fmadd_ps(wa, _mm256_loadu_ps(x1 + k), a1);                                \
+                a2 = _mm256_fmadd_ps(wa, _mm256_loadu_ps(x2 + k), a2);                                \
+                a3 = _mm256_fmadd_ps(wa, _mm256_loadu_ps(x3 + k), a3);                                \
+                c0 = _mm256_fmadd_ps(wb, _mm256_loadu_ps(x0 + k + 8), c0);                            \
+                c1 = _mm256_fmadd_ps(wb, _mm256_loadu_ps(x1 + k + 8), c1);                            \
+                c2 = _mm256_fmadd_ps(wb, _mm256_loadu_ps(x2 + k + 8), c2);                            \
+                c3 = _mm256_fmadd_ps(wb, _mm256_loadu_ps(x3 + k + 8), c3);                            \
+            }                                                                                         \
+            y[(size_t)m * N + n] = s * hsum(_mm256_add_ps(a0, c0)) + b;                               \
+            y[(size_t)(m + 1) * N + n] = s * hsum(_mm256_add_ps(a1, c1)) + b;                         \
+            y[(size_t)(m + 2) * N + n] = s * hsum(_mm256_add_ps(a2, c2)) + b;                         \
+            y[(size_t)(m + 3) * N + n] = s * hsum(_mm256_add_ps(a3, c3)) + b;                         \
+        }                                                                                             \
+        for (; m < M; m++) {                                                                          \
             const float *xr = x + (size_t)m * K;                                                      \
             __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();                                \
             __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();                                \
