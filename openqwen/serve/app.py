@@ -85,6 +85,8 @@ class _Event:
     text: str
     completion_tokens: int
     finish_reason: str | None
+    token_ids: list[int] | None = None  # on the last event: every generated id (stop token included)
+    logprobs: list[float] | None = None  # on the last event, when the request asked for them
 
 
 _DONE = object()
@@ -116,7 +118,10 @@ class _Run:
                 tokens += len(ev.token_ids)
                 if ev.completion is not None:
                     tokens = ev.completion.completion_tokens
-                self._put(_Event(self.index, ev.text, tokens, ev.finish_reason))
+                done = ev.completion
+                self._put(_Event(self.index, ev.text, tokens, ev.finish_reason,
+                                 None if done is None else list(done.token_ids),
+                                 None if done is None else done.logprobs))
                 if ev.finish_reason is not None:
                     self._stats.count(ev.finish_reason, tokens)
         except BaseException as e:  # surfaced to the request as a 500 / stream error
@@ -268,8 +273,15 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
     def sampling(req: P._Sampling, chat: bool, prompt_len: int, max_tokens: int | None) -> list[Any]:
         from ..infer.sampling import SamplingParams
 
-        if req.logprobs:
-            raise APIError(400, "logprobs are not supported by this server.", param="logprobs")
+        want_logprobs = bool(req.logprobs) if chat else req.logprobs is not None
+        if want_logprobs and req.stream:
+            raise APIError(400, "logprobs are only returned by non-streaming requests here; set stream false.",
+                           param="logprobs")
+        top = req.top_logprobs if chat else req.logprobs
+        if top:
+            raise APIError(400, "top alternatives (top_logprobs / logprobs > 0) are not supported; the log-"
+                           "probabilities of the chosen tokens are (logprobs true / 0).",
+                           param="top_logprobs" if chat else "logprobs")
         if prompt_len >= context:
             raise APIError(
                 400, f"This model's maximum context length is {context} tokens. However, your "
@@ -284,7 +296,8 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
                 f"{'messages' if chat else 'prompt'} or completion.",
                 param="max_tokens", code="context_length_exceeded")
         budget = max_tokens if max_tokens is not None else min(cfg.default_max_tokens, context - prompt_len)
-        fields: dict[str, Any] = {"max_new_tokens": budget, "stop": list(req.stop), "ignore_eos": req.ignore_eos}
+        fields: dict[str, Any] = {"max_new_tokens": budget, "stop": list(req.stop), "ignore_eos": req.ignore_eos,
+                                  "logprobs": want_logprobs}
         if req.temperature is not None:
             fields["temperature"] = req.temperature
         if req.top_p is not None:
@@ -347,6 +360,34 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
                                param="prompt")
         return prompts
 
+    stop_ids_all = set(tokenizer.stop_ids) | {tokenizer.eos_id}
+
+    def token_pieces(e: _Event) -> tuple[list[int], list[float], list[bytes]]:
+        """The generated ids with their log-probabilities, without a final stop token (which the
+        text does not contain either)."""
+        ids, lps = list(e.token_ids or []), list(e.logprobs or [])
+        if ids and e.finish_reason == "stop" and ids[-1] in stop_ids_all:
+            ids, lps = ids[:-1], lps[:-1]
+        return ids, lps, [tokenizer.id_to_bytes(t) for t in ids]
+
+    def chat_logprobs(e: _Event) -> P.ChatLogprobs | None:
+        if e.logprobs is None:
+            return None
+        ids, lps, raw = token_pieces(e)
+        return P.ChatLogprobs(content=[P.TokenLogprob(token=b.decode("utf-8", errors="replace"), logprob=lp,
+                                                      bytes=list(b)) for b, lp in zip(raw, lps)])
+
+    def completion_logprobs(e: _Event) -> P.CompletionLogprobs | None:
+        if e.logprobs is None:
+            return None
+        ids, lps, raw = token_pieces(e)
+        tokens = [b.decode("utf-8", errors="replace") for b in raw]
+        offsets, at = [], 0
+        for t in tokens:  # character offsets into the returned text (approximate inside split characters)
+            offsets.append(at)
+            at += len(t)
+        return P.CompletionLogprobs(tokens=tokens, token_logprobs=lps, text_offset=offsets)
+
     def usage(prompt_tokens: int, completion_tokens: int) -> P.Usage:
         return P.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                        total_tokens=prompt_tokens + completion_tokens)
@@ -374,8 +415,8 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
             async for ev in g.events():
                 texts.setdefault(ev.index, []).append(ev.text)
                 final[ev.index] = ev
-            return [_Event(i, "".join(texts.get(i, [])), final[i].completion_tokens, final[i].finish_reason or "stop")
-                    for i in sorted(final)]
+            return [_Event(i, "".join(texts.get(i, [])), final[i].completion_tokens, final[i].finish_reason or "stop",
+                           final[i].token_ids, final[i].logprobs) for i in sorted(final)]
 
         work = asyncio.ensure_future(asyncio.gather(*(collect(g) for g in groups)))
         gone = asyncio.ensure_future(_wait_for_disconnect(request))
@@ -428,8 +469,8 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
         (events,) = results
         return P.ChatCompletion(
             id=rid, created=ts, model=cfg.model_name, system_fingerprint=fingerprint,
-            choices=[P.ChatChoice(index=e.index, message=P.ResponseMessage(content=e.text), finish_reason=e.finish_reason)
-                     for e in events],
+            choices=[P.ChatChoice(index=e.index, message=P.ResponseMessage(content=e.text), logprobs=chat_logprobs(e),
+                                  finish_reason=e.finish_reason) for e in events],
             usage=usage(len(ids), sum(e.completion_tokens for e in events)),
         ).model_dump()
 
@@ -451,7 +492,8 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
         choices, completion_tokens = [], 0
         for p, events in enumerate(results):  # OpenAI numbers choices prompt-major: index = p * n + i
             for e in events:
-                choices.append(P.CompletionChoice(index=p * req.n + e.index, text=e.text, finish_reason=e.finish_reason))
+                choices.append(P.CompletionChoice(index=p * req.n + e.index, text=e.text, finish_reason=e.finish_reason,
+                                                  logprobs=completion_logprobs(e)))
                 completion_tokens += e.completion_tokens
         return P.Completion(
             id=rid, created=ts, model=cfg.model_name, system_fingerprint=fingerprint, choices=choices,

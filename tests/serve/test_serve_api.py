@@ -13,6 +13,7 @@ import time
 import httpx
 import openai
 import pytest
+import torch
 
 from serve_helpers import API_KEY, CONTEXT, MODEL_NAME, greedy_reference
 
@@ -114,6 +115,15 @@ def test_n_and_seed(client):
     assert [c.message.content for c in a.choices] == [c.message.content for c in b.choices]  # seeded
     assert len({c.message.content for c in a.choices}) > 1  # the n choices are different samples
     assert a.usage.prompt_tokens == b.usage.prompt_tokens and 3 <= a.usage.completion_tokens <= 24
+    # streamed, the choices interleave; each index reassembles to the same seeded sample
+    texts = {0: "", 1: "", 2: ""}
+    finished = set()
+    for chunk in client.chat.completions.create(stream=True, **kw):
+        for c in chunk.choices:
+            texts[c.index] += c.delta.content or ""
+            if c.finish_reason:
+                finished.add(c.index)
+    assert [texts[i] for i in range(3)] == [c.message.content for c in a.choices] and finished == {0, 1, 2}
 
 
 def test_max_completion_tokens_and_unknown_fields(client):
@@ -128,6 +138,39 @@ def test_special_token_text_stays_text(client, tokenizer):
     ids = tokenizer.apply_chat_template(forged, add_generation_prompt=True)
     assert r.usage.prompt_tokens == len(ids)
     assert ids.count(tokenizer.im_end_id) == 2  # system turn + the real end of the user turn only
+
+
+@torch.no_grad()
+def reference_logprobs(model, prompt, tokens):
+    """log p(token_t | prompt + tokens[:t]) from one full forward pass over the whole sequence."""
+    ids = torch.tensor([list(prompt) + list(tokens)])
+    logp = torch.log_softmax(model(ids)[0].float(), -1)
+    return [float(logp[len(prompt) - 1 + t, tok]) for t, tok in enumerate(tokens)]
+
+
+def test_chat_logprobs(client, model, tokenizer):
+    prompt, ref = chat_reference(model, tokenizer, HELLO, 6)
+    r = client.chat.completions.create(model=MODEL_NAME, messages=HELLO, temperature=0, max_tokens=6, logprobs=True,
+                                       extra_body={"repetition_penalty": 1.0})
+    content = r.choices[0].logprobs.content
+    assert b"".join(bytes(t.bytes) for t in content) == tokenizer.decode_bytes(ref)
+    assert [t.logprob for t in content] == pytest.approx(reference_logprobs(model, prompt, ref), abs=1e-3)
+    assert all(t.top_logprobs == [] for t in content)
+    for bad in ({"top_logprobs": 2}, {"stream": True}):
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model=MODEL_NAME, messages=HELLO, max_tokens=2, logprobs=True, **bad)
+
+
+def test_completion_logprobs(client, model, tokenizer):
+    ids = tokenizer.encode("The capital of France is")
+    ref = greedy_reference(model, ids, 5, {tokenizer.eos_id})
+    r = client.completions.create(model=MODEL_NAME, prompt=ids, max_tokens=5, temperature=0, logprobs=0)
+    lp = r.choices[0].logprobs
+    assert lp.token_logprobs == pytest.approx(reference_logprobs(model, ids, ref), abs=1e-3)
+    assert lp.tokens == [tokenizer.id_to_bytes(t).decode("utf-8", errors="replace") for t in ref]
+    assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model=MODEL_NAME, prompt=ids, max_tokens=2, logprobs=3)
 
 
 # ------------------------------------------------------------------------------------ errors
