@@ -260,7 +260,8 @@ def _unpack_nibbles(qs: torch.Tensor) -> torch.Tensor:
 
 def _high_bits(qh: torch.Tensor) -> torch.Tensor:
     """Bytes [n, k] -> uint8 [n, 8k] holding bit j of the input bytes at bit 4 (little-endian order)."""
-    return _HIGH_BIT_LUT.to(qh.device)[qh.long()].view(torch.uint8).reshape(qh.shape[0], -1)
+    idx = qh.contiguous().long().view(-1)  # index_select on a flat index: the fastest gather on CPU
+    return torch.index_select(_HIGH_BIT_LUT.to(qh.device), 0, idx).view(torch.uint8).reshape(qh.shape[0], -1)
 
 
 def _k_scales(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
