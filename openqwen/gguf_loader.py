@@ -21,10 +21,10 @@ The model is always dequantised: openqwen runs dense weights (float32 by default
 from __future__ import annotations
 
 import mmap
-from concurrent.futures import ThreadPoolExecutor
 import struct
 import sys
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,8 +46,8 @@ _SCALAR_NUMPY = {0: np.uint8, 1: np.int8, 2: np.uint16, 3: np.int16, 4: np.uint3
                  7: np.bool_, 10: np.uint64, 11: np.int64, 12: np.float64}
 _STRING, _ARRAY = 8, 9
 
-# GGML tensor types: (name, elements per block, bytes per block). Mirrors gguf.GGML_QUANT_SIZES for
-# the types read here without the gguf package; other types are looked up there.
+# GGML tensor type ids (ggml.h numbering) of the types with a fast path below; names and block sizes
+# of every type come from the gguf package.
 _F32, _F16, _Q4_0, _Q4_1, _Q5_0, _Q5_1, _Q8_0, _Q4_K, _Q5_K, _Q6_K, _BF16 = 0, 1, 2, 3, 6, 7, 8, 12, 13, 14, 30
 QK_K = 256
 
@@ -394,7 +394,7 @@ def dequantize(raw: torch.Tensor | np.ndarray, ggml_type: int, shape: tuple[int,
     else:
         from gguf import GGMLQuantizationType, quants  # noqa: PLC0415
 
-        rows = raw.numpy().reshape(-1, shape[-1] // block * size)
+        rows = raw.cpu().numpy().reshape(-1, shape[-1] // block * size)  # numpy fallback runs on the CPU
         flat.copy_(torch.from_numpy(quants.dequantize(rows, GGMLQuantizationType(ggml_type)).reshape(-1)))
     return out
 
