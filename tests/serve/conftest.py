@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from serve_helpers import API_KEY, CONTEXT, MODEL_NAME, LiveServer, tiny_model
+from serve_helpers import API_KEY, MODEL_NAME, LiveServer, close_engine, make_engine, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -23,20 +23,6 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def model():
     return tiny_model()
-
-
-def make_engine(model, tokenizer, max_batch_size: int = 16):
-    from openqwen.infer.engine import Engine
-
-    return Engine(model, tokenizer, max_batch_size=max_batch_size, max_seq_len=CONTEXT)
-
-
-def close_engine(engine) -> None:
-    for name in ("close", "shutdown", "stop"):
-        fn = getattr(engine, name, None)
-        if callable(fn):
-            fn()
-            return
 
 
 @pytest.fixture(scope="module")

@@ -47,3 +47,13 @@ def LiveServer(app):
     from openqwen.serve.app import BackgroundServer
 
     return BackgroundServer(app)
+
+
+def make_engine(model, tokenizer, max_batch_size: int = 16):
+    from openqwen.infer.engine import Engine
+
+    return Engine(model, tokenizer, max_batch_size=max_batch_size, max_seq_len=CONTEXT)
+
+
+def close_engine(engine) -> None:
+    engine.close()  # stops the engine's stepping thread

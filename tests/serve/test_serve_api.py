@@ -257,6 +257,37 @@ def test_stop_string_never_leaks_into_stream(client, tokenizer):
     assert checked >= 3
 
 
+def test_chat_stops_at_im_end_but_completions_do_not(model, tokenizer):
+    """Give <|im_end|> twice the output row of the token the greedy reply picks at step 3: the
+    chat reply must then end there with finish_reason "stop", while a raw completion (whose only stop
+    id is <|endoftext|>) runs on through <|im_end|>."""
+    import copy
+
+    from openqwen.serve.app import BackgroundServer, ServerConfig, create_app
+
+    from serve_helpers import close_engine, make_engine
+
+    prompt, ref = chat_reference(model, tokenizer, HELLO, 8)
+    stopper = copy.deepcopy(model)
+    with torch.no_grad():
+        stopper.lm_head.weight[tokenizer.im_end_id] = 2 * model.lm_head.weight[ref[3]]
+    ref_stop = greedy_reference(stopper, prompt, 8, set(tokenizer.stop_ids))
+    assert len(ref_stop) <= 3  # the construction works: <|im_end|> wins by step 3
+    engine = make_engine(stopper, tokenizer)
+    try:
+        with BackgroundServer(create_app(engine, ServerConfig(model_name=MODEL_NAME))) as srv:
+            c = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0)
+            r = c.chat.completions.create(model=MODEL_NAME, messages=HELLO, temperature=0, max_tokens=8,
+                                          extra_body={"repetition_penalty": 1.0})
+            assert r.choices[0].finish_reason == "stop"
+            assert r.choices[0].message.content == tokenizer.decode(ref_stop)
+            assert r.usage.completion_tokens == len(ref_stop) + 1  # the stop token is generated, not shown
+            raw = c.completions.create(model=MODEL_NAME, prompt=prompt, temperature=0, max_tokens=8)
+            assert raw.choices[0].finish_reason == "length" and "<|im_end|>" in raw.choices[0].text
+    finally:
+        close_engine(engine)
+
+
 def test_16_concurrent_streams_equal_solo(client, model, tokenizer):
     prompts = [[{"role": "user", "content": f"Question {i}: what is {i} + {2 * i}?"}] for i in range(16)]
     kw = dict(model=MODEL_NAME, temperature=0, max_tokens=16)
