@@ -78,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
     if args.max_batch_size < 1:
         print("error: --max-batch-size must be at least 1", file=sys.stderr)
         return 2
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
+        print(f"warning: listening on {args.host} without --api-key: anyone who can reach this port can use the "
+              "model", file=sys.stderr)
     name = args.served_model_name or Path(args.model).expanduser().resolve().name.removesuffix(".gguf")
     print(f"loading {args.model} ...", file=sys.stderr, flush=True)
     engine = _load_engine(args)
