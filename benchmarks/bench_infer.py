@@ -19,6 +19,7 @@ import copy
 import gc
 import json
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -59,63 +60,18 @@ def weight_bytes_per_token(model: torch.nn.Module) -> int:
     return total
 
 
-def engine_decode_vs_roofline(engine, ids: list[int], probe: BandwidthProbe, model_bytes: int,
-                              rounds: int, per_round: int = 6) -> dict:
-    """Alternate rounds of ``per_round`` decode steps with one bandwidth read, so that both see the same
-    machine load (this machine is shared); report medians. The engine is stepped by hand (no thread)."""
-    import statistics
-
-    from openqwen.infer.sampling import SamplingParams
-
-    handle = engine.submit(ids, SamplingParams(max_new_tokens=rounds * per_round + 3, temperature=0, ignore_eos=True))
-    engine.step()  # prefill (and the first token)
-    engine.step()  # warm-up decode step
-    step_s, read_s = [], []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        for _ in range(per_round):
-            engine.step()
-        step_s.append((time.perf_counter() - t) / per_round)
-        read_s.append(probe.seconds_per_byte() * model_bytes)
-    while engine.num_active:
-        engine.step()
-    ratios = [r / s for r, s in zip(read_s, step_s)]
-    return dict(tok_s=1 / statistics.median(step_s), roofline_tok_s=1 / statistics.median(read_s),
-                of_roofline=statistics.median(ratios), tokens=handle.result().token_ids,
-                bandwidth_gb_s=model_bytes / statistics.median(read_s) / 1e9)
-
-
-def batch_decode_rate(model, tok, ids: list[int], batch: int, steps: int = 8) -> float:
-    """Aggregate decode tokens/s with ``batch`` requests decoding together (after their prefill)."""
-    from openqwen.infer.engine import Engine
-    from openqwen.infer.sampling import SamplingParams
-
-    engine = Engine(model, tok, max_batch_size=batch, max_seq_len=len(ids) + steps + 8, background=False)
-    for i in range(batch):
-        engine.submit(ids, SamplingParams(max_new_tokens=steps + 3, temperature=0.7, seed=i, ignore_eos=True))
-    engine.step()
-    engine.step()
-    t = time.perf_counter()
-    for _ in range(steps):
-        engine.step()
-    rate = batch * steps / (time.perf_counter() - t)
-    while engine.num_active:
-        engine.step()
-    return rate
-
-
-def hf_decode_rate(hf, ids: list[int], n: int) -> tuple[float, list[int]]:
+def hf_decode_seconds(hf, ids: list[int], n: int) -> float:
+    """Seconds per decoded token of transformers' ``generate``: (time for n+1 tokens - time for 1) / n,
+    which removes the prefill."""
     x = torch.tensor([ids])
 
     def run(k):
         t = time.perf_counter()
-        out = hf.generate(x, max_new_tokens=k, min_new_tokens=k, do_sample=False, pad_token_id=0)
-        return time.perf_counter() - t, out[0, len(ids):].tolist()
+        hf.generate(x, max_new_tokens=k, min_new_tokens=k, do_sample=False, pad_token_id=0)
+        return time.perf_counter() - t
 
-    run(2)  # warm-up
-    t1, _ = run(1)
-    tn, toks = run(n + 1)
-    return n / (tn - t1), toks
+    t1 = run(1)
+    return (run(n + 1) - t1) / n
 
 
 def hf_from_model(model, dtype):
@@ -170,9 +126,8 @@ def llama_decode_rate(python: str, gguf: Path, threads: int, n: int) -> float | 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1, help="CPU threads for every engine [1]")
-    ap.add_argument("--rounds", type=int, default=8, help="rounds of 6 decode steps + 1 bandwidth read [8]")
+    ap.add_argument("--rounds", type=int, default=8, help="rounds; each runs 4 decode steps of every contender [8]")
     ap.add_argument("--tokens", type=int, default=48, help="decoded tokens for llama.cpp [48]")
-    ap.add_argument("--hf-tokens", type=int, default=16, help="decoded tokens for transformers [16]")
     ap.add_argument("--batch-sizes", default="4,16", help="int8 aggregate decode at these batch sizes ['4,16']")
     ap.add_argument("--llama-python", default=None, help="a Python with llama-cpp-python installed")
     ap.add_argument("--model", default=None, help="GGUF file (default: the fetched artifact)")
@@ -183,6 +138,7 @@ def main() -> int:
     from openqwen.artifacts import artifact_path
     from openqwen.infer import quant
     from openqwen.infer.engine import Engine
+    from openqwen.infer.sampling import SamplingParams
     from openqwen.tokenizer import QwenTokenizer
 
     torch.set_num_threads(args.threads)
@@ -198,51 +154,92 @@ def main() -> int:
 
     rows = []
     probe = BandwidthProbe()
+    per_round = 4
 
-    def record(name, precision, rate, extra=None):
-        row = dict(engine=name, precision=precision, tok_s=rate, bytes_per_token=None, roofline_tok_s=None,
-                   of_roofline=None, bandwidth_gb_s=None)
-        row.update(extra or {})
-        rows.append(row)
-        roof = f", {row['of_roofline']:.0%} of its roofline {row['roofline_tok_s']:.2f}" if row["of_roofline"] else ""
-        print(f"{name:>14} {precision:>6}: {rate:6.2f} tok/s{roof}", flush=True)
-
-    # ours, each precision built from the same fp32 weights
-    ref_tokens = None
+    # Every contender is measured a little in every round, in turn, next to a bandwidth read: this
+    # machine is shared, its load drifts over minutes, and only measurements taken side by side compare.
+    contenders: dict[str, dict] = {}
+    ref_model = None
     for precision in ("fp32", "bf16", "int8"):
-        model = copy.deepcopy(base)
+        model = base if precision == "fp32" else copy.deepcopy(base)
         if precision == "bf16":
             model = quant.optimise_for_decode(model.to(torch.bfloat16))
         elif precision == "int8":
             model = quant.quantize_int8(model)
-        nbytes = weight_bytes_per_token(model)
-        engine = Engine(model, tok, max_batch_size=1, max_seq_len=len(ids) + args.rounds * 6 + 8, background=False)
-        res = engine_decode_vs_roofline(engine, ids, probe, nbytes, args.rounds)
-        toks = res.pop("tokens")
-        if ref_tokens is None:
-            ref_tokens = toks
-        agree = sum(a == b for a, b in zip(toks, ref_tokens)) / len(ref_tokens)
-        print(f"  {precision}: {nbytes / 1e6:.0f} MB read per token; greedy tokens equal to fp32's: {agree:.0%}")
-        record("openqwen", precision, res.pop("tok_s"), dict(res, bytes_per_token=nbytes,
-                                                              greedy_agreement_with_fp32=agree))
-        if precision == "int8" and args.batch_sizes:
-            for bs in [int(b) for b in args.batch_sizes.split(",")]:
-                rate = batch_decode_rate(model, tok, ids, bs)
-                print(f"  int8 aggregate decode at batch {bs}: {rate:.2f} tok/s", flush=True)
-                rows.append(dict(engine="openqwen", precision=f"int8 batch {bs}", tok_s=rate, aggregate=True))
-        del engine, model
-        gc.collect()
-
+        for batch in [1] + ([int(b) for b in args.batch_sizes.split(",") if b] if precision == "int8" else []):
+            engine = Engine(model, tok, max_batch_size=batch, background=False,
+                            max_seq_len=len(ids) + args.rounds * per_round + 16)
+            for i in range(batch):
+                engine.submit(ids, SamplingParams(max_new_tokens=args.rounds * per_round + 4, ignore_eos=True,
+                                                  temperature=0))
+            engine.step()  # prefill + first token
+            engine.step()  # warm-up decode step
+            name = precision if batch == 1 else f"{precision} batch {batch}"
+            contenders[name] = dict(kind="ours", engine=engine, batch=batch, bytes=weight_bytes_per_token(model),
+                                    step_s=[], read_s=[])
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         hf = hf_from_model(base, dtype)
-        rate, toks = hf_decode_rate(hf, ids, args.hf_tokens)
-        print(f'  transformers {precision}: {rate:.2f} tok/s', flush=True)
+        hf_decode_seconds(hf, ids, 1)  # warm-up
+        contenders[f"transformers {precision}"] = dict(kind="hf", hf=hf, step_s=[])
         if precision == "fp32":
-            same = toks[: args.hf_tokens] == ref_tokens[: args.hf_tokens]
-            print(f"  transformers greedy == openqwen fp32 greedy: {same}")
-        record("transformers", precision, rate)
-        del hf
-        gc.collect()
+            ref_model = hf
+
+    for r in range(args.rounds):
+        for name, c in contenders.items():
+            if c["kind"] == "ours":
+                t = time.perf_counter()
+                for _ in range(per_round):
+                    c["engine"].step()
+                c["step_s"].append((time.perf_counter() - t) / per_round)
+                c["read_s"].append(probe.seconds_per_byte() * c["bytes"])
+            else:
+                c["step_s"].append(hf_decode_seconds(c["hf"], ids, per_round))
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(
+            f"{n} {c['batch'] if c['kind'] == 'ours' else 1} x {1 / c['step_s'][-1]:.2f}"
+            for n, c in contenders.items()), flush=True)
+
+    med = statistics.median
+    hf32 = contenders["transformers fp32"]["step_s"]
+    for name, c in contenders.items():
+        step = c["step_s"]
+        if c["kind"] == "ours":
+            while c["engine"].num_active:
+                c["engine"].step()
+            if c["batch"] > 1:
+                rows.append(dict(engine="openqwen", precision=name, tok_s=c["batch"] / med(step), aggregate=True,
+                                 vs_batch1=med([c["batch"] * b / s for s, b in zip(step, contenders["int8"]["step_s"])])))
+                print(f"      openqwen {name}: {rows[-1]['tok_s']:.2f} tok/s aggregate, "
+                      f"{rows[-1]['vs_batch1']:.1f}x batch 1", flush=True)
+                continue
+            row = dict(engine="openqwen", precision=name, tok_s=1 / med(step), bytes_per_token=c["bytes"],
+                       roofline_tok_s=1 / med(c["read_s"]), bandwidth_gb_s=c["bytes"] / med(c["read_s"]) / 1e9,
+                       of_roofline=med([rd / st for rd, st in zip(c["read_s"], step)]),
+                       vs_transformers_fp32=med([h / st for h, st in zip(hf32, step)]))
+        else:
+            row = dict(engine="transformers", precision=name.split()[-1], tok_s=1 / med(step),
+                       vs_transformers_fp32=med([h / st for h, st in zip(hf32, step)]))
+        rows.append(row)
+        extra = (f", {row['of_roofline']:.0%} of its roofline {row['roofline_tok_s']:.2f}"
+                 if row.get("of_roofline") else "")
+        print(f"{row['engine']:>14} {row['precision']:>6}: {row['tok_s']:6.2f} tok/s{extra}, "
+              f"{row['vs_transformers_fp32']:.1f}x transformers fp32", flush=True)
+
+    # the same greedy tokens: openqwen fp32 / int8 against transformers' generate on the same weights
+    from openqwen.infer.sampling import SamplingParams as SP
+
+    ref = ref_model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False, pad_token_id=0)[0, len(ids):]
+    for precision in ("fp32", "int8"):
+        eng = contenders[precision]["engine"]
+        got = eng.generate([ids], SP(max_new_tokens=12, temperature=0))[0].token_ids
+        same = got == ref.tolist()[: len(got)]
+        print(f"  greedy tokens, openqwen {precision} == transformers fp32 generate: {same}")
+        for row in rows:
+            if row["engine"] == "openqwen" and row["precision"] == precision:
+                row["greedy_equals_transformers"] = same
+
+    def record(name, precision, rate):
+        rows.append(dict(engine=name, precision=precision, tok_s=rate))
+        print(f"{name:>14} {precision:>6}: {rate:6.2f} tok/s", flush=True)
 
     if args.llama_python:
         rate = llama_decode_rate(args.llama_python, gguf, args.threads, args.tokens)
