@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "CPU time (user + system, all threads of the process) depends far less on other jobs than wall",
         "time does; on an idle machine wall time is at most CPU time here.",
+        "",
+        f"Target of issue 2: under 10 s on a 2-core machine. Fastest openqwen run: "
+        f"{min(r['s'] for r in ours):.1f} s wall, {min(r['cpu'] for r in ours):.1f} s CPU.",
     ]
     if not args.skip_parts:
         parts = run(PARTS, path, args.threads)
@@ -147,6 +150,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{parts['dequant_gguf']:.2f} (`gguf.quants.dequantize`) | "
             f"{parts['dequant_gguf'] / parts['dequant_ours']:.1f}x |",
         ]
+    lines += [
+        "",
+        "Why openqwen is faster: (1) its header reader walks the ~300k tokenizer strings with `struct` and",
+        "decodes none of them, where `GGUFReader` builds numpy views for each; (2) its dequantisers are",
+        "whole-tensor torch code (nibbles unpacked 8 bytes at a time in int64 lanes, uint8 codes converted",
+        "to float32, which torch vectorises and int8 it does not), bit-exact with `gguf.quants`; (3) tensors",
+        "are dequantised straight into the fused model parameters by a small thread pool of single-threaded",
+        "workers, which keeps working on a busy machine where intra-op threads stall; (4) the model is built",
+        "on the meta device without random init.",
+    ]
     report = "\n".join(lines) + "\n"
     print("\n" + report)
     if args.write:
