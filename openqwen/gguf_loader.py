@@ -1,4 +1,5 @@
-"""Load ``.gguf`` files of the ``qwen2`` architecture (llama.cpp's format) into :class:`openqwen.Qwen`.
+"""Load ``.gguf`` files (llama.cpp's format) of the ``qwen2`` architecture (Qwen1.5 / 2 / 2.5) and of
+the first generation's ``qwen`` architecture into :class:`openqwen.Qwen`.
 
 Three parts:
 
@@ -11,9 +12,11 @@ Three parts:
   back to ``gguf.quants.dequantize`` (vectorised numpy, slower). The results equal the ``gguf``
   package's reference dequantisers bit for bit; ``tests/test_checkpoint.py`` checks that.
 * :func:`load_gguf` maps the metadata to a :class:`~openqwen.config.QwenConfig` and the tensors to the
-  model. llama.cpp's converter stores qwen2 Q/K rows unpermuted (it permutes only LLaMA-family
-  checkpoints), so the projections map across as they are; the real-weights test against
-  transformers' own GGUF loading confirms it.
+  model. llama.cpp's converter stores qwen2 and qwen Q/K rows unpermuted (it permutes only
+  LLaMA-family checkpoints), so the projections map across as they are; the real-weights test
+  against transformers' own GGUF loading confirms it for qwen2. For qwen it keeps the fused
+  ``attn_qkv``, names ``mlp.w2`` ``ffn_gate`` and ``mlp.w1`` ``ffn_up``, and stores the config's
+  doubled FFN size as ``feed_forward_length``.
 
 The model is always dequantised: openqwen runs dense weights (float32 by default, or ``dtype``).
 """
@@ -37,7 +40,8 @@ from .config import QwenConfig
 from .model import Qwen
 
 GGUF_MAGIC = b"GGUF"
-SUPPORTED_ARCHITECTURES = ("qwen2",)
+SUPPORTED_ARCHITECTURES = ("qwen2", "qwen")
+"""qwen2: Qwen1.5 / Qwen2 / Qwen2.5. qwen: the first generation (fused ``attn_qkv``), as converted by llama.cpp."""
 
 # GGUF metadata value types (the GGUF spec's numbering).
 _SCALAR_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
@@ -401,12 +405,12 @@ def dequantize(raw: torch.Tensor | np.ndarray, ggml_type: int, shape: tuple[int,
 
 # ------------------------------------------------------------------------------------- mapping
 def config_from_gguf(f: GGUFFile) -> QwenConfig:
-    """QwenConfig from the metadata of a qwen2 GGUF file (vocab size from ``token_embd``)."""
+    """QwenConfig from the metadata of a qwen2 / qwen GGUF file (vocab size from ``token_embd``)."""
     arch = f.architecture
     if arch not in SUPPORTED_ARCHITECTURES:
         raise CheckpointError(
             f"{f.path} holds architecture {arch!r}; openqwen reads GGUF files of architecture "
-            f"{', '.join(repr(a) for a in SUPPORTED_ARCHITECTURES)} (Qwen1.5 / Qwen2 / Qwen2.5)"
+            f"{' and '.join(repr(a) for a in SUPPORTED_ARCHITECTURES)} (Qwen1.5 / 2 / 2.5, and the first generation)"
         )
     meta = f.metadata
 
@@ -426,25 +430,37 @@ def config_from_gguf(f: GGUFFile) -> QwenConfig:
             "results stay exact up to the original context length", stacklevel=3,
         )
     hidden, heads = int(get("embedding_length")), int(get("attention.head_count"))
+    ffn = int(get("feed_forward_length"))
+    if arch == "qwen":
+        # llama.cpp stores the first generation's config value, twice the SwiGLU branch width; the
+        # gate tensor has the real width.
+        if "blk.0.ffn_gate.weight" not in f.tensors:
+            raise CheckpointError(f"{f.path} lacks tensor 'blk.0.ffn_gate.weight'")
+        width = f.tensors["blk.0.ffn_gate.weight"].shape[0]
+        if ffn not in (width, 2 * width):
+            raise CheckpointError(
+                f"{f.path}: {arch}.feed_forward_length {ffn} fits neither the gate width {width} nor twice it"
+            )
+        ffn = width
     context = int(get("context_length", 32768))
     return QwenConfig(
         vocab_size=f.tensors["token_embd.weight"].shape[0],
         hidden_size=hidden,
-        intermediate_size=int(get("feed_forward_length")),
+        intermediate_size=ffn,
         num_hidden_layers=int(get("block_count")),
         num_attention_heads=heads,
         num_key_value_heads=int(get("attention.head_count_kv", heads)),
         head_dim=int(get("attention.key_length", hidden // heads)),
         rope_theta=float(get("rope.freq_base", 10000.0)),
         rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-6)),
-        qkv_bias="blk.0.attn_q.bias" in f.tensors,
+        qkv_bias="blk.0.attn_q.bias" in f.tensors or "blk.0.attn_qkv.bias" in f.tensors,
         tie_word_embeddings="output.weight" not in f.tensors,
         max_position_embeddings=context,
         seq_length=context,
     )
 
 
-def _layout(c: QwenConfig) -> dict[str, list[tuple[str, tuple[int, ...]]]]:
+def _layout(c: QwenConfig, fused_qkv: bool = False) -> dict[str, list[tuple[str, tuple[int, ...]]]]:
     """Model parameter -> the GGUF tensors (in order, concatenated along dim 0) and their shapes."""
     d, q, kv, ffn = c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim, \
         c.intermediate_size
@@ -456,11 +472,16 @@ def _layout(c: QwenConfig) -> dict[str, list[tuple[str, tuple[int, ...]]]]:
         plan["lm_head.weight"] = [("output.weight", (c.vocab_size, d))]
     for i in range(c.num_hidden_layers):
         g, m = f"blk.{i}.", f"layers.{i}."
-        plan[m + "self_attn.qkv_proj.weight"] = [(g + "attn_q.weight", (q, d)), (g + "attn_k.weight", (kv, d)),
-                                                 (g + "attn_v.weight", (kv, d))]
-        if c.qkv_bias:
-            plan[m + "self_attn.qkv_proj.bias"] = [(g + "attn_q.bias", (q,)), (g + "attn_k.bias", (kv,)),
-                                                   (g + "attn_v.bias", (kv,))]
+        if fused_qkv:  # first generation: one tensor, rows Q | K | V, exactly the model's layout
+            plan[m + "self_attn.qkv_proj.weight"] = [(g + "attn_qkv.weight", (q + 2 * kv, d))]
+            if c.qkv_bias:
+                plan[m + "self_attn.qkv_proj.bias"] = [(g + "attn_qkv.bias", (q + 2 * kv,))]
+        else:
+            plan[m + "self_attn.qkv_proj.weight"] = [(g + "attn_q.weight", (q, d)), (g + "attn_k.weight", (kv, d)),
+                                                     (g + "attn_v.weight", (kv, d))]
+            if c.qkv_bias:
+                plan[m + "self_attn.qkv_proj.bias"] = [(g + "attn_q.bias", (q,)), (g + "attn_k.bias", (kv,)),
+                                                       (g + "attn_v.bias", (kv,))]
         plan[m + "self_attn.o_proj.weight"] = [(g + "attn_output.weight", (d, q))]
         plan[m + "mlp.gate_up_proj.weight"] = [(g + "ffn_gate.weight", (ffn, d)), (g + "ffn_up.weight", (ffn, d))]
         plan[m + "mlp.down_proj.weight"] = [(g + "ffn_down.weight", (d, ffn))]
@@ -471,7 +492,8 @@ def _layout(c: QwenConfig) -> dict[str, list[tuple[str, tuple[int, ...]]]]:
 
 def load_gguf(path: str | Path, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu",
               progress: bool | None = None) -> Qwen:
-    """Load a qwen2 ``.gguf`` file as a dense :class:`Qwen` (float32 unless ``dtype`` says otherwise).
+    """Load a ``.gguf`` file (architecture qwen2 or qwen) as a dense :class:`Qwen` (float32 unless
+    ``dtype`` says otherwise).
 
     Every tensor's presence and shape is checked against the metadata before any dequantising, so a
     broken file fails in milliseconds with the offending tensor named.
@@ -479,7 +501,7 @@ def load_gguf(path: str | Path, dtype: torch.dtype | str | None = None, device: 
     dtype = resolve_dtype(dtype) or torch.float32
     with GGUFFile(path) as f:
         config = config_from_gguf(f)
-        plan = _layout(config)
+        plan = _layout(config, fused_qkv=f.architecture == "qwen")
         wanted = set()
         for parts in plan.values():
             for name, shape in parts:

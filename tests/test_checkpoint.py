@@ -343,3 +343,34 @@ def test_gguf_errors_name_the_problem(tmp_path):
     (tmp_path / "cut.gguf").write_bytes(good[: len(good) // 2])
     with pytest.raises(CheckpointError, match="truncated"):
         load_model(tmp_path / "cut.gguf")
+
+
+def test_first_generation_gguf_is_the_same_function(tmp_path):
+    """llama.cpp's ``qwen`` architecture: names from the gguf package's own tensor map, metadata as
+    llama.cpp's converter writes it (the config's doubled FFN size in feed_forward_length)."""
+    torch.manual_seed(7)
+    model = randomise(Qwen(QwenConfig(**V1_CONFIG)), seed=7)
+    c = model.config
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN, c.num_hidden_layers)
+    w = gguf.GGUFWriter(str(tmp_path / "v1.gguf"), "qwen")
+    w.add_context_length(c.max_position_embeddings)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(2 * c.intermediate_size)
+    w.add_rope_freq_base(c.rope_theta)
+    w.add_rope_dimension_count(c.head_dim)
+    w.add_head_count(c.num_attention_heads)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    for name, t in v1_tensors_by_hand(model).items():
+        w.add_tensor(names.get_name(name, try_suffixes=(".weight", ".bias")), t.float().numpy())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with GGUFFile(tmp_path / "v1.gguf") as f:
+        assert {"blk.0.attn_qkv.weight", "blk.0.ffn_gate.weight", "blk.0.ffn_up.weight"} <= set(f.tensors)
+    loaded = load_model(tmp_path / "v1.gguf")
+    assert loaded.config.intermediate_size == 80 and loaded.config.num_key_value_heads == 4
+    ids = torch.randint(0, 101, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids), model(ids), rtol=0, atol=0)
