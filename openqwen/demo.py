@@ -35,15 +35,17 @@ class DemoConfig:
     vocab_size: int = 4096
     seq_len: int = 256
     preset: str = "nano-1m"
-    pretrain_steps: int = 700
+    pretrain_steps: int = 900
     pretrain_batch: int = 16
     pretrain_lr: float = 3e-3
-    sft_steps: int = 250
+    sft_steps: int = 450
     sft_batch: int = 16
     sft_lr: float = 1e-3
     sft_conversations: int = 6000
     eval_questions: int = 100
     threads: int = 2
+    pipeline: bool = True
+    """Run the cleaning pipeline (False packs the raw demo corpus; for machines without its extras)."""
 
     @classmethod
     def full(cls) -> "DemoConfig":
@@ -173,9 +175,13 @@ def run(out: str | Path, dc: DemoConfig) -> dict[str, Any]:
             shakespeare_bytes=sh, chinese_bytes=zh, code_bytes=code, arithmetic_bytes=arith), log=_log)
         info["corpus"] = f"{manifest['kept']} documents, {manifest.get('bytes_kept', 0) / 1e6:.1f} MB"
     with stage("data pipeline"):
-        summary = run_pipeline(out / "corpus", out / "pipeline", log=_log)
-        clean = Path(summary["output"])
-        info["data pipeline"] = f"{summary['docs_in']} -> {summary['docs_out']} documents"
+        if dc.pipeline:
+            summary = run_pipeline(out / "corpus", out / "pipeline", log=_log)
+            clean = Path(summary["output"])
+            info["data pipeline"] = f"{summary['docs_in']} -> {summary['docs_out']} documents"
+        else:
+            clean = out / "corpus"
+            info["data pipeline"] = "skipped (pipeline=false)"
     with stage("tokenizer"):
         tok_dir = out / "tokenizer"
         if (tok_dir / "tokenizer_config.json").exists() or any(tok_dir.glob("*.tiktoken")):
@@ -235,12 +241,25 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run (~1-2 minutes)")
     p.add_argument("--out", default=None, help="output folder (default runs/demo, or runs/demo-quick with --quick)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="change one size of the demo, e.g. --set pretrain_steps=300 (fields: "
+                        "see DemoConfig in openqwen/demo.py)")
     p.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
     dc = DemoConfig.make_quick() if args.quick else DemoConfig.full()
     dc.threads = args.threads
+    import dataclasses
+
+    import yaml
+
+    names = {f.name for f in dataclasses.fields(DemoConfig)}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or key not in names:
+            raise SystemExit(f"error: --set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(sorted(names))}")
+        setattr(dc, key, yaml.safe_load(value))
     out = args.out or ("runs/demo-quick" if args.quick else "runs/demo")
     run(out, dc)
     return 0

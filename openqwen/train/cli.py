@@ -73,9 +73,9 @@ def _run(args, module) -> int:
         summary = module.run(cfg)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
-    from .distributed import init_distributed
+    import os
 
-    if init_distributed().is_main:
+    if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=2))
         print(f"model written to {summary['model_dir']}")
     return 0

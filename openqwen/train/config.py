@@ -85,6 +85,8 @@ class TrainSection:
     precision: str = "fp32"
     """``fp32`` or ``bf16`` (autocast; weights and optimiser stay fp32). bf16 pays on GPUs and CPUs with
     native bf16 (AMX / AVX512-BF16); on plain AVX2 CPUs it is several times slower than fp32."""
+    device: str | None = None
+    """``cpu`` or ``cuda``; None picks cuda when a GPU is visible."""
     compile: bool = False
     """Wrap the model in ``torch.compile`` (needs a C/C++ compiler on CPU)."""
     activation_checkpointing: bool = False

@@ -85,7 +85,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, model: Qwen, train_data: RowDataset, task: Task | None = None,
                  val_data: RowDataset | None = None, info: DistInfo | None = None, name: str = "train") -> None:
         self.cfg, self.name = cfg, name
-        self.info = info or init_distributed()
+        self.info = info or init_distributed(cfg.train.device)
         self.task = task or NextTokenTask()
         t = cfg.train
         if t.precision not in ("fp32", "bf16"):

@@ -70,7 +70,7 @@ def run(cfg: TrainConfig, info: DistInfo | None = None) -> dict[str, Any]:
     if not cfg.data.path:
         raise ValueError("data.path is not set: give packed shards (openqwen data pack ... --out DIR), "
                          "e.g. --data.path runs/data/packed")
-    info = info or init_distributed()
+    info = info or init_distributed(cfg.train.device)
     rows = PackedRows(cfg.data.path)
     val = None
     if cfg.data.val_path:

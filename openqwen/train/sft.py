@@ -41,7 +41,7 @@ def run(cfg: TrainConfig, info: DistInfo | None = None) -> dict[str, Any]:
                          "--model.init_from runs/demo/pretrain")
     if not cfg.sft.train_files:
         raise ValueError("sft.train_files is empty: give chat JSONL files, or 'builtin' for the synthetic set")
-    info = info or init_distributed()
+    info = info or init_distributed(cfg.train.device)
     tokenizer = load_tokenizer(cfg.data.tokenizer or cfg.model.init_from)
     model = build_model(cfg, tokenizer.vocab_size, None)
     seq_len = cfg.model.seq_length or model.config.seq_length
