@@ -166,7 +166,13 @@ def read_v1_tensors(folder: Path) -> dict[str, torch.Tensor]:
     for f in bins:
         try:
             # weights_only: a pickle may carry code; only tensors and plain containers are accepted
-            part = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+            try:
+                part = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+                # pre-zipfile pickles (torch < 1.6) cannot be memory-mapped; read them whole
+                part = torch.load(f, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 (torch raises several types for bad pickles)
             raise CheckpointError(f"cannot read {f} as a PyTorch state dict (weights only): {e}") from e
         state.update(part)

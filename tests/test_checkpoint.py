@@ -93,8 +93,8 @@ def write_v1(folder, model: Qwen, style: str, fmt: str) -> None:
         names = sorted(tensors)
         shards = {"pytorch_model-00001-of-00002.bin": names[: len(names) // 2],
                   "pytorch_model-00002-of-00002.bin": names[len(names) // 2 :]}
-        for shard, keys in shards.items():
-            torch.save({k: tensors[k] for k in keys}, folder / shard)
+        for i, (shard, keys) in enumerate(shards.items()):  # the second in the pre-zipfile pickle format
+            torch.save({k: tensors[k] for k in keys}, folder / shard, _use_new_zipfile_serialization=i == 0)
         index = {"weight_map": {k: shard for shard, keys in shards.items() for k in keys}}
         (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index))
 
