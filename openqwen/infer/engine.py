@@ -131,8 +131,22 @@ class _Request:
             self.seen = torch.zeros(vocab_size, dtype=torch.bool)
             self.seen[torch.tensor(prompt, dtype=torch.long)] = True
         self.next_input = -1
+        self.reuse = 0  # prompt tokens whose keys/values are already in the slot (prefix reuse)
         self.finish_reason: str | None = None
         self._last: tuple[str, list[int]] = ("", [])  # text/tokens that ride on the final event
+
+
+MIN_PREFIX_REUSE = 32
+"""Shortest cached prefix worth reusing (shorter ones are cheaper to prefill in a batch)."""
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _holdback(text: str, stops: Sequence[str]) -> int:
@@ -171,6 +185,11 @@ class Engine:
         self._eos = getattr(tokenizer, "eos_id", None)
         self._cache: KVCache | None = None
         self._slots: list[_Request | None] = [None] * max_batch_size
+        # token ids whose keys/values sit at the start of each cache row: a new request whose prompt
+        # starts with them (the next turn of a chat) reuses them instead of prefilling them again
+        self._slot_tokens: list[list[int]] = [[] for _ in range(max_batch_size)]
+        self.reused_tokens = 0
+        """Prompt tokens served from the KV cache instead of being prefilled (prefix reuse)."""
         self._waiting: deque[_Request] = deque()
         self._lock = threading.Lock()  # guards _waiting and the wake-up condition
         self._work = threading.Condition(self._lock)
@@ -361,7 +380,12 @@ class Engine:
                 if r.handle.cancelled.is_set():
                     self._finish(r, "cancelled", free=False)
                     continue
-                r.slot = self._slots.index(None)
+                free = [i for i, occupant in enumerate(self._slots) if occupant is None]
+                common = [_common_prefix(self._slot_tokens[i], r.prompt) for i in free]
+                best = max(range(len(free)), key=lambda j: (common[j], -free[j]))
+                r.slot = free[best]
+                # reuse only when it pays for giving up batched prefill; keep >= 1 token to compute logits
+                r.reuse = min(common[best], len(r.prompt) - 1) if common[best] >= MIN_PREFIX_REUSE else 0
                 self._slots[r.slot] = r
                 admitted.append(r)
         return admitted
@@ -385,6 +409,14 @@ class Engine:
         return logits
 
     def _prefill(self, reqs: list[_Request]) -> None:
+        for r in [r for r in reqs if r.reuse]:  # prefix reuse: prefill only the new tail, alone
+            cache = self._row_view(r.slot, r.slot + 1)
+            cache.lengths.fill_(r.reuse)
+            hidden = self.model.hidden_states(torch.tensor([r.prompt[r.reuse:]]), cache=cache)
+            self.reused_tokens += r.reuse
+            self._slot_tokens[r.slot] = list(r.prompt)
+            self._accept(r, self._logits(hidden[:, -1])[0])
+        reqs = [r for r in reqs if not r.reuse]
         # Group requests in consecutive slots with similar lengths into one right-padded batch; a group
         # costs (rows x longest prompt), so very uneven prompts are prefilled separately.
         reqs = sorted(reqs, key=lambda r: r.slot)
@@ -411,6 +443,7 @@ class Engine:
             last = hidden[torch.arange(len(g)), lengths - 1]  # only the last position needs logits
             logits = self._logits(last)
             for i, r in enumerate(g):
+                self._slot_tokens[r.slot] = list(r.prompt)
                 self._accept(r, logits[i])
 
     def _decode(self) -> None:
@@ -425,6 +458,11 @@ class Engine:
         hidden = self.model.hidden_states(ids, cache=cache)
         if idle:
             cache.lengths[idle] = 0
+        for i, r in enumerate(rows):
+            if i in idle:
+                self._slot_tokens[start + i] = []  # its position 0 was just overwritten
+            else:
+                self._slot_tokens[start + i].append(r.next_input)
         logits = self._logits(hidden[:, 0])
         greedy_rows = [i for i, r in enumerate(rows) if r is not None and r.next_input >= 0
                        and r.params.is_greedy and r.seen is None and r.logprobs is None]

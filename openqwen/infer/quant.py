@@ -8,7 +8,7 @@ the weights from memory, so fewer bytes per weight means more tokens per second.
 * :class:`BF16Linear` (``optimise_for_decode(model)`` on a bf16 model): bf16 weights, fp32 activations
   and accumulation.
 
-Both run small batches (decode, M <= 16 rows) through a tiny AVX2/FMA C kernel compiled once on first
+Both run small batches (decode, M <= 64 rows) through a tiny AVX2/FMA C kernel compiled once on first
 use with the system C compiler (cached in ``~/.cache/openqwen/kernels``) and called through ctypes; it
 streams each weight row once for all rows of the batch, converting to fp32 in registers. Without a
 compiler or AVX2 they fall back to torch (``torch.ops.aten._weight_int8pack_mm`` for int8, which
@@ -32,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MAX_KERNEL_ROWS = 16
-"""Batches up to this many rows use the matrix-vector kernel; more rows use torch's matmul."""
+MAX_KERNEL_ROWS = 64
+"""Batches up to this many rows use the matrix-vector kernel (decode); more rows (prefill) use torch's
+matmul on the dequantised weight, which is compute-bound anyway."""
 
 _C_SOURCE = r"""
 #include <immintrin.h>

@@ -24,8 +24,8 @@ def engine():
     eng.close()
 
 
-def solo(model, prompt, params):
-    eng = Engine(model, ByteTokenizer(), max_batch_size=1, max_seq_len=128)
+def solo(model, prompt, params, max_seq_len=128):
+    eng = Engine(model, ByteTokenizer(), max_batch_size=1, max_seq_len=max_seq_len)
     try:
         return eng.generate([prompt], params)[0]
     finally:
@@ -238,5 +238,24 @@ def test_eos_stops_plain_generation_unless_ignored():
         assert stopped.finish_reason == "stop"
         assert stopped.token_ids == out.token_ids[: out.token_ids.index(tok.eos_id) + 1]
         assert eng.generate(["Z"], GREEDY)[0].token_ids == out.token_ids  # ignore_eos=True
+    finally:
+        eng.close()
+
+
+def test_prefix_reuse_gives_the_same_tokens_as_a_fresh_prefill():
+    """A chat's next turn starts with the previous prompt + reply: the cached keys/values are reused."""
+    model = tiny_model(seed=4)
+    first_prompt = "The history of a long conversation, turn one: " * 2
+    eng = Engine(model, ByteTokenizer(), max_batch_size=2, max_seq_len=256)
+    try:
+        first = eng.generate([first_prompt], GREEDY.replace(max_new_tokens=20))[0]
+        nxt = ByteTokenizer().encode(first_prompt) + first.token_ids + ByteTokenizer().encode(" and then?")
+        second = eng.generate([nxt], GREEDY)[0]
+        # everything but the last generated token (never fed) came from the cache
+        assert eng.reused_tokens == len(ByteTokenizer().encode(first_prompt)) + 19
+        assert second.token_ids == solo(model, nxt, GREEDY, max_seq_len=256).token_ids
+        # an unrelated prompt does not reuse anything
+        eng.generate(["something else entirely, long enough to matter here"], GREEDY)
+        assert eng.reused_tokens == len(ByteTokenizer().encode(first_prompt)) + 19
     finally:
         eng.close()
