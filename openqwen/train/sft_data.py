@@ -157,6 +157,9 @@ class ChatRows:
                 n = len(c.ids)
                 ids[at : at + n] = c.ids
                 labels[at : at + n] = np.where(np.asarray(c.mask, bool), np.asarray(c.ids), IGNORE_INDEX)
+                # nothing inside the conversation predicts its first token: the previous conversation's
+                # last token must not be trained to guess it
+                labels[at] = IGNORE_INDEX
                 pos[at : at + n] = np.arange(n)
                 seg[at : at + n] = s
                 at += n
