@@ -100,7 +100,10 @@ class StringArray:
 
     def __getitem__(self, i: int) -> str:
         start, end = self._spans[i]
-        return self._buf[start:end].decode("utf-8", errors="surrogateescape")
+        try:
+            return self._buf[start:end].decode("utf-8", errors="surrogateescape")
+        except ValueError:  # mmap closed
+            raise ValueError("the GGUF file is closed; read its strings (or call .tolist()) before closing it") from None
 
     def tolist(self) -> list[str]:
         return [self[i] for i in range(len(self))]

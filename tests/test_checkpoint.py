@@ -320,6 +320,8 @@ def test_gguf_metadata_reader(tmp_path):
         assert len(tokens) == 97 and tokens[5] == "tok5" and tokens.tolist()[-1] == "tok96"
         assert f.tensors["blk.1.ffn_down.weight"].shape == (256, 512)
         assert "output.weight" not in f.tensors
+    with pytest.raises(ValueError, match="closed"):
+        tokens[0]
 
 
 def test_gguf_errors_name_the_problem(tmp_path):
