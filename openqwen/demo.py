@@ -27,7 +27,8 @@ BASE_PROMPTS = ["ROMEO.\n", "def main(", "Question: What is 12 plus 30?\nAnswer:
 
 @dataclass
 class DemoConfig:
-    """Sizes of every stage. ``full()`` fits ~15 minutes on 2 CPU cores; ``quick()`` ~1-2 minutes."""
+    """Sizes of every stage. ``full()`` fits 15 minutes on 2 CPU cores (the step counts shrink to fit
+    ``time_budget_s`` on a slower machine); ``quick()`` takes ~1-2 minutes."""
 
     quick: bool = False
     corpus_bytes: tuple[int, int, int, int] = (1_500_000, 600_000, 900_000, 1_500_000)
@@ -35,10 +36,10 @@ class DemoConfig:
     vocab_size: int = 4096
     seq_len: int = 256
     preset: str = "nano-1m"
-    pretrain_steps: int = 900
+    pretrain_steps: int = 1000
     pretrain_batch: int = 16
     pretrain_lr: float = 3e-3
-    sft_steps: int = 450
+    sft_steps: int = 500
     sft_batch: int = 16
     sft_lr: float = 1e-3
     sft_conversations: int = 6000
@@ -46,6 +47,9 @@ class DemoConfig:
     threads: int = 2
     pipeline: bool = True
     """Run the cleaning pipeline (False packs the raw demo corpus; for machines without its extras)."""
+    time_budget_s: float | None = 14 * 60
+    """Whole-demo budget: after packing, a few timed training steps decide how many of the configured
+    pretraining and SFT steps fit (both shrink by the same factor on a slow machine). None: no limit."""
 
     @classmethod
     def full(cls) -> "DemoConfig":
@@ -55,7 +59,7 @@ class DemoConfig:
     def make_quick(cls) -> "DemoConfig":
         return cls(quick=True, corpus_bytes=(60_000, 30_000, 40_000, 60_000), vocab_size=512, seq_len=128,
                    pretrain_steps=40, pretrain_batch=8, sft_steps=40, sft_batch=8, sft_conversations=600,
-                   eval_questions=20)
+                   eval_questions=20, time_budget_s=None)
 
 
 def _log(msg: str) -> None:
@@ -100,6 +104,42 @@ def evaluate(model_dir: Path, label: str) -> dict[str, Any]:
 
 
 EVAL_QUESTIONS = [100]  # set by run() from the config (the engine helper reads it)
+
+
+def seconds_per_step(dc: DemoConfig, vocab_size: int) -> float:
+    """Time of one pretraining step of the demo's model shape (median of 3 after a warm-up step)."""
+    import statistics
+
+    import torch
+
+    from openqwen.config import get_preset
+    from openqwen.model import Qwen
+    from openqwen.train.config import OptimSection
+    from openqwen.train.optim import build_optimizer
+    from openqwen.train.tasks import NextTokenTask
+
+    model = Qwen(get_preset(dc.preset, vocab_size=-(-vocab_size // 64) * 64, seq_length=dc.seq_len))
+    opt, task = build_optimizer(model, OptimSection()), NextTokenTask()
+    ids = torch.randint(0, vocab_size, (dc.pretrain_batch, dc.seq_len))
+    times = []
+    for _ in range(4):
+        t0 = time.perf_counter()
+        loss, _ = task.loss(model, {"input_ids": ids, "labels": ids})
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
+def fit_budget(dc: DemoConfig, elapsed: float, step_s: float, reserve_s: float = 90.0) -> tuple[int, int]:
+    """Pretraining and SFT steps that fit the remaining budget (never more than configured)."""
+    wanted = dc.pretrain_steps + dc.sft_steps * dc.sft_batch / dc.pretrain_batch
+    if dc.time_budget_s is None:
+        return dc.pretrain_steps, dc.sft_steps
+    affordable = max(0.0, dc.time_budget_s - elapsed - reserve_s) / step_s
+    scale = min(1.0, affordable / wanted)
+    return max(10, int(dc.pretrain_steps * scale)), max(10, int(dc.sft_steps * scale))
 
 
 def _md_escape(text: str) -> str:
@@ -193,6 +233,13 @@ def run(out: str | Path, dc: DemoConfig) -> dict[str, Any]:
     with stage("pack"):
         index = pack_documents(clean, tokenizer, out / "packed", seq_len=dc.seq_len, progress=False)
         info["pack"] = f"{index['num_tokens']:,} tokens in {index['num_sequences']} sequences of {dc.seq_len}"
+    if dc.time_budget_s is not None:
+        step_s = seconds_per_step(dc, tokenizer.vocab_size)
+        steps = fit_budget(dc, sum(timings.values()), step_s)
+        if steps != (dc.pretrain_steps, dc.sft_steps):
+            _log(f"{step_s:.2f} s per step here: {steps[0]} pretraining and {steps[1]} SFT steps fit the "
+                 f"{dc.time_budget_s / 60:.0f}-minute budget (configured {dc.pretrain_steps} and {dc.sft_steps})")
+        dc.pretrain_steps, dc.sft_steps = steps
     with stage("pretrain"):
         cfg = TrainConfig.load("nano-pretrain.yaml", {
             "model.preset": dc.preset, "data.path": str(out / "packed"), "data.tokenizer": str(tok_dir),

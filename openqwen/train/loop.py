@@ -241,6 +241,8 @@ class Trainer:
             if bar is not None:
                 bar.close()
             logger.close()
+        if self.val and last_val is None:  # a resumed run that had nothing left to do
+            last_val = self.evaluate()
         elapsed = time.perf_counter() - start_time
         summary = {"steps": self.step, "resumed": resumed, "val_loss": last_val,
                    "final_loss": next((r["loss"] for r in reversed(logger.records) if r.get("kind") == "train"), None),
