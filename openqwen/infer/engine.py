@@ -341,6 +341,7 @@ class Engine:
             reqs = [r for r in self._slots if r is not None] + list(self._waiting)
             self._waiting.clear()
         self._slots = [None] * self.max_batch_size
+        self._slot_tokens = [[] for _ in range(self.max_batch_size)]  # after a failure, trust no cached row
         for r in reqs:
             if error is None:
                 self._finish(r, "cancelled", free=False)
