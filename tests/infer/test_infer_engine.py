@@ -259,3 +259,21 @@ def test_prefix_reuse_gives_the_same_tokens_as_a_fresh_prefill():
         assert eng.reused_tokens == len(ByteTokenizer().encode(first_prompt)) + 19
     finally:
         eng.close()
+
+
+def test_a_failing_step_reaches_every_waiting_caller():
+    model = tiny_model(seed=6)
+    eng = Engine(model, ByteTokenizer(), max_batch_size=2, max_seq_len=64)
+    try:
+        def broken(*a, **k):
+            raise MemoryError("simulated")
+
+        model.hidden_states = broken
+        handles = [eng.submit("abc", GREEDY), eng.submit("def", GREEDY)]
+        for h in handles:
+            with pytest.raises(RuntimeError, match="simulated"):
+                h.result()
+        del model.hidden_states  # healthy again: the engine keeps serving
+        assert eng.generate(["abc"], GREEDY.replace(max_new_tokens=3))[0].completion_tokens == 3
+    finally:
+        eng.close()
