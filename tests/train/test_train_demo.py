@@ -30,3 +30,14 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     # a second run finds every stage done and only re-evaluates
     again = run(tmp_path, dc)
     assert again["timings"]["pretrain"] < result["timings"]["pretrain"]
+
+
+def test_steps_shrink_to_fit_the_time_budget():
+    from openqwen.demo import DemoConfig, fit_budget
+
+    dc = DemoConfig()  # 1000 + 500 steps, 14-minute budget
+    assert fit_budget(dc, elapsed=90, step_s=0.42) == (1000, 500)  # a fast machine trains the full recipe
+    pre, post = fit_budget(dc, elapsed=90, step_s=1.0)
+    assert (pre, post) == (440, 220) and pre + post * dc.sft_batch / dc.pretrain_batch <= (840 - 180) / 1.0
+    dc.time_budget_s = None
+    assert fit_budget(dc, elapsed=10_000, step_s=100.0) == (1000, 500)
