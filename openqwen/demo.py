@@ -216,7 +216,9 @@ def run(out: str | Path, dc: DemoConfig) -> dict[str, Any]:
         info["corpus"] = f"{manifest['kept']} documents, {manifest.get('bytes_kept', 0) / 1e6:.1f} MB"
     with stage("data pipeline"):
         if dc.pipeline:
-            summary = run_pipeline(out / "corpus", out / "pipeline", log=_log)
+            done = out / "pipeline" / "pipeline.json"  # written last by run_pipeline: the folder is complete
+            summary = (json.loads(done.read_text()) if done.exists()
+                       else run_pipeline(out / "corpus", out / "pipeline", log=_log))
             clean = Path(summary["output"])
             info["data pipeline"] = f"{summary['docs_in']} -> {summary['docs_out']} documents"
         else:
