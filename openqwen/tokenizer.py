@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import codecs
 import json
-import struct
 import unicodedata
 from functools import lru_cache
 from pathlib import Path
@@ -444,14 +443,28 @@ class QwenTokenizer:
     def from_gguf(cls, path: str | Path) -> "QwenTokenizer":
         """The vocabulary embedded in a GGUF file (``tokenizer.ggml.*``, byte-level BPE "gpt2" model)."""
         path = Path(path)
-        meta = read_gguf_metadata(path, prefix="tokenizer.")
+        # One GGUF header reader serves the project (it lives with the weight loader and so pulls in
+        # torch; reading a GGUF vocabulary means a GGUF model is being loaded anyway).
+        from .checkpoint import CheckpointError
+        from .gguf_loader import GGUFFile, StringArray
+
+        try:
+            with GGUFFile(path) as f:
+                meta = {k: (v.tolist() if isinstance(v, StringArray) else v)
+                        for k, v in f.metadata.items() if k.startswith("tokenizer.")}
+        except FileNotFoundError:
+            raise TokenizerError(f"{path} does not exist") from None
+        except CheckpointError as e:
+            raise TokenizerError(str(e)) from None
         if meta.get("tokenizer.ggml.model") != "gpt2":
             raise TokenizerError(f"{path}: tokenizer.ggml.model is {meta.get('tokenizer.ggml.model')!r}; "
                                  "only byte-level BPE ('gpt2', as Qwen uses) is supported")
         tokens = meta.get("tokenizer.ggml.tokens")
         if not tokens:
             raise TokenizerError(f"{path}: no tokenizer.ggml.tokens in the GGUF metadata")
-        types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+        types = meta.get("tokenizer.ggml.token_type")
+        if types is None or len(types) == 0:
+            types = [1] * len(tokens)
         pre = meta.get("tokenizer.ggml.pre", "qwen2")
         if pre not in ("qwen2", "default", "gpt-2", "gpt2"):
             raise TokenizerError(f"{path}: pre-tokenizer {pre!r} is not Qwen's; supported: qwen2")
@@ -703,85 +716,8 @@ def derive_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
     return merges
 
 
-# ------------------------------------------------------------------------------ GGUF metadata
-_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-
-
-def read_gguf_metadata(path: Path, prefix: str = "") -> dict:
-    """The key/value header of a GGUF file (keys starting with ``prefix``), without touching the
-    tensors. A small reader of its own: it reads the 300k vocabulary strings in well under a second."""
-    path = Path(path)
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise TokenizerError(f"{path} does not exist") from None
-    with f:
-        head = f.read(24)
-        if len(head) < 24 or head[:4] != b"GGUF":
-            raise TokenizerError(f"{path} is not a GGUF file (bad magic)")
-        version, _n_tensors, n_kv = struct.unpack("<IQQ", head[4:])
-        if version < 2:
-            raise TokenizerError(f"{path}: GGUF version {version} is too old (need 2 or later)")
-        reader = _Reader(f)
-        out = {}
-        for _ in range(n_kv):
-            key = reader.string()
-            vtype = reader.unpack("<I")
-            if key.startswith(prefix):
-                out[key] = reader.value(vtype)
-            else:
-                reader.skip_value(vtype)
-        return out
-
-
-class _Reader:
-    def __init__(self, f) -> None:
-        self.f = f
-
-    def read(self, n: int) -> bytes:
-        data = self.f.read(n)
-        if len(data) != n:
-            raise TokenizerError("GGUF header ends early; the file is truncated or corrupt")
-        return data
-
-    def unpack(self, fmt: str):
-        return struct.unpack(fmt, self.read(struct.calcsize(fmt)))[0]
-
-    def string(self) -> str:
-        return self.read(self.unpack("<Q")).decode("utf-8", errors="surrogateescape")
-
-    def value(self, vtype: int):
-        if vtype in _GGUF_SCALARS:
-            return self.unpack(_GGUF_SCALARS[vtype])
-        if vtype == 8:
-            return self.string()
-        if vtype == 9:
-            itype, count = self.unpack("<I"), self.unpack("<Q")
-            if itype in _GGUF_SCALARS:
-                fmt = _GGUF_SCALARS[itype]
-                size = struct.calcsize(fmt)
-                return list(struct.unpack(f"<{count}{fmt[1]}", self.read(size * count)))
-            return [self.value(itype) for _ in range(count)]
-        raise TokenizerError(f"GGUF value type {vtype} unknown; the file is corrupt or newer than this reader")
-
-    def skip_value(self, vtype: int) -> None:
-        if vtype in _GGUF_SCALARS:
-            self.read(struct.calcsize(_GGUF_SCALARS[vtype]))
-        elif vtype == 8:
-            self.f.seek(self.unpack("<Q"), 1)
-        elif vtype == 9:
-            itype, count = self.unpack("<I"), self.unpack("<Q")
-            if itype in _GGUF_SCALARS:
-                self.f.seek(struct.calcsize(_GGUF_SCALARS[itype]) * count, 1)
-            else:
-                for _ in range(count):
-                    self.skip_value(itype)
-        else:
-            raise TokenizerError(f"GGUF value type {vtype} unknown; the file is corrupt or newer than this reader")
-
-
 __all__ = [
     "QwenTokenizer", "StreamDecoder", "TokenizerError", "QWEN_PATTERN", "DEFAULT_SYSTEM", "CHAT_ROLES",
     "first_gen_special_tokens", "load_tiktoken_ranks", "write_tiktoken_ranks", "derive_merges",
-    "read_gguf_metadata", "bytes_to_unicode",
+    "bytes_to_unicode",
 ]
