@@ -213,7 +213,8 @@ def run_stage(stage: str, inputs: Any, out_dir: str | Path, config: PipelineConf
     section = {"normalize": None, "dedup-exact": None, "dedup-fuzzy": config.dedup, "langid": config.langid,
                "filter": config.filter, "decontam": config.decontam, "mix": config.mix}[stage]
     params = asdict(section) if section is not None else {}
-    stage_config = {"params": params, "inputs": groups}
+    # compare as stored: the manifest is JSON, where tuples come back as lists
+    stage_config = json.loads(json.dumps({"params": params, "inputs": groups}, default=str))
     done = read_manifest(out)
     if done is not None:
         if done.get("config") == stage_config:

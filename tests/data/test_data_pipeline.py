@@ -246,3 +246,12 @@ def test_cli_train_quality_and_filter_with_it(tmp_path, corpus):
     clf = QualityClassifier.load(tmp_path / "q.npz")
     s = clf.score([docs[3]["text"], "buy now click here " * 30])
     assert s[0] > 0.5 > s[1]
+
+
+def test_rerun_of_every_default_stage_is_noop(tmp_path, corpus):
+    # settings with tuples (the filter's n-gram thresholds) must compare equal to their JSON manifest
+    src, _ = corpus
+    run_pipeline(src, tmp_path / "out", _config(tmp_path), log=lambda *_: None)
+    logs: list[str] = []
+    run_pipeline(src, tmp_path / "out", _config(tmp_path), log=logs.append)
+    assert logs and all("nothing to do" in line for line in logs), logs
