@@ -1,4 +1,4 @@
-"""The real model through openqwen: Qwen2.5-Coder-0.5B-Instruct (q4_k_m GGUF) on the first 5
+"""The real model through openqwen: Qwen2.5-Coder-0.5B-Instruct (q4_k_m GGUF) on the first 3
 HumanEval problems (greedy, chat) and 20 MMLU questions (0-shot chat). Slow: loading and generating
 with a 0.5B model on CPU takes minutes."""
 
@@ -11,7 +11,8 @@ import torch
 
 from openqwen.eval.harness import EvalConfig, load_model_and_tokenizer, run_eval, write_result
 
-pytestmark = pytest.mark.slow
+# minutes of CPU on a 2-core machine; allow for a busy one
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def test_coder_humaneval_and_mmlu_small(artifact, tmp_path):
@@ -21,13 +22,13 @@ def test_coder_humaneval_and_mmlu_small(artifact, tmp_path):
     torch.set_num_threads(2)
     model, tok = load_model_and_tokenizer(str(gguf), "fp32")
 
-    he = run_eval(EvalConfig(model=str(gguf), task="humaneval", mode="chat", limit=5, batch_size=5, max_new_tokens=400,
+    he = run_eval(EvalConfig(model=str(gguf), task="humaneval", mode="chat", limit=3, batch_size=3, max_new_tokens=320,
                              progress=False), model, tok)
     js, md = write_result(he, tmp_path / "he.json")
     he = json.loads(js.read_text())
-    assert he["counts"]["total"] == 5 and he["shots"] == 0 and he["mode"] == "chat"
+    assert he["counts"]["total"] == 3 and he["shots"] == 0 and he["mode"] == "chat"
     assert set(he["metrics"]) == {"pass@1"}
-    # the first HumanEval problems are easy; the full run solved 4 of these 5 (HumanEval/0, 2, 3, 4)
+    # the first HumanEval problems are easy; the full run solved HumanEval/0 and /2 of these 3
     assert he["metrics"]["pass@1"] > 0
     assert all(d["finish_reason"] in ("stop", "length") for d in he["details"])
     assert "pass@1 (%)" in md.read_text()
