@@ -24,17 +24,7 @@ gguf = pytest.importorskip("gguf")
 transformers = pytest.importorskip("transformers")
 Q = gguf.GGMLQuantizationType
 
-
-def randomise(model: Qwen, seed: int = 0) -> Qwen:
-    """Random non-zero biases and norm weights, so a mapping mistake cannot hide behind ones and zeros."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))
-            elif name.endswith(".bias"):
-                p.copy_(0.2 * torch.randn(p.shape, generator=g))
-    return model.eval()
+from hf_reference import randomise  # noqa: E402  (after the importorskips)
 
 
 def hf_logits(folder, ids: torch.Tensor) -> torch.Tensor:

@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from openqwen import Qwen, QwenConfig, get_preset
-from openqwen.checkpoint import hf_state_from_model, load_model
+from openqwen.checkpoint import load_model
 
 transformers = pytest.importorskip("transformers")
+
+from hf_reference import hf_twin, randomise  # noqa: E402  (after the importorskip)
 
 TINY_CONFIGS = {
     "mha-untied": dict(num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=False),
@@ -23,36 +25,6 @@ def tiny_config(**kw) -> QwenConfig:
                 max_position_embeddings=256)
     base.update(kw)
     return QwenConfig(**base)
-
-
-def randomise(model: Qwen, seed: int = 0) -> Qwen:
-    """Random non-zero biases and norm weights so that no mapping mistake hides behind ones and zeros."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))
-            elif name.endswith(".bias"):
-                p.copy_(0.2 * torch.randn(p.shape, generator=g))
-    return model
-
-
-def hf_twin(model: Qwen):
-    c = model.config
-    hf_config = transformers.Qwen2Config(
-        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
-        num_key_value_heads=c.num_key_value_heads, rope_theta=c.rope_theta, rms_norm_eps=c.rms_norm_eps,
-        tie_word_embeddings=c.tie_word_embeddings, max_position_embeddings=c.max_position_embeddings,
-        attn_implementation="eager",
-    )
-    hf = transformers.Qwen2ForCausalLM(hf_config).eval()
-    missing, unexpected = hf.load_state_dict(hf_state_from_model(model), strict=False)
-    assert not unexpected
-    assert set(missing) <= {"lm_head.weight"}
-    if c.tie_word_embeddings:
-        hf.tie_weights()
-    return hf
 
 
 @pytest.mark.parametrize("name", TINY_CONFIGS)

@@ -8,6 +8,7 @@ import codecs
 
 import torch
 
+from hf_reference import hf_twin, randomise  # noqa: F401  (hf_twin re-exported for the engine tests)
 from openqwen import Qwen, QwenConfig
 
 EOT, IM_START, IM_END = 256, 257, 258
@@ -70,35 +71,10 @@ def tiny_model(seed: int = 0, vocab: int = 259, layers: int = 2, kv_heads: int =
                tie_word_embeddings=False)
     cfg.update(kw)
     torch.manual_seed(seed)
-    model = Qwen(QwenConfig(**cfg)).eval()
-    g = torch.Generator().manual_seed(seed)
+    model = randomise(Qwen(QwenConfig(**cfg)), seed)
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))
-            elif name.endswith(".bias"):
-                p.copy_(0.2 * torch.randn(p.shape, generator=g))
-            elif name == "lm_head.weight":
-                p.mul_(40)  # sharper distributions: fewer near-ties, text that is not pure noise
+        if not model.config.tie_word_embeddings:
+            model.lm_head.weight.mul_(40)  # sharper distributions: fewer near-ties, text that is not pure noise
     return model
 
 
-def hf_twin(model: Qwen):
-    """transformers' Qwen2ForCausalLM holding the same weights (the independent reference)."""
-    import transformers
-
-    from openqwen.checkpoint import hf_state_from_model
-
-    c = model.config
-    hf_config = transformers.Qwen2Config(
-        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
-        num_key_value_heads=c.num_key_value_heads, rope_theta=c.rope_theta, rms_norm_eps=c.rms_norm_eps,
-        tie_word_embeddings=c.tie_word_embeddings, max_position_embeddings=c.max_position_embeddings,
-        attn_implementation="eager",
-    )
-    hf = transformers.Qwen2ForCausalLM(hf_config).eval()
-    hf.load_state_dict(hf_state_from_model(model), strict=False)
-    if c.tie_word_embeddings:
-        hf.tie_weights()
-    return hf
