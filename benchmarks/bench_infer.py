@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gc
 import json
 import platform
 import statistics
@@ -77,15 +76,10 @@ def hf_decode_seconds(hf, ids: list[int], n: int) -> float:
 def hf_from_model(model, dtype):
     import transformers
 
-    from openqwen.checkpoint import hf_state_from_model
+    from openqwen.checkpoint import hf_state_from_model, transformers_config
 
     c = model.config
-    cfg = transformers.Qwen2Config(
-        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
-        num_key_value_heads=c.num_key_value_heads, rope_theta=c.rope_theta, rms_norm_eps=c.rms_norm_eps,
-        tie_word_embeddings=c.tie_word_embeddings, max_position_embeddings=c.max_position_embeddings,
-    )
+    cfg = transformers_config(c)
     with torch.device("meta"):
         hf = transformers.Qwen2ForCausalLM(cfg)
     state = {k: v.to(dtype) for k, v in hf_state_from_model(model).items()}

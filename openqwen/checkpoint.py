@@ -111,6 +111,20 @@ def config_to_hf(c: QwenConfig, torch_dtype: torch.dtype) -> dict:
     }
 
 
+def transformers_config(c: QwenConfig, **extra):
+    """The same shapes as a ``transformers.Qwen2Config`` (tests and benchmarks build their reference
+    model from it; ``extra`` passes e.g. ``attn_implementation``). Imports transformers on call."""
+    import transformers  # noqa: PLC0415 (a test/benchmark-only dependency)
+
+    return transformers.Qwen2Config(
+        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
+        num_key_value_heads=c.num_key_value_heads, rope_theta=c.rope_theta, rms_norm_eps=c.rms_norm_eps,
+        tie_word_embeddings=c.tie_word_embeddings, max_position_embeddings=c.max_position_embeddings,
+        **extra,
+    )
+
+
 # ------------------------------------------------------------------------------ tensor mapping
 def hf_state_from_model(model: Qwen) -> dict[str, torch.Tensor]:
     """The model's weights under Qwen2 names (fused projections split)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from openqwen import Qwen
-from openqwen.checkpoint import hf_state_from_model
+from openqwen.checkpoint import hf_state_from_model, transformers_config
 
 
 def randomise(model: Qwen, seed: int = 0) -> Qwen:
@@ -28,13 +28,7 @@ def hf_twin(model: Qwen):
     import transformers
 
     c = model.config
-    hf_config = transformers.Qwen2Config(
-        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
-        num_key_value_heads=c.num_key_value_heads, rope_theta=c.rope_theta, rms_norm_eps=c.rms_norm_eps,
-        tie_word_embeddings=c.tie_word_embeddings, max_position_embeddings=c.max_position_embeddings,
-        attn_implementation="eager",
-    )
+    hf_config = transformers_config(c, attn_implementation="eager")
     hf = transformers.Qwen2ForCausalLM(hf_config).eval()
     missing, unexpected = hf.load_state_dict(hf_state_from_model(model), strict=False)
     assert not unexpected, unexpected
