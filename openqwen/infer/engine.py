@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from ..model import KVCache, Qwen
+from .kernels import FusedDecoder
 from .sampling import SamplingParams, sample_token
 
 DEFAULT_CHAT_WINDOW = 6144
@@ -168,10 +169,13 @@ class Engine:
     The cache costs ``2 * layers * kv_heads * head_dim * bytes * max_batch_size * max_seq_len``.
     background: run :meth:`step` in a background thread whenever there is work (the default); with
     False the caller drives :meth:`step` itself (deterministic tests, benchmarks, custom schedulers).
+    fused: run decode steps in one C call (:class:`openqwen.infer.kernels.FusedDecoder`) when the model
+    allows it (fp32 activations on the CPU); prefill always runs the torch model. ``fused_status``
+    says which path decodes.
     """
 
     def __init__(self, model: Qwen, tokenizer: Any, max_batch_size: int = 16, max_seq_len: int | None = None,
-                 name: str = "openqwen", background: bool = True) -> None:
+                 name: str = "openqwen", background: bool = True, fused: bool = True) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.model = model.eval()
@@ -198,6 +202,8 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._background = background
         self._closed = False
+        self._use_fused = fused
+        self._fused: FusedDecoder | None = None
 
     # ------------------------------------------------------------------------------ construction
     @classmethod
@@ -349,6 +355,15 @@ class Engine:
                 r.handle.events.put(StreamEvent("", [], "error", error=error))
 
     @property
+    def fused_status(self) -> str:
+        """Which code decodes: the fused C step, or the torch model and why."""
+        if not self._use_fused:
+            return "torch model (fused=False)"
+        if self._cache is None:
+            return "not decided yet (the first step builds the cache)"
+        return "fused C decode step" if self._fused is not None else f"torch model ({FusedDecoder.why_not})"
+
+    @property
     def num_active(self) -> int:
         """Requests holding a slot right now."""
         return sum(r is not None for r in self._slots)
@@ -364,6 +379,8 @@ class Engine:
         with self._step_lock:
             if self._cache is None:
                 self._cache = self.model.new_cache(self.max_batch_size, self.max_seq_len)
+                if self._use_fused and not self.model.training:
+                    self._fused = FusedDecoder.build(self.model, self._cache)
             for slot, r in enumerate(self._slots):  # a disconnected client frees its slot at once
                 if r is not None and r.handle.cancelled.is_set():
                     self._finish(r, "cancelled")
@@ -456,7 +473,10 @@ class Engine:
         ids = torch.tensor([[r.next_input if r is not None and r.next_input >= 0 else 0] for r in rows])
         if idle:  # holes in the span: compute a throwaway token at position 0 of the free row
             cache.lengths[idle] = 0
-        hidden = self.model.hidden_states(ids, cache=cache)
+        if self._fused is not None:
+            hidden = self._fused.hidden_states(ids, row0=start)
+        else:
+            hidden = self.model.hidden_states(ids, cache=cache)
         if idle:
             cache.lengths[idle] = 0
         for i, r in enumerate(rows):

@@ -17,7 +17,6 @@ from openqwen.infer.sampling import SamplingParams
 def backend(request, monkeypatch):
     if request.param == "torch-fallback":
         monkeypatch.setattr(quant, "load_kernels", lambda: None)
-        monkeypatch.setattr(quant, "_lib", None)
     elif quant.load_kernels() is None:
         pytest.skip(f"C kernels unavailable: {quant.kernel_status()}")
     return request.param

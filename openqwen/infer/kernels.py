@@ -1,0 +1,239 @@
+"""The C decode kernels (``kernels.c``): built once with the system compiler, called through ctypes.
+
+``kernels.c`` holds two things the torch model cannot do quickly on a CPU at decode time:
+
+* :func:`linear_forward` - a matrix-vector product for a few rows against fp32, bf16 or int8 weights
+  that reads each weight once and converts it in registers (what :mod:`openqwen.infer.quant` runs);
+* :class:`FusedDecoder` - one call that runs a whole decode step (every layer, for every active
+  sequence) and writes keys and values into the engine's KV cache. At batch 1 a torch decode step is
+  about a thousand small op dispatches (norms, RoPE, cache writes, attention, views), which cost 15-40 %
+  on top of reading the weights; the fused step has none of them. Prefill stays in torch.
+
+The library is compiled on first use (``cc -O3 -mavx2 -mfma -fopenmp``) into
+``~/.cache/openqwen/kernels`` (``OPENQWEN_KERNEL_CACHE``), named by the hash of the source, and loaded
+with ctypes. Without a compiler, on a CPU without AVX2/FMA, or with ``OPENQWEN_NO_KERNELS=1``,
+everything falls back to torch and :func:`kernel_status` says why.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+from torch import nn
+
+_SOURCE = Path(__file__).with_name("kernels.c")
+W_F32, W_BF16, W_I8 = 0, 1, 2
+
+_lib: ctypes.CDLL | None = None
+_lib_error: str | None = None
+_lib_lock = threading.Lock()
+
+
+class LinearSpec(ctypes.Structure):
+    """C ``Linear``: one weight matrix and how to read it."""
+
+    _fields_ = [("weight", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("bias", ctypes.c_void_p),
+                ("n", ctypes.c_int64), ("k", ctypes.c_int64), ("type", ctypes.c_int64)]
+
+
+class LayerSpec(ctypes.Structure):
+    _fields_ = [("input_norm", ctypes.c_void_p), ("post_norm", ctypes.c_void_p),
+                ("qkv", LinearSpec), ("o", LinearSpec), ("gate_up", LinearSpec), ("down", LinearSpec),
+                ("keys", ctypes.c_void_p), ("values", ctypes.c_void_p)]
+
+
+class ModelSpec(ctypes.Structure):
+    _fields_ = [("layers", ctypes.c_int64), ("hidden", ctypes.c_int64), ("heads", ctypes.c_int64),
+                ("kv_heads", ctypes.c_int64), ("head_dim", ctypes.c_int64), ("inter", ctypes.c_int64),
+                ("max_len", ctypes.c_int64), ("eps", ctypes.c_double),
+                ("layer", ctypes.POINTER(LayerSpec)), ("final_norm", ctypes.c_void_p)]
+
+
+def _cpu_has_avx2_fma() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx2" in flags and " fma" in flags
+
+
+def load_kernels() -> ctypes.CDLL | None:
+    """Compile (once, cached) and load the kernels; None when impossible (reason in :func:`kernel_status`)."""
+    global _lib, _lib_error
+    with _lib_lock:
+        if _lib is not None or _lib_error is not None:
+            return _lib
+        if os.environ.get("OPENQWEN_NO_KERNELS"):
+            _lib_error = "disabled by OPENQWEN_NO_KERNELS"
+            return None
+        if not _cpu_has_avx2_fma():
+            _lib_error = "this CPU lacks AVX2/FMA"
+            return None
+        source = _SOURCE.read_text()
+        digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+        cache = Path(os.environ.get("OPENQWEN_KERNEL_CACHE", "~/.cache/openqwen/kernels")).expanduser()
+        so = cache / f"openqwen-kernels-{digest}.so"
+        try:
+            if not so.exists():
+                cache.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryDirectory() as tmp:
+                    out = Path(tmp) / "kernels.so"
+                    cc = os.environ.get("CC", "cc")
+                    subprocess.run([cc, "-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", str(_SOURCE),
+                                    "-o", str(out), "-lm"], check=True, capture_output=True, timeout=180)
+                    os.replace(out, so)  # atomic: concurrent processes never load half a file
+            lib = ctypes.CDLL(str(so))
+        except (OSError, subprocess.SubprocessError) as e:
+            err = getattr(e, "stderr", b"") or b""
+            _lib_error = f"could not build the C kernels ({e}) {err.decode(errors='replace')[:300]}"
+            return None
+        lib.linear_forward.restype = None
+        lib.linear_forward.argtypes = [ctypes.POINTER(LinearSpec), ctypes.c_void_p, ctypes.c_void_p,
+                                       ctypes.c_int64, ctypes.c_int]
+        lib.decode_scratch_floats.restype = ctypes.c_int64
+        lib.decode_scratch_floats.argtypes = [ctypes.POINTER(ModelSpec), ctypes.c_int64]
+        lib.decode_step.restype = None
+        lib.decode_step.argtypes = [ctypes.POINTER(ModelSpec), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                    ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
+        _lib = lib
+        return lib
+
+
+def kernel_status() -> str:
+    """'C kernels (AVX2)' or why the torch fallback is used."""
+    return "C kernels (AVX2)" if load_kernels() is not None else f"torch fallback: {_lib_error}"
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def linear_spec(module: nn.Module) -> LinearSpec | None:
+    """The C view of a linear layer (nn.Linear in fp32, or the Int8Linear / BF16Linear of
+    :mod:`openqwen.infer.quant`); None when its layout is not one the kernels read."""
+    from .quant import BF16Linear, Int8Linear  # noqa: PLC0415 - quant imports this module
+
+    weight = module.weight
+    bias = module.bias
+    if isinstance(module, Int8Linear):
+        kind, scale = W_I8, module.scale
+    elif isinstance(module, BF16Linear):
+        kind, scale = W_BF16, None
+    elif type(module) is nn.Linear and weight.dtype == torch.float32:
+        kind, scale = W_F32, None
+    else:
+        return None
+    if (weight.device.type != "cpu" or not weight.is_contiguous() or weight.shape[1] % 8
+            or (bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()))):
+        return None
+    return LinearSpec(weight.data_ptr(), _ptr(scale), _ptr(bias), weight.shape[0], weight.shape[1], kind)
+
+
+def linear_forward(spec: LinearSpec, x: torch.Tensor, out_features: int) -> torch.Tensor:
+    """y[M, out] = x[M, in] W^T (scaled, plus bias) with the C kernel; x must be fp32 and contiguous."""
+    lib = _lib if _lib is not None else load_kernels()
+    assert lib is not None, "linear_forward needs the C kernels (check kernel_status())"
+    y = torch.empty(x.shape[0], out_features, dtype=torch.float32)
+    lib.linear_forward(ctypes.byref(spec), x.data_ptr(), y.data_ptr(), x.shape[0], torch.get_num_threads())
+    return y
+
+
+class FusedDecoder:
+    """Runs a decode step of a :class:`openqwen.model.Qwen` in one C call, against a given KV cache.
+
+    Build it with :meth:`build`, which returns None (with the reason in ``FusedDecoder.why_not``) when
+    the model or cache is not one it handles: it needs the C kernels, fp32 activations and cache (fp32
+    models, or bf16/int8 linears from :mod:`openqwen.infer.quant`), no dropout, head_dim a multiple of 8
+    and at most 128. The result equals ``model.hidden_states`` for one new token per row within fp32
+    rounding (tests/infer/test_kernels.py).
+    """
+
+    why_not: str = ""
+
+    def __init__(self, model: nn.Module, cache, spec: ModelSpec, layers, keep: list) -> None:
+        self.model = model
+        self.cache = cache
+        self._spec = spec
+        self._layers = layers
+        self._keep = keep  # tensors whose memory the C structs point at
+        self._lib = load_kernels()
+        rows = cache.batch_size
+        n = self._lib.decode_scratch_floats(ctypes.byref(spec), rows)
+        self._scratch = torch.empty(n, dtype=torch.float32)
+        cfg = model.config
+        from ..model import rope_inverse_frequencies  # noqa: PLC0415
+
+        self._inv_freq = rope_inverse_frequencies(cfg.head_dim, cfg.rope_theta)
+
+    @classmethod
+    def build(cls, model: nn.Module, cache) -> "FusedDecoder | None":
+        def no(reason: str) -> None:
+            cls.why_not = reason
+            return None
+
+        if load_kernels() is None:
+            return no(kernel_status())
+        cfg = model.config
+        if model.training and cfg.dropout:
+            return no("the model is in training mode with dropout")
+        if cfg.head_dim % 8 or cfg.head_dim > 128 or cfg.hidden_size % 8:
+            return no(f"head_dim {cfg.head_dim} / hidden {cfg.hidden_size} not supported (multiples of 8, head_dim <= 128)")
+        if cache.keys[0].dtype != torch.float32 or cache.keys[0].device.type != "cpu":
+            return no("the KV cache is not fp32 on the CPU")
+        if not all(k.is_contiguous() for k in cache.keys + cache.values):
+            return no("the KV cache is not contiguous")
+        if cfg.num_attention_heads % cfg.num_key_value_heads:
+            return no("query heads are not a multiple of key/value heads")
+        layers = (LayerSpec * cfg.num_hidden_layers)()
+        keep: list = []
+        for i, block in enumerate(model.layers):
+            norms = (block.input_layernorm.weight, block.post_attention_layernorm.weight)
+            if any(w.dtype != torch.float32 or not w.is_contiguous() for w in norms):
+                return no("RMSNorm weights are not fp32 (load bf16 models with openqwen.infer.quant.optimise_for_decode)")
+            specs = [linear_spec(m) for m in (block.self_attn.qkv_proj, block.self_attn.o_proj,
+                                              block.mlp.gate_up_proj, block.mlp.down_proj)]
+            if any(s is None for s in specs):
+                return no("a linear layer is neither fp32 nn.Linear, Int8Linear nor BF16Linear")
+            layers[i] = LayerSpec(norms[0].data_ptr(), norms[1].data_ptr(), *specs,
+                                  cache.keys[i].data_ptr(), cache.values[i].data_ptr())
+            keep.extend(norms)
+        final = model.norm.weight
+        if final.dtype != torch.float32:
+            return no("the final norm is not fp32")
+        keep.append(final)
+        spec = ModelSpec(cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads,
+                         cfg.head_dim, cfg.intermediate_size, cache.max_length, cfg.rms_norm_eps,
+                         ctypes.cast(layers, ctypes.POINTER(LayerSpec)), final.data_ptr())
+        return cls(model, cache, spec, layers, keep)
+
+    @torch.inference_mode()
+    def hidden_states(self, input_ids: torch.Tensor, row0: int = 0) -> torch.Tensor:
+        """Final-norm hidden states [M, 1, hidden] for one new token per row (input_ids [M, 1]) of cache
+        rows ``row0 .. row0+M-1``; keys/values are written at each row's length, and lengths advance."""
+        M = input_ids.shape[0]
+        if input_ids.dim() != 2 or input_ids.shape[1] != 1:
+            raise ValueError(f"the fused decoder takes one token per row ([M, 1]), got {tuple(input_ids.shape)}")
+        if row0 < 0 or row0 + M > self.cache.batch_size:
+            raise ValueError(f"rows {row0}..{row0 + M - 1} are outside the cache's {self.cache.batch_size} rows")
+        lengths = self.cache.lengths[row0 : row0 + M]
+        if int(lengths.max()) + 1 > self.cache.max_length:
+            raise ValueError(
+                f"KV cache overflow: {int(lengths.max()) + 1} tokens needed, the cache holds "
+                f"{self.cache.max_length}; allocate a longer cache or shorten the request"
+            )
+        x = self.model.embed_tokens(input_ids[:, 0]).float().contiguous()
+        angles = lengths.float()[:, None] * self._inv_freq
+        angles = torch.cat((angles, angles), dim=-1)
+        cos, sin = angles.cos().contiguous(), angles.sin().contiguous()
+        lengths_c = lengths.contiguous()
+        self._lib.decode_step(ctypes.byref(self._spec), x.data_ptr(), lengths_c.data_ptr(), row0,
+                              cos.data_ptr(), sin.data_ptr(), M, self._scratch.data_ptr(), torch.get_num_threads())
+        lengths += 1
+        return x[:, None]

@@ -1,0 +1,82 @@
+"""The fused C decode step equals the torch model's decode step, for every weight precision."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from infer_helpers import ByteTokenizer, tiny_model
+
+from openqwen.infer import kernels
+from openqwen.infer.engine import Engine
+from openqwen.infer.kernels import FusedDecoder
+from openqwen.infer.quant import optimise_for_decode, quantize_int8
+from openqwen.infer.sampling import SamplingParams
+
+pytestmark = pytest.mark.skipif(kernels.load_kernels() is None, reason=f"C kernels: {kernels.kernel_status()}")
+
+PRECISIONS = {
+    "fp32": lambda m: m,
+    "bf16": lambda m: optimise_for_decode(m.to(torch.bfloat16)),
+    "int8": quantize_int8,
+}
+
+
+@pytest.mark.parametrize("precision", list(PRECISIONS))
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+def test_fused_step_equals_model_step(precision, kv_heads):
+    model = PRECISIONS[precision](tiny_model(seed=3, kv_heads=kv_heads, qkv_bias=True)).eval()
+    rows, row0, prompt_lens = 5, 1, [7, 1, 12]  # three sequences of different lengths in rows 1..3
+    cache_ref, cache_fused = model.new_cache(rows, 32), model.new_cache(rows, 32)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for cache in (cache_ref, cache_fused):  # the same prefill (torch) into both caches
+            for i, n in enumerate(prompt_lens):
+                view = _rows(cache, row0 + i, row0 + i + 1)
+                model.hidden_states(torch.randint(0, 259, (1, n), generator=torch.Generator().manual_seed(i)),
+                                    cache=view)
+        fused = FusedDecoder.build(model, cache_fused)
+        assert fused is not None, FusedDecoder.why_not
+        for _ in range(4):  # a few decode steps: each writes the cache the next one reads
+            ids = torch.randint(0, 259, (3, 1), generator=gen)
+            ref = model.hidden_states(ids, cache=_rows(cache_ref, row0, row0 + 3))
+            out = fused.hidden_states(ids, row0=row0)
+            torch.testing.assert_close(out, ref, atol=2e-4, rtol=2e-4)
+            assert torch.equal(cache_fused.lengths, cache_ref.lengths)
+    for layer in range(model.config.num_hidden_layers):
+        torch.testing.assert_close(cache_fused.keys[layer], cache_ref.keys[layer], atol=2e-4, rtol=2e-4)
+        torch.testing.assert_close(cache_fused.values[layer], cache_ref.values[layer], atol=2e-4, rtol=2e-4)
+
+
+def _rows(cache, start, stop):
+    """A view of some cache rows (what the engine decodes against)."""
+    view = object.__new__(type(cache))
+    view.keys = [k[start:stop] for k in cache.keys]
+    view.values = [v[start:stop] for v in cache.values]
+    view.lengths = cache.lengths[start:stop]
+    view.max_length = cache.max_length
+    view._write, view._used = 0, 0
+    return view
+
+
+@pytest.mark.parametrize("precision", list(PRECISIONS))
+def test_engine_greedy_is_the_same_with_and_without_the_fused_step(precision):
+    params = SamplingParams(max_new_tokens=24, temperature=0, ignore_eos=True)
+    prompts = ["hello world", "abc", "the quick brown fox jumps"]
+    outs = {}
+    for fused in (True, False):
+        model = PRECISIONS[precision](tiny_model(seed=5))
+        engine = Engine(model, ByteTokenizer(), max_batch_size=4, max_seq_len=64, fused=fused, background=False)
+        outs[fused] = [c.token_ids for c in engine.generate(prompts, params)]
+        assert ("fused C" in engine.fused_status) == fused, engine.fused_status
+    assert outs[True] == outs[False]
+
+
+def test_fused_decoder_refuses_what_it_cannot_run():
+    model = tiny_model(seed=1).to(torch.bfloat16)  # bf16 norms and cache: the torch path must decode
+    assert FusedDecoder.build(model, model.new_cache(1, 8)) is None
+    assert "fp32" in FusedDecoder.why_not
+    fp32 = tiny_model(seed=1)
+    fused = FusedDecoder.build(fp32, fp32.new_cache(1, 4))
+    fused.cache.lengths.fill_(4)
+    with pytest.raises(ValueError, match="KV cache overflow"):
+        fused.hidden_states(torch.zeros(1, 1, dtype=torch.long))
