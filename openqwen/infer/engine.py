@@ -124,7 +124,7 @@ class _Request:
         self.logprobs: list[float] | None = [] if params.logprobs else None
         self.text_parts: list[str] = []
         self.pending = ""  # decoded text held back because it could begin a stop string
-        self.decoder = tokenizer.stream_decoder()
+        self.decoder = tokenizer.stream_decoder(skip_special_tokens=params.skip_special_tokens)
         seed = params.seed if params.seed is not None else random.getrandbits(63)
         self.generator = None if params.is_greedy else torch.Generator().manual_seed(seed)
         self.seen: torch.Tensor | None = None

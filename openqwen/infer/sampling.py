@@ -46,6 +46,9 @@ class SamplingParams:
     """Return the log-probability (under the raw model distribution) of every generated token."""
     ignore_eos: bool = False
     """Do not stop at ``<|endoftext|>`` (benchmarks that need a fixed length)."""
+    skip_special_tokens: bool = True
+    """Leave special tokens that did not stop the request (e.g. ``<|im_start|>`` in a raw completion)
+    out of the text; their ids stay in ``token_ids``. False writes them as their text."""
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

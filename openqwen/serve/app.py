@@ -297,7 +297,7 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
                 param="max_tokens", code="context_length_exceeded")
         budget = max_tokens if max_tokens is not None else min(cfg.default_max_tokens, context - prompt_len)
         fields: dict[str, Any] = {"max_new_tokens": budget, "stop": list(req.stop), "ignore_eos": req.ignore_eos,
-                                  "logprobs": want_logprobs}
+                                  "logprobs": want_logprobs, "skip_special_tokens": req.skip_special_tokens}
         if req.temperature is not None:
             fields["temperature"] = req.temperature
         if req.top_p is not None:

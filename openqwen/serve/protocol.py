@@ -79,6 +79,7 @@ class _Sampling(_Request):
     top_k: int | None = Field(None, ge=-1)
     repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
     ignore_eos: bool = False  # generate max_tokens regardless of end-of-text (benchmarks; as vLLM)
+    skip_special_tokens: bool = True  # special tokens that do not stop generation stay out of the text (as vLLM)
     user: str | None = None
 
     @field_validator("stop")

@@ -15,11 +15,15 @@ EOT, IM_START, IM_END = 256, 257, 258
 
 
 class ByteStreamDecoder:
-    def __init__(self) -> None:
+    def __init__(self, skip_special_tokens: bool = False) -> None:
         self._dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._skip = skip_special_tokens
 
     def push(self, token_id: int) -> str:
-        return "" if token_id >= 256 else self._dec.decode(bytes([token_id]))
+        if token_id >= 256:
+            names = {v: k for k, v in ByteTokenizer.special_tokens.items()}
+            return "" if self._skip else self._dec.decode(b"", final=True) + names[token_id]
+        return self._dec.decode(bytes([token_id]))
 
     def flush(self) -> str:
         return self._dec.decode(b"", final=True)
@@ -50,8 +54,8 @@ class ByteTokenizer:
         out.append(buf.decode("utf-8", errors="replace"))
         return "".join(out)
 
-    def stream_decoder(self) -> ByteStreamDecoder:
-        return ByteStreamDecoder()
+    def stream_decoder(self, skip_special_tokens: bool = False) -> ByteStreamDecoder:
+        return ByteStreamDecoder(skip_special_tokens)
 
     def apply_chat_template(self, messages, add_generation_prompt=True, return_assistant_mask=False):
         if not messages or messages[0]["role"] != "system":

@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from infer_helpers import ByteTokenizer, hf_twin, tiny_model
+from infer_helpers import IM_START, ByteTokenizer, hf_twin, tiny_model
 
 from openqwen.infer.engine import Engine, chat_prompt_ids
 from openqwen.infer.sampling import SamplingParams
@@ -277,3 +277,26 @@ def test_a_failing_step_reaches_every_waiting_caller():
         assert eng.generate(["abc"], GREEDY.replace(max_new_tokens=3))[0].completion_tokens == 3
     finally:
         eng.close()
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_special_tokens_that_do_not_stop_stay_out_of_the_text(skip):
+    # force the next tokens: <|im_start|>, "h", "i" (a raw completion may emit special tokens)
+    model = tiny_model(seed=4)
+    forced = iter([IM_START, ord("h"), ord("i")])
+
+    def force(_module, _inputs, logits):
+        logits = torch.zeros_like(logits)
+        logits[..., next(forced)] = 1.0
+        return logits
+
+    model.lm_head.register_forward_hook(force)
+    engine = Engine(model, ByteTokenizer(), max_batch_size=1, max_seq_len=32, background=False)
+    params = SamplingParams(max_new_tokens=3, temperature=0, skip_special_tokens=skip)
+    streamed = []
+    handle = engine.submit("x", params)
+    for ev in handle:
+        streamed.append(ev.text)
+    done = handle.result()
+    assert done.token_ids == [IM_START, ord("h"), ord("i")]
+    assert done.text == "".join(streamed) == ("hi" if skip else "<|im_start|>hi")
