@@ -68,6 +68,8 @@ class StreamEvent:
     finish_reason: str | None = None
     completion: Completion | None = None
     error: BaseException | None = None
+    logprobs: list[float] | None = None
+    """Log-probabilities of ``token_ids`` (when the request asked for them)."""
 
 
 class RequestHandle:
@@ -537,7 +539,7 @@ class Engine:
             r.text_parts.append(out)
         if out or tokens:
             if not hit and not final:
-                r.handle.events.put(StreamEvent(out, tokens))
+                r.handle.events.put(StreamEvent(out, tokens, logprobs=_tail(r.logprobs, len(tokens))))
             else:
                 r._last = (out, tokens)  # delivered with the final event by _finish
         return hit
@@ -554,7 +556,11 @@ class Engine:
             text="".join(r.text_parts), token_ids=list(r.output), finish_reason=reason,
             prompt_tokens=len(r.prompt), completion_tokens=len(r.output), logprobs=r.logprobs,
         )
-        r.handle.events.put(StreamEvent(out, tokens, reason, completion))
+        r.handle.events.put(StreamEvent(out, tokens, reason, completion, logprobs=_tail(r.logprobs, len(tokens))))
+
+
+def _tail(values: list[float] | None, n: int) -> list[float] | None:
+    return None if values is None else values[len(values) - n:]
 
 
 # ---------------------------------------------------------------------------------- chat helpers

@@ -87,6 +87,8 @@ class _Event:
     finish_reason: str | None
     token_ids: list[int] | None = None  # on the last event: every generated id (stop token included)
     logprobs: list[float] | None = None  # on the last event, when the request asked for them
+    new_ids: list[int] | None = None  # the ids this event adds (streamed logprobs)
+    new_logprobs: list[float] | None = None  # their log-probabilities, when the request asked for them
 
 
 _DONE = object()
@@ -121,7 +123,7 @@ class _Run:
                 done = ev.completion
                 self._put(_Event(self.index, ev.text, tokens, ev.finish_reason,
                                  None if done is None else list(done.token_ids),
-                                 None if done is None else done.logprobs))
+                                 None if done is None else done.logprobs, list(ev.token_ids), ev.logprobs))
                 if ev.finish_reason is not None:
                     self._stats.count(ev.finish_reason, tokens)
         except BaseException as e:  # surfaced to the request as a 500 / stream error
@@ -274,9 +276,6 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
         from ..infer.sampling import SamplingParams
 
         want_logprobs = bool(req.logprobs) if chat else req.logprobs is not None
-        if want_logprobs and req.stream:
-            raise APIError(400, "logprobs are only returned by non-streaming requests here; set stream false.",
-                           param="logprobs")
         top = req.top_logprobs if chat else req.logprobs
         if top:
             raise APIError(400, "top alternatives (top_logprobs / logprobs > 0) are not supported; the log-"
@@ -362,27 +361,29 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
 
     stop_ids_all = set(tokenizer.stop_ids) | {tokenizer.eos_id}
 
-    def token_pieces(e: _Event) -> tuple[list[int], list[float], list[bytes]]:
-        """The generated ids with their log-probabilities, without a final stop token (which the
-        text does not contain either)."""
-        ids, lps = list(e.token_ids or []), list(e.logprobs or [])
-        if ids and e.finish_reason == "stop" and ids[-1] in stop_ids_all:
+    def token_pieces(ids: list[int], lps: list[float], finish_reason: str | None
+                     ) -> tuple[list[float], list[bytes]]:
+        """Log-probabilities and bytes of generated ids, without a final stop token (which the text
+        does not contain either)."""
+        if ids and finish_reason == "stop" and ids[-1] in stop_ids_all:
             ids, lps = ids[:-1], lps[:-1]
-        return ids, lps, [tokenizer.id_to_bytes(t) for t in ids]
+        return list(lps), [tokenizer.id_to_bytes(t) for t in ids]
 
-    def chat_logprobs(e: _Event) -> P.ChatLogprobs | None:
-        if e.logprobs is None:
+    def chat_logprobs(ids: list[int], lps: list[float] | None, finish_reason: str | None) -> P.ChatLogprobs | None:
+        if lps is None:
             return None
-        ids, lps, raw = token_pieces(e)
+        lps, raw = token_pieces(ids, lps, finish_reason)
         return P.ChatLogprobs(content=[P.TokenLogprob(token=b.decode("utf-8", errors="replace"), logprob=lp,
                                                       bytes=list(b)) for b, lp in zip(raw, lps)])
 
-    def completion_logprobs(e: _Event) -> P.CompletionLogprobs | None:
-        if e.logprobs is None:
+    def completion_logprobs(ids: list[int], lps: list[float] | None, finish_reason: str | None,
+                            offset: int = 0) -> P.CompletionLogprobs | None:
+        """``offset``: characters of this choice's text before these tokens (streamed chunks)."""
+        if lps is None:
             return None
-        ids, lps, raw = token_pieces(e)
+        lps, raw = token_pieces(ids, lps, finish_reason)
         tokens = [b.decode("utf-8", errors="replace") for b in raw]
-        offsets, at = [], 0
+        offsets, at = [], offset
         for t in tokens:  # character offsets into the returned text (approximate inside split characters)
             offsets.append(at)
             at += len(t)
@@ -469,7 +470,7 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
         (events,) = results
         return P.ChatCompletion(
             id=rid, created=ts, model=cfg.model_name, system_fingerprint=fingerprint,
-            choices=[P.ChatChoice(index=e.index, message=P.ResponseMessage(content=e.text), logprobs=chat_logprobs(e),
+            choices=[P.ChatChoice(index=e.index, message=P.ResponseMessage(content=e.text), logprobs=chat_logprobs(e.token_ids or [], e.logprobs, e.finish_reason),
                                   finish_reason=e.finish_reason) for e in events],
             usage=usage(len(ids), sum(e.completion_tokens for e in events)),
         ).model_dump()
@@ -493,7 +494,7 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
         for p, events in enumerate(results):  # OpenAI numbers choices prompt-major: index = p * n + i
             for e in events:
                 choices.append(P.CompletionChoice(index=p * req.n + e.index, text=e.text, finish_reason=e.finish_reason,
-                                                  logprobs=completion_logprobs(e)))
+                                                  logprobs=completion_logprobs(e.token_ids or [], e.logprobs, e.finish_reason)))
                 completion_tokens += e.completion_tokens
         return P.Completion(
             id=rid, created=ts, model=cfg.model_name, system_fingerprint=fingerprint, choices=choices,
@@ -502,19 +503,31 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
 
     def _stream(request: Request, ids: list[int], params: list[Any], rid: str, ts: int, chat: bool,
                 include_usage: bool) -> StreamingResponse:
-        def chunk(index: int, text: str | None, finish: str | None, role: bool = False) -> dict:
+        def chunk(index: int, text: str | None, finish: str | None, role: bool = False, logprobs: Any = None) -> dict:
             if chat:
                 delta = {"role": "assistant", "content": ""} if role else ({} if text is None else {"content": text})
                 body = P.ChatCompletionChunk(id=rid, created=ts, model=cfg.model_name, system_fingerprint=fingerprint,
-                                             choices=[P.ChatChunkChoice(index=index, delta=P.Delta(), finish_reason=finish)])
+                                             choices=[P.ChatChunkChoice(index=index, delta=P.Delta(), finish_reason=finish,
+                                                                        logprobs=logprobs)])
                 data = body.model_dump()
                 data["choices"][0]["delta"] = delta
             else:
                 data = P.Completion(id=rid, created=ts, model=cfg.model_name, system_fingerprint=fingerprint,
-                                    choices=[P.CompletionChoice(index=index, text=text or "", finish_reason=finish)]).model_dump()
+                                    choices=[P.CompletionChoice(index=index, text=text or "", finish_reason=finish,
+                                                                logprobs=logprobs)]).model_dump()
             if not include_usage:
                 data.pop("usage", None)
             return data
+
+        def streamed_logprobs(ev: _Event, offset: int) -> Any:
+            """The log-probabilities of the tokens this event adds (None when not asked for or none)."""
+            if ev.new_logprobs is None or not ev.new_ids:
+                return None
+            if chat:
+                lp = chat_logprobs(ev.new_ids, ev.new_logprobs, ev.finish_reason)
+                return lp if lp.content else None
+            lp = completion_logprobs(ev.new_ids, ev.new_logprobs, ev.finish_reason, offset)
+            return lp if lp.tokens else None
 
         async def body() -> AsyncIterator[str]:
             # Submitted only once the response streams (every check has passed by then), so a
@@ -522,14 +535,18 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
             choices = _Choices(engine, ids, params, stats)
             app.state.active += len(choices.runs)
             tokens = [0] * len(choices.runs)
+            chars = [0] * len(choices.runs)  # characters of token strings so far (completions' text_offset)
             try:
                 if chat:
                     for i in range(len(choices.runs)):
                         yield sse(chunk(i, None, None, role=True))
                 async for ev in choices.events():
                     tokens[ev.index] = ev.completion_tokens
-                    if ev.text:
-                        yield sse(chunk(ev.index, ev.text, None))
+                    logprobs = streamed_logprobs(ev, chars[ev.index])
+                    if ev.text or logprobs is not None:
+                        yield sse(chunk(ev.index, ev.text, None, logprobs=logprobs))
+                    if not chat and logprobs is not None:  # offsets count token strings, as unstreamed
+                        chars[ev.index] = logprobs.text_offset[-1] + len(logprobs.tokens[-1])
                     if ev.finish_reason is not None:
                         yield sse(chunk(ev.index, None, ev.finish_reason))
                 if include_usage:

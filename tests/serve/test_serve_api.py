@@ -44,7 +44,7 @@ def test_chat_matches_reference(client, model, tokenizer):
     assert isinstance(r.created, int) and abs(r.created - time.time()) < 300
     (choice,) = r.choices
     assert choice.index == 0 and choice.message.role == "assistant"
-    assert choice.message.content == tokenizer.decode(ref)
+    assert choice.message.content == tokenizer.decode(ref, skip_special_tokens=True)
     assert choice.finish_reason == ("length" if len(ref) == 12 else "stop")
     assert r.usage.prompt_tokens == len(prompt)
     assert r.usage.completion_tokens == 12
@@ -61,7 +61,7 @@ def test_chat_stream_matches_nonstream(client, model, tokenizer):
     assert all(c.object == "chat.completion.chunk" for c in chunks)
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == tokenizer.decode(ref)
+    assert text == tokenizer.decode(ref, skip_special_tokens=True)
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finishes == ["length"]
     # with include_usage: every chunk carries usage null, the last one has no choices and the totals
@@ -93,13 +93,13 @@ def test_completions(client, model, tokenizer):
     ref = greedy_reference(model, ids, 8, {tokenizer.eos_id})
     r = client.completions.create(model=MODEL_NAME, prompt=text, max_tokens=8, temperature=0)
     assert r.id.startswith("cmpl-") and r.object == "text_completion"
-    assert r.choices[0].text == tokenizer.decode(ref)
+    assert r.choices[0].text == tokenizer.decode(ref, skip_special_tokens=True)
     assert r.usage.prompt_tokens == len(ids) and r.usage.completion_tokens == len(ref)
     # token-id prompts, several at once: choices numbered prompt-major
     r2 = client.completions.create(model=MODEL_NAME, prompt=[ids, ids[:3]], max_tokens=8, temperature=0)
     assert [c.index for c in r2.choices] == [0, 1]
     assert r2.choices[0].text == r.choices[0].text
-    assert r2.choices[1].text == tokenizer.decode(greedy_reference(model, ids[:3], 8, {tokenizer.eos_id}))
+    assert r2.choices[1].text == tokenizer.decode(greedy_reference(model, ids[:3], 8, {tokenizer.eos_id}), skip_special_tokens=True)
     # streamed
     parts = [c.choices[0].text for c in client.completions.create(
         model=MODEL_NAME, prompt=text, max_tokens=8, temperature=0, stream=True) if c.choices]
@@ -156,9 +156,13 @@ def test_chat_logprobs(client, model, tokenizer):
     assert b"".join(bytes(t.bytes) for t in content) == tokenizer.decode_bytes(ref)
     assert [t.logprob for t in content] == pytest.approx(reference_logprobs(model, prompt, ref), abs=1e-3)
     assert all(t.top_logprobs == [] for t in content)
-    for bad in ({"top_logprobs": 2}, {"stream": True}):
-        with pytest.raises(openai.BadRequestError):
-            client.chat.completions.create(model=MODEL_NAME, messages=HELLO, max_tokens=2, logprobs=True, **bad)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL_NAME, messages=HELLO, max_tokens=2, logprobs=True, top_logprobs=2)
+    # streamed: the chunks carry the same entries, token by token, alongside their text
+    stream = client.chat.completions.create(model=MODEL_NAME, messages=HELLO, temperature=0, max_tokens=6,
+                                            logprobs=True, stream=True, extra_body={"repetition_penalty": 1.0})
+    streamed = [e for c in stream if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [(e.bytes, e.logprob) for e in streamed] == [(e.bytes, e.logprob) for e in content]
 
 
 def test_completion_logprobs(client, model, tokenizer):
@@ -171,6 +175,10 @@ def test_completion_logprobs(client, model, tokenizer):
     assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
     with pytest.raises(openai.BadRequestError):
         client.completions.create(model=MODEL_NAME, prompt=ids, max_tokens=2, logprobs=3)
+    stream = client.completions.create(model=MODEL_NAME, prompt=ids, max_tokens=5, temperature=0, logprobs=0, stream=True)
+    chunks = [c.choices[0].logprobs for c in stream if c.choices and c.choices[0].logprobs]
+    assert [x for c in chunks for x in c.token_logprobs] == lp.token_logprobs
+    assert [x for c in chunks for x in c.text_offset] == lp.text_offset
 
 
 # ------------------------------------------------------------------------------------ errors
@@ -280,10 +288,14 @@ def test_chat_stops_at_im_end_but_completions_do_not(model, tokenizer):
             r = c.chat.completions.create(model=MODEL_NAME, messages=HELLO, temperature=0, max_tokens=8,
                                           extra_body={"repetition_penalty": 1.0})
             assert r.choices[0].finish_reason == "stop"
-            assert r.choices[0].message.content == tokenizer.decode(ref_stop)
+            assert r.choices[0].message.content == tokenizer.decode(ref_stop, skip_special_tokens=True)
             assert r.usage.completion_tokens == len(ref_stop) + 1  # the stop token is generated, not shown
             raw = c.completions.create(model=MODEL_NAME, prompt=prompt, temperature=0, max_tokens=8)
-            assert raw.choices[0].finish_reason == "length" and "<|im_end|>" in raw.choices[0].text
+            assert raw.choices[0].finish_reason == "length" and raw.usage.completion_tokens == 8
+            assert "<|im_end|>" not in raw.choices[0].text  # generated, but special tokens stay out of text
+            shown = c.completions.create(model=MODEL_NAME, prompt=prompt, temperature=0, max_tokens=8,
+                                         extra_body={"skip_special_tokens": False})
+            assert "<|im_end|>" in shown.choices[0].text
     finally:
         close_engine(engine)
 
