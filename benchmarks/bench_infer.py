@@ -119,7 +119,7 @@ def llama_decode_rate(python: str, gguf: Path, threads: int, n: int) -> float | 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=1, help="CPU threads for every engine [1]")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads for every engine and peer [2]")
     ap.add_argument("--rounds", type=int, default=8, help="rounds; each runs 4 decode steps of every contender [8]")
     ap.add_argument("--tokens", type=int, default=48, help="decoded tokens for llama.cpp [48]")
     ap.add_argument("--batch-sizes", default="4,16", help="int8 aggregate decode at these batch sizes ['4,16']")
@@ -160,8 +160,10 @@ def main() -> int:
             model = quant.optimise_for_decode(model.to(torch.bfloat16))
         elif precision == "int8":
             model = quant.quantize_int8(model)
-        for batch in [1] + ([int(b) for b in args.batch_sizes.split(",") if b] if precision == "int8" else []):
-            engine = Engine(model, tok, max_batch_size=batch, background=False,
+        variants = [(1, True)] + ([(1, False)] + [(int(b), True) for b in args.batch_sizes.split(",") if b]
+                                  if precision == "int8" else [])
+        for batch, fused in variants:
+            engine = Engine(model, tok, max_batch_size=batch, background=False, fused=fused,
                             max_seq_len=len(ids) + args.rounds * per_round + 16)
             for i in range(batch):
                 engine.submit(ids, SamplingParams(max_new_tokens=args.rounds * per_round + 4, ignore_eos=True,
@@ -169,6 +171,8 @@ def main() -> int:
             engine.step()  # prefill + first token
             engine.step()  # warm-up decode step
             name = precision if batch == 1 else f"{precision} batch {batch}"
+            if not fused:
+                name = f"{precision} torch step"  # the same weights, decoded by the torch model (no fused step)
             contenders[name] = dict(kind="ours", engine=engine, batch=batch, bytes=weight_bytes_per_token(model),
                                     step_s=[], read_s=[])
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
@@ -201,6 +205,7 @@ def main() -> int:
                 c["engine"].step()
             if c["batch"] > 1:
                 rows.append(dict(engine="openqwen", precision=name, tok_s=c["batch"] / med(step), aggregate=True,
+                                 step_ms=1000 * med(step),
                                  vs_batch1=med([c["batch"] * b / s for s, b in zip(step, contenders["int8"]["step_s"])])))
                 print(f"      openqwen {name}: {rows[-1]['tok_s']:.2f} tok/s aggregate, "
                       f"{rows[-1]['vs_batch1']:.1f}x batch 1", flush=True)
