@@ -61,6 +61,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-windows", type=int, default=16, help="perplexity: windows per length (default 16)")
     p.add_argument("--timeout", type=float, default=10.0, help="code: seconds per sandboxed test run (default 10)")
     p.add_argument("--workers", type=int, default=None, help="code: sandboxed runs in parallel")
+    p.add_argument("--no-sanitize", action="store_true",
+                   help="code, chat mode: run the reply's code block as it is, demo prints/asserts included "
+                        "(default: keep only imports, definitions and plain assignments, as evalplus does)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--resume", action="store_true",
                    help="generation tasks: keep the completions in OUTPUT.partial.jsonl from an interrupted "
@@ -100,7 +103,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         per_subject=args.per_subject, data=args.data, tokenizer=args.tokenizer, dtype=args.dtype,
         batch_size=args.batch_size, samples=args.samples, temperature=args.temperature, top_p=args.top_p,
         max_new_tokens=args.max_new_tokens, seed=args.seed, context_lengths=args.context_lengths,
-        max_windows=args.max_windows, timeout_s=args.timeout, workers=args.workers,
+        max_windows=args.max_windows, timeout_s=args.timeout, workers=args.workers, sanitize=not args.no_sanitize,
         progress=not args.no_progress,
         partial_path=str(args.output) + ".partial.jsonl" if args.output else None,
         resume=args.resume,

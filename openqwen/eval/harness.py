@@ -78,6 +78,10 @@ class EvalConfig:
     """Perplexity: windows per context length (None: all the text)."""
     timeout_s: float = 10.0
     """Code: seconds per sandboxed test run."""
+    sanitize: bool = True
+    """Code, chat mode: keep only the imports, definitions and plain assignments of a reply, dropping
+    its demo prints/asserts/input() (as evalplus, whose sanitizer the published Qwen2.5-Coder numbers
+    use); False runs the extracted code block as it is."""
     memory_mb: int = 1024
     workers: int | None = None
     """Code: sandboxed runs in parallel (default: a few per core)."""
@@ -252,7 +256,7 @@ def _run_code(model, tok, cfg: EvalConfig) -> dict[str, Any]:
         stop = ["[DONE]"] if cfg.task == "mbpp" else code.BASE_STOP
     prompts = [ids for ids in prompts for _ in range(n)]
     comps = generate(model, tok, prompts, cfg, chat=chat, stop=stop, max_new_tokens=cfg.max_new_tokens or 512)
-    programs = [code.build_program(problems[i // n], c.text, cfg.mode) for i, c in enumerate(comps)]
+    programs = [code.build_program(problems[i // n], c.text, cfg.mode, cfg.sanitize) for i, c in enumerate(comps)]
     runs = run_many(programs, cfg.timeout_s, cfg.memory_mb, workers=cfg.workers, progress=cfg.progress,
                     desc="running tests")
     details, correct_per_problem = [], []

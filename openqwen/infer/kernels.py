@@ -3,7 +3,9 @@
 ``kernels.c`` holds two things the torch model cannot do quickly on a CPU at decode time:
 
 * :func:`linear_forward` - a matrix-vector product for a few rows against fp32, bf16 or int8 weights
-  that reads each weight once and converts it in registers (what :mod:`openqwen.infer.quant` runs);
+  that reads each weight once and converts it in registers (what :mod:`openqwen.infer.quant` runs;
+  for int8 weights the activations are rounded to int16 blocks and multiplied as integers, see
+  :func:`openqwen.infer.quant.round_activations_int16`);
 * :class:`FusedDecoder` - one call that runs a whole decode step (every layer, for every active
   sequence) and writes keys and values into the engine's KV cache. At batch 1 a torch decode step is
   about a thousand small op dispatches (norms, RoPE, cache writes, attention, views), which cost 15-40 %
@@ -94,7 +96,7 @@ def load_kernels() -> ctypes.CDLL | None:
             err = getattr(e, "stderr", b"") or b""
             _lib_error = f"could not build the C kernels ({e}) {err.decode(errors='replace')[:300]}"
             return None
-        lib.linear_forward.restype = None
+        lib.linear_forward.restype = ctypes.c_int
         lib.linear_forward.argtypes = [ctypes.POINTER(LinearSpec), ctypes.c_void_p, ctypes.c_void_p,
                                        ctypes.c_int64, ctypes.c_int]
         lib.decode_scratch_floats.restype = ctypes.c_int64
@@ -141,7 +143,8 @@ def linear_forward(spec: LinearSpec, x: torch.Tensor, out_features: int) -> torc
     lib = _lib if _lib is not None else load_kernels()
     assert lib is not None, "linear_forward needs the C kernels (check kernel_status())"
     y = torch.empty(x.shape[0], out_features, dtype=torch.float32)
-    lib.linear_forward(ctypes.byref(spec), x.data_ptr(), y.data_ptr(), x.shape[0], torch.get_num_threads())
+    if lib.linear_forward(ctypes.byref(spec), x.data_ptr(), y.data_ptr(), x.shape[0], torch.get_num_threads()):
+        raise MemoryError(f"the C kernel could not allocate its activation buffer for {x.shape[0]} rows")
     return y
 
 

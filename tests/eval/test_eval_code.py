@@ -31,6 +31,28 @@ def test_extract_code_prefers_the_entry_point_block():
     assert code.extract_code("```python\ndef f():\n    pass\n") == "def f():\n    pass\n"  # unclosed fence
 
 
+def test_sanitize_keeps_the_solution_and_drops_demo_code():
+    reply = ("import math\nLIMIT = 10\n\ndef f(x):\n    return helper(x) + LIMIT\n\n"
+             "def helper(x):\n    return math.floor(x)\n\nresult = f(2)\nprint(result)\nassert f(1) == 0\n"
+             "n = int(input())\nif __name__ == '__main__':\n    f(3)\n")
+    out = code.sanitize(reply)
+    assert out.startswith("import math\n\nLIMIT = 10\n\ndef f(x):") and "def helper(x):" in out
+    for demo in ("result =", "print(", "assert", "input(", "__main__"):
+        assert demo not in out
+    # a reply cut off mid-statement keeps the part that parses
+    assert code.sanitize("def f(x):\n    return x\n\nprint(f(") == "def f(x):\n    return x\n"
+    assert code.sanitize("def (:") == "def (:"  # nothing parses: unchanged (it fails as it is)
+
+
+def test_demo_code_does_not_fail_a_right_solution(he):
+    p0 = he["HumanEval/0"]
+    reply = ("```python\ndef has_close_elements(numbers, threshold):\n" + p0.canonical_solution
+             + "\n# example\nprint(has_close_elements([1.0, 2.0], 0.5))\nassert has_close_elements([1.0], 1) is True\n"
+             "x = input()\n```")
+    programs = [code.build_program(p0, reply, "chat"), code.build_program(p0, reply, "chat", sanitize_chat=False)]
+    assert [r.passed for r in run_many(programs, timeout_s=10)] == [True, False]
+
+
 def test_truncate_base_at_top_level_statements():
     body = "    return x + 1\n\n\ndef other():\n    pass\n"
     assert code.truncate_base(body) == "    return x + 1\n\n"

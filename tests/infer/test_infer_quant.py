@@ -29,8 +29,10 @@ def test_int8_linear_equals_its_dequantised_weight(backend, rows):
     q = Int8Linear(lin.weight, lin.bias)
     assert q.weight.dtype == torch.int8 and q.weight.abs().max() <= 127
     x = torch.randn(2, rows, 256)
-    exact = F.linear(x, q.weight.float() * q.scale[:, None], q.bias)
+    # every path multiplies the int16-rounded activations by the dequantised weight
+    exact = F.linear(quant.round_activations_int16(x), q.weight.float() * q.scale[:, None], q.bias)
     torch.testing.assert_close(q(x), exact, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(q(x), F.linear(x, q._dense(), q.bias), atol=1e-3, rtol=1e-3)  # and x barely moved
     # per-row absmax int8 keeps every weight within half a step of the original
     err = (q.weight.float() * q.scale[:, None] - lin.weight).abs()
     assert bool((err <= q.scale[:, None] / 2 + 1e-7).all())
@@ -47,6 +49,17 @@ def test_bf16_linear_accumulates_in_fp32(backend, rows):
     xb = x.bfloat16()  # bf16 in, bf16 out (rounded once, from the fp32 sum)
     assert b(xb).dtype == torch.bfloat16
     torch.testing.assert_close(b(xb), F.linear(xb.float(), lin.weight.to(torch.bfloat16).float()).bfloat16())
+
+
+def test_int16_activation_rounding():
+    x = torch.randn(3, 128) * torch.logspace(-3, 3, 128)  # blocks of very different magnitudes
+    x[1, :64] = 0.0
+    r = quant.round_activations_int16(x)
+    blocks = x.reshape(3, 2, 64).abs().amax(-1, keepdim=True)
+    assert bool(((r - x).reshape(3, 2, 64).abs() <= blocks / 32767 / 2 * 1.001 + 1e-30).all())
+    assert bool((r[1, :64] == 0).all())
+    # on the int16 grid: rounding again changes nothing
+    torch.testing.assert_close(quant.round_activations_int16(r), r, atol=0, rtol=1e-6)
 
 
 def test_odd_widths_use_the_fallback():

@@ -12,6 +12,7 @@ A completion is correct when the program "prompt + completion + the task's tests
 
 from __future__ import annotations
 
+import ast
 import gzip
 import json
 import re
@@ -137,6 +138,38 @@ def extract_code(reply: str, entry_point: str = "") -> str:
     return blocks[0][1]
 
 
+_DEFINITIONS = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def sanitize(code: str) -> str:
+    """Keep a chat reply's imports, definitions and plain top-level assignments; drop its demo code.
+
+    Chat models end their code with usage examples (``print(f(3))``, ``assert f(2) == 4``, ``input()``,
+    ``if __name__ == "__main__":``). Run before the tests, a wrong example or one that waits for input
+    fails a correct solution, so, as evalplus' sanitizer (used for the published Qwen2.5-Coder
+    numbers) does, only the statements a solution is made of are kept. Assignments that call something
+    are demo code too. A reply cut off mid-statement keeps its longest prefix that parses. Code that
+    does not parse at all is returned unchanged (it fails as it is)."""
+    lines = code.splitlines()
+    tree = None
+    for end in range(len(lines), 0, -1):
+        try:
+            tree = ast.parse("\n".join(lines[:end]))
+            break
+        except SyntaxError:
+            continue
+    if tree is None:
+        return code
+    source = "\n".join(lines[:end])
+    kept = []
+    for node in tree.body:
+        plain_assign = isinstance(node, (ast.Assign, ast.AnnAssign)) and not any(
+            isinstance(n, ast.Call) for n in ast.walk(node))
+        if isinstance(node, _DEFINITIONS) or plain_assign:
+            kept.append(ast.get_source_segment(source, node, padded=True))
+    return "\n\n".join(k for k in kept if k) + "\n"
+
+
 def truncate_base(completion: str, stops: Sequence[str] = BASE_STOP) -> str:
     """Cut a base-model continuation at the first stop sequence."""
     cut = len(completion)
@@ -147,13 +180,18 @@ def truncate_base(completion: str, stops: Sequence[str] = BASE_STOP) -> str:
     return completion[:cut]
 
 
-def build_program(problem: CodeProblem, completion: str, mode: str) -> str:
-    """The program the sandbox runs for one completion."""
+def build_program(problem: CodeProblem, completion: str, mode: str, sanitize_chat: bool = True) -> str:
+    """The program the sandbox runs for one completion. ``sanitize_chat``: drop the demo code of
+    chat replies (:func:`sanitize`)."""
     if problem.extra.get("mbpp"):
-        code = extract_code(completion) if mode == "chat" else completion.split("[DONE]")[0]
-        return code + "\n\n" + problem.test
+        if mode != "chat":
+            return completion.split("[DONE]")[0] + "\n\n" + problem.test
+        code = extract_code(completion)
+        return (sanitize(code) if sanitize_chat else code) + "\n\n" + problem.test
     if mode == "chat":
         code = extract_code(completion, problem.entry_point)
+        if sanitize_chat and re.search(rf"^\s*def\s+{re.escape(problem.entry_point)}\s*\(", code, re.M):
+            code = sanitize(code)  # (a reply that wrote only the body is left as it is)
         if re.search(rf"^def\s+{re.escape(problem.entry_point)}\s*\(", code, re.M):
             # The prompt first (its imports and helpers), then the reply's full definition.
             return problem.prompt + "\n    pass\n\n" + code + "\n\n" + problem.test
