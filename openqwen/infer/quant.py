@@ -46,9 +46,13 @@ def round_activations_int16(x: torch.Tensor) -> torch.Tensor:
     return (q * scale).reshape(shape)
 
 
-MAX_KERNEL_ROWS = 64
-"""Batches up to this many rows use the matrix-vector kernel (decode); more rows (prefill) use torch's
-matmul on the dequantised weight, which is compute-bound anyway."""
+MAX_KERNEL_ROWS = 384
+"""Up to this many rows (decode, and prefills of short prompts) run through the C kernel, in chunks of
+KERNEL_ROW_CHUNK rows whose rounded activations stay in the L2 cache. On the 2-core benchmark machine
+(Qwen2.5-0.5B, int8) that prefills 128 tokens in 2.0 s against 4.8 s for torch's matmul on weights
+dequantised at every call, 256 in 3.5 s against 5.6 s; from about 400 rows up the matmul wins
+(512: 7.2 s against 8.3 s), its dequantisation spread over many rows."""
+KERNEL_ROW_CHUNK = 64
 
 
 class _KernelLinear(nn.Module):
@@ -81,7 +85,10 @@ class _KernelLinear(nn.Module):
         x2 = x.reshape(-1, self.in_features)
         spec = self._spec() if x2.shape[0] <= MAX_KERNEL_ROWS else None
         if spec is not None:
-            y = linear_forward(spec, x2.float().contiguous(), self.out_features)
+            xf = x2.float().contiguous()
+            parts = [linear_forward(spec, xf[i : i + KERNEL_ROW_CHUNK], self.out_features)
+                     for i in range(0, xf.shape[0], KERNEL_ROW_CHUNK)]
+            y = torch.cat(parts) if parts else xf.new_empty(0, self.out_features)
         elif x2.shape[0] > MAX_KERNEL_ROWS:
             y = F.linear(self._prepare_input(x2), self._dense(), None if self.bias is None else self.bias.float())
         else:

@@ -22,7 +22,7 @@ def backend(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("rows", [1, 3, 16, 40, 80])
+@pytest.mark.parametrize("rows", [1, 3, 16, 40, 80, 300])
 def test_int8_linear_equals_its_dequantised_weight(backend, rows):
     torch.manual_seed(0)
     lin = torch.nn.Linear(256, 96, bias=True)
@@ -38,7 +38,7 @@ def test_int8_linear_equals_its_dequantised_weight(backend, rows):
     assert bool((err <= q.scale[:, None] / 2 + 1e-7).all())
 
 
-@pytest.mark.parametrize("rows", [1, 5, 40, 80])
+@pytest.mark.parametrize("rows", [1, 5, 40, 80, 600])
 def test_bf16_linear_accumulates_in_fp32(backend, rows):
     torch.manual_seed(1)
     lin = torch.nn.Linear(128, 64, bias=False)
