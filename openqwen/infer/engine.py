@@ -205,6 +205,9 @@ class Engine:
         self._background = background
         self._closed = False
         self._use_fused = fused
+        # CPU threads for the stepping thread: a new thread starts from the OpenMP default (1 here, not
+        # what the caller chose with torch.set_num_threads), so the background loop sets this first
+        self.threads = torch.get_num_threads()
         self._fused: FusedDecoder | None = None
 
     # ------------------------------------------------------------------------------ construction
@@ -332,6 +335,7 @@ class Engine:
             self._thread.start()
 
     def _loop(self) -> None:
+        torch.set_num_threads(self.threads)
         while True:
             with self._work:
                 while not self._closed and not self._waiting and not any(self._slots):

@@ -300,3 +300,21 @@ def test_special_tokens_that_do_not_stop_stay_out_of_the_text(skip):
     done = handle.result()
     assert done.token_ids == [IM_START, ord("h"), ord("i")]
     assert done.text == "".join(streamed) == ("hi" if skip else "<|im_start|>hi")
+
+
+def test_background_thread_runs_with_the_callers_thread_count():
+    # a fresh thread starts from the OpenMP default, not from the caller's torch.set_num_threads
+    seen = []
+    model = tiny_model(seed=6)
+    model.lm_head.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        engine = Engine(model, ByteTokenizer(), max_batch_size=1, max_seq_len=32)
+    finally:
+        torch.set_num_threads(before)
+    try:
+        engine.generate(["hi"], SamplingParams(max_new_tokens=2, temperature=0))
+    finally:
+        engine.close()
+    assert seen and set(seen) == {3}
