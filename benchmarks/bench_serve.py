@@ -196,21 +196,22 @@ The server / peer column is the cost of HTTP, JSON and SSE on top of the engine 
 
 NOTES = """## Reading the numbers
 
-One decode step serves every running request, so batching pays when a step costs about the same for
-16 rows as for one: at batch 1 a step streams all the weights from memory; at batch 16 the same bytes
-feed 16 rows, until the step turns compute-bound. On the shared 2-vCPU machine these runs use, that
-happens early. The plain model alone (no server, fp32, `Qwen2.5-0.5B` shape, one thread) costs
-0.26 CPU-s per decode step at batch 1, 0.70 at batch 4 and 0.99 at batch 16 (the output head's
-[B, 896] x [896, 151936] matmul alone 0.06 / 0.21 / 0.27): at most ~4.3x more tokens per CPU-second
-at 16, before any prefill. Prefill is the other cost: with int8 weights a batched prefill of more
-than 16 rows runs on weights dequantised at every call, which is why the time to first token jumps
-from under a second at 1 request to 10-20 s at 4 and 16 (requests that arrive a few milliseconds
-apart may also be admitted in separate steps, each paying for its own prefill).
+One decode step serves every running request, so batching pays while a step costs about the same for
+16 rows as for one. At batch 1 an int8 step is bound by memory bandwidth (it reads the 496 MB of
+weights once, at 79 % of the machine's read bandwidth: see [inference.md](inference.md)); at batch 16
+the same bytes feed 16 rows and the step is bound by arithmetic instead: 16 x 494M multiply-adds, which
+the two AVX2 cores of this machine do at about 33 G/s (36 % of their measured 90 G/s fp32 FMA peak),
+241 ms per step, 66 tokens/s at most. Even at the arithmetic peak, 16 rows could not reach 6x one
+stream here (at most 6.9x), so the 6x target needs more cores or wider vectors than this machine has.
+The faster single stream got (26 tok/s, from 3 under load before the fused decode step and the
+kernel work), the smaller the ratio became.
 
-The server adds nothing measurable on top of the engine (server / peer about 1.0 at 16 requests):
-the gap to the 6x target is the engine's step cost on this CPU, reported to the inference engine's
-owner (dense int8 prefill, coalesced admission). Not measured here: a machine with idle cores, where
-the batched step should be relatively cheaper.
+Prefill is the other cost: 16 short prompts of 5-9 tokens are prefilled together (one call through
+the int8 kernel), 2-3 s before the first token on this CPU, during which no one decodes.
+
+The server adds a little on top of the engine (server / peer 0.83-0.94): HTTP, JSON and SSE for every
+token of every stream run in the same Python process and compete for the GIL and the two cores with
+the engine thread.
 """
 
 

@@ -98,6 +98,17 @@ class KVCache:
         else:
             self.lengths[torch.as_tensor(rows, device=self.lengths.device)] = 0
 
+    def rows(self, start: int, stop: int) -> "KVCache":
+        """A cache over rows [start, stop) sharing this one's storage, lengths included (the engine
+        runs a batch over the span of its occupied rows)."""
+        view = object.__new__(KVCache)
+        view.keys = [k[start:stop] for k in self.keys]
+        view.values = [v[start:stop] for v in self.values]
+        view.lengths = self.lengths[start:stop]
+        view.max_length = self.max_length
+        view._write, view._used = 0, 0
+        return view
+
     def default_positions(self, q_len: int) -> torch.Tensor:
         return self.lengths[:, None] + torch.arange(q_len, device=self.lengths.device)
 

@@ -414,18 +414,6 @@ class Engine:
                 admitted.append(r)
         return admitted
 
-    def _row_view(self, start: int, stop: int) -> KVCache:
-        """A KVCache over slots [start, stop) sharing storage with the engine's cache."""
-        c = self._cache
-        assert c is not None
-        view = object.__new__(KVCache)
-        view.keys = [k[start:stop] for k in c.keys]
-        view.values = [v[start:stop] for v in c.values]
-        view.lengths = c.lengths[start:stop]  # a view: advance() updates the engine's lengths
-        view.max_length = c.max_length
-        view._write, view._used = 0, 0
-        return view
-
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.model.lm_head(hidden).float()
         if self._vocab_limit < logits.shape[-1]:
@@ -434,7 +422,7 @@ class Engine:
 
     def _prefill(self, reqs: list[_Request]) -> None:
         for r in [r for r in reqs if r.reuse]:  # prefix reuse: prefill only the new tail, alone
-            cache = self._row_view(r.slot, r.slot + 1)
+            cache = self._cache.rows(r.slot, r.slot + 1)
             cache.lengths.fill_(r.reuse)
             hidden = self.model.hidden_states(torch.tensor([r.prompt[r.reuse:]]), cache=cache)
             self.reused_tokens += r.reuse
@@ -455,7 +443,7 @@ class Engine:
             groups.append([r])
         for g in groups:
             start, stop = g[0].slot, g[-1].slot + 1
-            cache = self._row_view(start, stop)
+            cache = self._cache.rows(start, stop)
             cache.lengths.zero_()
             T = max(len(r.prompt) for r in g)
             ids = torch.zeros(len(g), T, dtype=torch.long)
@@ -473,7 +461,7 @@ class Engine:
     def _decode(self) -> None:
         active = [r for r in self._slots if r is not None and r.next_input >= 0]
         start, stop = min(r.slot for r in active), max(r.slot for r in active) + 1
-        cache = self._row_view(start, stop)
+        cache = self._cache.rows(start, stop)
         rows = [self._slots[s] for s in range(start, stop)]
         idle = [i for i, r in enumerate(rows) if r is None or r.next_input < 0]
         ids = torch.tensor([[r.next_input if r is not None and r.next_input >= 0 else 0] for r in rows])

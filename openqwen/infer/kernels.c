@@ -153,8 +153,8 @@ DEFINE_GEMM(gemm_i8, int8_t, load_i8)
    products run as integer multiply-adds: 16 weights per _mm256_madd_epi16, exact int32 sums per block,
    then one fp32 multiply-add per block. That is half the instructions of converting every weight to
    fp32, which is what lets one core keep up with its share of the memory bandwidth at batch 1.
-   Every row of x gets the same lane-by-lane arithmetic whatever the batch, so a sequence decodes
-   bit-identically alone or in a batch. openqwen/infer/quant.py reproduces the rounding in torch. */
+   Every row of x gets the same lane-by-lane arithmetic whatever the batch: a row's result does not
+   depend on the other rows. openqwen/infer/quant.py reproduces the rounding in torch. */
 #define QBLK 64
 
 static void quantize_row_i16(const float *x, int64_t K, int16_t *xq, float *xs) {

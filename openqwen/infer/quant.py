@@ -7,8 +7,8 @@ the weights from memory, so fewer bytes per weight means more tokens per second.
   output row (symmetric, absmax / 127). 4x fewer bytes than fp32. Activations are rounded to int16 in
   blocks of 64 (one scale per block, absmax / 32767: a relative step of 3e-5, far finer than the
   weights' own rounding) so the kernel multiplies integers, twice as fast as converting every weight
-  to fp32; every path (kernel, prefill, torch fallback) applies the same rounding, so results do not
-  depend on which path or batch a sequence ran in.
+  to fp32; every path (kernel, prefill, torch fallback) applies the same rounding, so the path a
+  layer takes changes its result only by fp32 summation order.
 * :class:`BF16Linear` (``optimise_for_decode(model)`` on a bf16 model): bf16 weights, fp32 activations
   and accumulation.
 

@@ -31,31 +31,20 @@ def test_fused_step_equals_model_step(precision, kv_heads):
     with torch.no_grad():
         for cache in (cache_ref, cache_fused):  # the same prefill (torch) into both caches
             for i, n in enumerate(prompt_lens):
-                view = _rows(cache, row0 + i, row0 + i + 1)
+                view = cache.rows(row0 + i, row0 + i + 1)
                 model.hidden_states(torch.randint(0, 259, (1, n), generator=torch.Generator().manual_seed(i)),
                                     cache=view)
         fused = FusedDecoder.build(model, cache_fused)
         assert fused is not None, FusedDecoder.why_not
         for _ in range(4):  # a few decode steps: each writes the cache the next one reads
             ids = torch.randint(0, 259, (3, 1), generator=gen)
-            ref = model.hidden_states(ids, cache=_rows(cache_ref, row0, row0 + 3))
+            ref = model.hidden_states(ids, cache=cache_ref.rows(row0, row0 + 3))
             out = fused.hidden_states(ids, row0=row0)
             torch.testing.assert_close(out, ref, atol=2e-4, rtol=2e-4)
             assert torch.equal(cache_fused.lengths, cache_ref.lengths)
     for layer in range(model.config.num_hidden_layers):
         torch.testing.assert_close(cache_fused.keys[layer], cache_ref.keys[layer], atol=2e-4, rtol=2e-4)
         torch.testing.assert_close(cache_fused.values[layer], cache_ref.values[layer], atol=2e-4, rtol=2e-4)
-
-
-def _rows(cache, start, stop):
-    """A view of some cache rows (what the engine decodes against)."""
-    view = object.__new__(type(cache))
-    view.keys = [k[start:stop] for k in cache.keys]
-    view.values = [v[start:stop] for v in cache.values]
-    view.lengths = cache.lengths[start:stop]
-    view.max_length = cache.max_length
-    view._write, view._used = 0, 0
-    return view
 
 
 @pytest.mark.parametrize("precision", list(PRECISIONS))

@@ -45,3 +45,27 @@ def test_real_model_greedy_chat_equals_transformers_and_int8_stays_close(real):
         a, b = model(x)[0], q(x)[0]
     assert (b - a).norm() / a.norm() < 0.1
     assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.85
+
+
+def test_real_model_int8_fused_batch_equals_solo(real):
+    # the fused int8 decode step on real weights: 3 chats decoded together give each one's solo tokens
+    import copy
+
+    from openqwen.infer.engine import Engine
+    from openqwen.infer.quant import quantize_int8
+    from openqwen.infer.sampling import SamplingParams
+
+    model, tok = real
+    q = quantize_int8(copy.deepcopy(model))
+    chats = [[{"role": "user", "content": c}] for c in
+             ("Reverse a string in Python.", "What is 17 * 23?", "Name three sorting algorithms.")]
+    params = SamplingParams(max_new_tokens=16, temperature=0)
+    together = Engine(q, tok, max_batch_size=4, max_seq_len=256)
+    assert "fused" in together.fused_status or together.fused_status.startswith("not decided")
+    batched = [c.token_ids for c in together.chat(chats, params)]
+    assert together.fused_status == "fused C decode step"
+    together.close()
+    for chat, tokens in zip(chats, batched):
+        alone = Engine(q, tok, max_batch_size=1, max_seq_len=256)
+        assert alone.chat([chat], params)[0].token_ids == tokens
+        alone.close()
