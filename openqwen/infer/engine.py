@@ -415,7 +415,7 @@ class Engine:
         return admitted
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.model.lm_head(hidden).float()
+        logits = (self._fused.logits(hidden) if self._fused is not None else self.model.lm_head(hidden)).float()
         if self._vocab_limit < logits.shape[-1]:
             logits[..., self._vocab_limit:] = float("-inf")
         return logits

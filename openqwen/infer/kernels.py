@@ -148,13 +148,18 @@ def linear_forward(spec: LinearSpec, x: torch.Tensor, out_features: int) -> torc
     return y
 
 
+def _has_hooks(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
 class FusedDecoder:
     """Runs a decode step of a :class:`openqwen.model.Qwen` in one C call, against a given KV cache.
 
     Build it with :meth:`build`, which returns None (with the reason in ``FusedDecoder.why_not``) when
     the model or cache is not one it handles: it needs the C kernels, fp32 activations and cache (fp32
-    models, or bf16/int8 linears from :mod:`openqwen.infer.quant`), no dropout, head_dim a multiple of 8
-    and at most 128. The result equals ``model.hidden_states`` for one new token per row within fp32
+    models, or bf16/int8 linears from :mod:`openqwen.infer.quant`), no dropout, no forward hooks on the
+    layers (the fused step would skip them; hooks on the output head are honoured), head_dim a multiple
+    of 8 and at most 128. The result equals ``model.hidden_states`` for one new token per row within fp32
     rounding (tests/infer/test_kernels.py).
     """
 
@@ -174,6 +179,8 @@ class FusedDecoder:
         from ..model import rope_inverse_frequencies  # noqa: PLC0415
 
         self._inv_freq = rope_inverse_frequencies(cfg.head_dim, cfg.rope_theta)
+        self._head_spec = linear_spec(model.lm_head)
+        self._head_key = model.lm_head.weight.data_ptr()
 
     @classmethod
     def build(cls, model: nn.Module, cache) -> "FusedDecoder | None":
@@ -188,6 +195,9 @@ class FusedDecoder:
             return no("the model is in training mode with dropout")
         if cfg.head_dim % 8 or cfg.head_dim > 128 or cfg.hidden_size % 8:
             return no(f"head_dim {cfg.head_dim} / hidden {cfg.hidden_size} not supported (multiples of 8, head_dim <= 128)")
+        hooked = [name for name, mod in model.named_modules() if name != "lm_head" and _has_hooks(mod)]
+        if hooked:
+            return no(f"forward hooks are registered on {hooked[0]!r} (the fused step would skip them)")
         if cache.keys[0].dtype != torch.float32 or cache.keys[0].device.type != "cpu":
             return no("the KV cache is not fp32 on the CPU")
         if not all(k.is_contiguous() for k in cache.keys + cache.values):
@@ -215,6 +225,15 @@ class FusedDecoder:
                          cfg.head_dim, cfg.intermediate_size, cache.max_length, cfg.rms_norm_eps,
                          ctypes.cast(layers, ctypes.POINTER(LayerSpec)), final.data_ptr())
         return cls(model, cache, spec, layers, keep)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The output head on [M, hidden] rows, through the C kernel when its layout allows (an fp32
+        nn.Linear head otherwise goes to torch's matmul, which streams the weight more slowly)."""
+        head = self.model.lm_head
+        if (self._head_spec is None or self._head_key != head.weight.data_ptr() or hidden.shape[0] > 64
+                or _has_hooks(head)):  # hooks (logit processors, probes) must run: call the module
+            return head(hidden)
+        return linear_forward(self._head_spec, hidden.float().contiguous(), head.weight.shape[0])
 
     @torch.inference_mode()
     def hidden_states(self, input_ids: torch.Tensor, row0: int = 0) -> torch.Tensor:

@@ -41,6 +41,7 @@ def test_fused_step_equals_model_step(precision, kv_heads):
             ref = model.hidden_states(ids, cache=cache_ref.rows(row0, row0 + 3))
             out = fused.hidden_states(ids, row0=row0)
             torch.testing.assert_close(out, ref, atol=2e-4, rtol=2e-4)
+            torch.testing.assert_close(fused.logits(out[:, 0]), model.lm_head(ref[:, 0]).float(), atol=2e-3, rtol=2e-4)
             assert torch.equal(cache_fused.lengths, cache_ref.lengths)
     for layer in range(model.config.num_hidden_layers):
         torch.testing.assert_close(cache_fused.keys[layer], cache_ref.keys[layer], atol=2e-4, rtol=2e-4)
@@ -64,6 +65,9 @@ def test_fused_decoder_refuses_what_it_cannot_run():
     model = tiny_model(seed=1).to(torch.bfloat16)  # bf16 norms and cache: the torch path must decode
     assert FusedDecoder.build(model, model.new_cache(1, 8)) is None
     assert "fp32" in FusedDecoder.why_not
+    hooked = tiny_model(seed=1)
+    hooked.layers[1].mlp.register_forward_hook(lambda *_: None)  # a probe the fused step would skip
+    assert FusedDecoder.build(hooked, hooked.new_cache(1, 8)) is None and "hooks" in FusedDecoder.why_not
     fp32 = tiny_model(seed=1)
     fused = FusedDecoder.build(fp32, fp32.new_cache(1, 4))
     fused.cache.lengths.fill_(4)
