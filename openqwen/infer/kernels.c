@@ -225,19 +225,84 @@ static void gemm_i8_i16(const int16_t *xq, const float *xs, const int8_t *w, con
     }
 }
 
+/* --------------------------------------------------------------------------- bf16 weights
+   A 32-bit lane of a bf16 weight vector holds two neighbours, w[2j] in its low half and w[2j+1] in its
+   high half, and a bf16 is the top half of an fp32: `lane << 16` is w[2j] as fp32 and
+   `lane & 0xffff0000` is w[2j+1]. Two instructions widen 16 weights (half the work of widening them
+   8 at a time) when x is split the same way: per 16 inputs, the 8 even ones, then the 8 odd ones.
+   Each row keeps an even and an odd accumulator per column in every path, so a row's result does not
+   depend on the other rows of the batch. */
+static void split_row_pairs(const float *x, int64_t K, float *xp) {
+    for (int64_t b = 0; b < K; b += 16)
+        for (int j = 0; j < 8; j++) { xp[b + j] = x[b + 2 * j]; xp[b + 8 + j] = x[b + 2 * j + 1]; }
+}
+
+#define BF16_PAIRS(p, even, odd)                                                                       \
+    do {                                                                                               \
+        __m256i v_ = _mm256_loadu_si256((const __m256i *)(p));                                         \
+        even = _mm256_castsi256_ps(_mm256_slli_epi32(v_, 16));                                         \
+        odd = _mm256_castsi256_ps(_mm256_and_si256(v_, _mm256_set1_epi32((int)0xffff0000u)));          \
+    } while (0)
+
+/* columns [n0, n1) of y from the split rows xp [M, K]; K % 16 == 0 */
+static void gemm_bf16_pairs(const float *xp, const uint16_t *w, const float *bias, float *y, int64_t M, int64_t K,
+                            int64_t ldy, int accumulate, int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; n++) {
+        const uint16_t *wr = w + n * K;
+        const float b = bias ? bias[n] : 0.0f;
+        int64_t m = 0;
+        for (; m + 4 <= M; m += 4) { /* four rows share every widened weight vector */
+            const float *x0 = xp + m * K, *x1 = x0 + K, *x2 = x1 + K, *x3 = x2 + K;
+            __m256 e0 = _mm256_setzero_ps(), o0 = _mm256_setzero_ps(), e1 = _mm256_setzero_ps(), o1 = _mm256_setzero_ps();
+            __m256 e2 = _mm256_setzero_ps(), o2 = _mm256_setzero_ps(), e3 = _mm256_setzero_ps(), o3 = _mm256_setzero_ps();
+            for (int64_t k = 0; k < K; k += 16) {
+                if (m == 0 && (k & 31) == 0) _mm_prefetch((const char *)(wr + 2 * K + k), _MM_HINT_T0);
+                __m256 we, wo;
+                BF16_PAIRS(wr + k, we, wo);
+                e0 = _mm256_fmadd_ps(we, _mm256_loadu_ps(x0 + k), e0); o0 = _mm256_fmadd_ps(wo, _mm256_loadu_ps(x0 + k + 8), o0);
+                e1 = _mm256_fmadd_ps(we, _mm256_loadu_ps(x1 + k), e1); o1 = _mm256_fmadd_ps(wo, _mm256_loadu_ps(x1 + k + 8), o1);
+                e2 = _mm256_fmadd_ps(we, _mm256_loadu_ps(x2 + k), e2); o2 = _mm256_fmadd_ps(wo, _mm256_loadu_ps(x2 + k + 8), o2);
+                e3 = _mm256_fmadd_ps(we, _mm256_loadu_ps(x3 + k), e3); o3 = _mm256_fmadd_ps(wo, _mm256_loadu_ps(x3 + k + 8), o3);
+            }
+            store(y + m * ldy + n, hsum(_mm256_add_ps(e0, o0)) + b, accumulate);
+            store(y + (m + 1) * ldy + n, hsum(_mm256_add_ps(e1, o1)) + b, accumulate);
+            store(y + (m + 2) * ldy + n, hsum(_mm256_add_ps(e2, o2)) + b, accumulate);
+            store(y + (m + 3) * ldy + n, hsum(_mm256_add_ps(e3, o3)) + b, accumulate);
+        }
+        for (; m < M; m++) { /* leftover rows (all of them at batch 1): the same arithmetic, one row */
+            const float *x0 = xp + m * K;
+            __m256 e0 = _mm256_setzero_ps(), o0 = _mm256_setzero_ps();
+            for (int64_t k = 0; k < K; k += 16) {
+                if ((k & 31) == 0) _mm_prefetch((const char *)(wr + 2 * K + k), _MM_HINT_T0);
+                __m256 we, wo;
+                BF16_PAIRS(wr + k, we, wo);
+                e0 = _mm256_fmadd_ps(we, _mm256_loadu_ps(x0 + k), e0);
+                o0 = _mm256_fmadd_ps(wo, _mm256_loadu_ps(x0 + k + 8), o0);
+            }
+            store(y + m * ldy + n, hsum(_mm256_add_ps(e0, o0)) + b, accumulate);
+        }
+    }
+}
+
 #define COLUMN_CHUNK 16 /* columns per work item: threads take contiguous runs of chunks */
 
 static int uses_i16(const Linear *L) { return L->type == W_I8 && L->k % QBLK == 0; }
+static int uses_pairs(const Linear *L) { return L->type == W_BF16 && L->k % 16 == 0; }
 
 /* Called inside a parallel region: the threads share the columns (an orphaned `omp for`, with the
    implicit barrier at its end, so y is complete when every thread returns). int8 layers first round
-   x into xq/xs (room for M * k int16 and M * k / QBLK floats), the threads sharing the rows. */
+   x into xq/xs, bf16 layers split it into xp (which shares xq's room: M * k floats), the threads
+   sharing the rows. */
 static void gemm(const Linear *L, const float *x, int64_t M, float *y, int64_t ldy, int accumulate,
                  int16_t *xq, float *xs) {
-    const int i16 = uses_i16(L);
+    const int i16 = uses_i16(L), pairs = uses_pairs(L);
+    float *xp = (float *)xq;
     if (i16) {
 #pragma omp for schedule(static)
         for (int64_t m = 0; m < M; m++) quantize_row_i16(x + m * L->k, L->k, xq + m * L->k, xs + m * (L->k / QBLK));
+    } else if (pairs) {
+#pragma omp for schedule(static)
+        for (int64_t m = 0; m < M; m++) split_row_pairs(x + m * L->k, L->k, xp + m * L->k);
     }
     int64_t chunks = (L->n + COLUMN_CHUNK - 1) / COLUMN_CHUNK;
 #pragma omp for schedule(static)
@@ -245,6 +310,10 @@ static void gemm(const Linear *L, const float *x, int64_t M, float *y, int64_t l
         int64_t n0 = c * COLUMN_CHUNK, n1 = n0 + COLUMN_CHUNK < L->n ? n0 + COLUMN_CHUNK : L->n;
         if (i16) {
             gemm_i8_i16(xq, xs, (const int8_t *)L->weight, L->scale, L->bias, y, M, L->k, ldy, accumulate, n0, n1);
+            continue;
+        }
+        if (pairs) {
+            gemm_bf16_pairs(xp, (const uint16_t *)L->weight, L->bias, y, M, L->k, ldy, accumulate, n0, n1);
             continue;
         }
         switch (L->type) {
@@ -259,9 +328,9 @@ static void gemm(const Linear *L, const float *x, int64_t M, float *y, int64_t l
 int linear_forward(const Linear *L, const float *x, float *y, int64_t M, int nthreads) {
     int16_t *xq = NULL;
     float *xs = NULL;
-    if (uses_i16(L)) {
-        xq = malloc(sizeof(int16_t) * M * L->k);
-        xs = malloc(sizeof(float) * M * (L->k / QBLK));
+    if (uses_i16(L) || uses_pairs(L)) {
+        xq = malloc(sizeof(float) * M * L->k);
+        xs = malloc(sizeof(float) * (M * (L->k / QBLK) + 1));
         if (!xq || !xs) { free(xq); free(xs); return -1; }
     }
 #pragma omp parallel num_threads(nthreads)
@@ -309,7 +378,7 @@ int64_t decode_scratch_floats(const Model *md, int64_t M) {
     int64_t qkv = (md->heads + 2 * md->kv_heads) * md->head_dim, K = widest_input(md);
     return M * (md->hidden + qkv + md->heads * md->head_dim + 2 * md->inter + md->inter)
            + M * md->heads * md->max_len
-           + M * K / 2 + M * K / QBLK + 16; /* int16 activations (two per float) and their block scales */
+           + M * K + M * K / QBLK + 16; /* rounded int16 or split fp32 activations, and block scales */
 }
 
 void decode_step(const Model *md, float *x, const int64_t *lengths, int64_t row0, const float *cos,
