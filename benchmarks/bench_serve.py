@@ -200,9 +200,9 @@ One decode step serves every running request, so batching pays while a step cost
 16 rows as for one. At batch 1 an int8 step is bound by memory bandwidth (it reads the 496 MB of
 weights once, at 79 % of the machine's read bandwidth: see [inference.md](inference.md)); at batch 16
 the same bytes feed 16 rows and the step is bound by arithmetic instead: 16 x 494M multiply-adds, which
-the two AVX2 cores of this machine do at about 34 G/s (38 % of their measured 90 G/s fp32 FMA peak),
-231-241 ms per step, 66-69 tokens/s at most. Even at the arithmetic peak, 16 rows could not reach 6x
-one stream here (at most 5.5x a 30 ms single step), so the 6x target needs more cores or wider
+the two AVX2 cores of this machine do at 34-40 G/s (38-45 % of their measured 90 G/s fp32 FMA peak),
+197-241 ms per step, 66-81 tokens/s at most. Even at the arithmetic peak, 16 rows could not reach 6x
+one stream here (at most 5.5-6.3x a 30-35 ms single step), so the 6x target needs more cores or wider
 vectors than this machine has. The faster the single stream got (26-33 tok/s, from 3 under load
 before the fused decode step and the kernel work), the smaller the ratio became.
 
