@@ -4,8 +4,13 @@ The layout follows the data: ``data`` -> ``tokenizer`` -> ``model`` -> ``train``
 ``serve`` -> ``agent`` -> ``eval``. The main objects are importable from here.
 """
 
+from typing import TYPE_CHECKING
+
 from .config import PRESETS, QwenConfig, get_preset
-from .model import KVCache, Qwen
+
+if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ imports them on first use
+    from .model import KVCache, Qwen
+    from .tokenizer import QwenTokenizer
 
 __version__ = "0.1.0"
 
@@ -13,7 +18,12 @@ __all__ = ["PRESETS", "QwenConfig", "get_preset", "KVCache", "Qwen", "QwenTokeni
 
 
 def __getattr__(name: str):
-    # The tokenizer pulls in tiktoken; import it on first use so `import openqwen` stays light.
+    # The model pulls in torch and the tokenizer tiktoken; both are imported on first use, so that
+    # `import openqwen` (and `openqwen --help`) stays light.
+    if name in ("Qwen", "KVCache"):
+        from . import model
+
+        return getattr(model, name)
     if name == "QwenTokenizer":
         from .tokenizer import QwenTokenizer
 
