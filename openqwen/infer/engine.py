@@ -209,6 +209,7 @@ class Engine:
         # what the caller chose with torch.set_num_threads), so the background loop sets this first
         self.threads = torch.get_num_threads()
         self._fused: FusedDecoder | None = None
+        self._fused_why = ""
 
     # ------------------------------------------------------------------------------ construction
     @classmethod
@@ -367,7 +368,7 @@ class Engine:
             return "torch model (fused=False)"
         if self._cache is None:
             return "not decided yet (the first step builds the cache)"
-        return "fused C decode step" if self._fused is not None else f"torch model ({FusedDecoder.why_not})"
+        return "fused C decode step" if self._fused is not None else f"torch model ({self._fused_why})"
 
     @property
     def num_active(self) -> int:
@@ -387,6 +388,7 @@ class Engine:
                 self._cache = self.model.new_cache(self.max_batch_size, self.max_seq_len)
                 if self._use_fused and not self.model.training:
                     self._fused = FusedDecoder.build(self.model, self._cache)
+                    self._fused_why = "" if self._fused is not None else FusedDecoder.why_not
             for slot, r in enumerate(self._slots):  # a disconnected client frees its slot at once
                 if r is not None and r.handle.cancelled.is_set():
                     self._finish(r, "cancelled")
