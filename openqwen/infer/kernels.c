@@ -231,7 +231,8 @@ static void gemm_i8_i16(const int16_t *xq, const float *xs, const int8_t *w, con
    `lane & 0xffff0000` is w[2j+1]. Two instructions widen 16 weights (half the work of widening them
    8 at a time) when x is split the same way: per 16 inputs, the 8 even ones, then the 8 odd ones.
    Each row keeps an even and an odd accumulator per column in every path, so a row's result does not
-   depend on the other rows of the batch. */
+   depend on the other rows of the batch. The weight stream is prefetched 8 rows ahead (measured
+   against 2 rows: 18.6-19.0 against 16.4-17.6 tok/s for the 0.5B model). */
 static void split_row_pairs(const float *x, int64_t K, float *xp) {
     for (int64_t b = 0; b < K; b += 16)
         for (int j = 0; j < 8; j++) { xp[b + j] = x[b + 2 * j]; xp[b + 8 + j] = x[b + 2 * j + 1]; }
@@ -256,7 +257,7 @@ static void gemm_bf16_pairs(const float *xp, const uint16_t *w, const float *bia
             __m256 e0 = _mm256_setzero_ps(), o0 = _mm256_setzero_ps(), e1 = _mm256_setzero_ps(), o1 = _mm256_setzero_ps();
             __m256 e2 = _mm256_setzero_ps(), o2 = _mm256_setzero_ps(), e3 = _mm256_setzero_ps(), o3 = _mm256_setzero_ps();
             for (int64_t k = 0; k < K; k += 16) {
-                if (m == 0 && (k & 31) == 0) _mm_prefetch((const char *)(wr + 2 * K + k), _MM_HINT_T0);
+                if (m == 0 && (k & 31) == 0) _mm_prefetch((const char *)(wr + 8 * K + k), _MM_HINT_T0);
                 __m256 we, wo;
                 BF16_PAIRS(wr + k, we, wo);
                 e0 = _mm256_fmadd_ps(we, _mm256_loadu_ps(x0 + k), e0); o0 = _mm256_fmadd_ps(wo, _mm256_loadu_ps(x0 + k + 8), o0);
@@ -273,7 +274,7 @@ static void gemm_bf16_pairs(const float *xp, const uint16_t *w, const float *bia
             const float *x0 = xp + m * K;
             __m256 e0 = _mm256_setzero_ps(), o0 = _mm256_setzero_ps();
             for (int64_t k = 0; k < K; k += 16) {
-                if ((k & 31) == 0) _mm_prefetch((const char *)(wr + 2 * K + k), _MM_HINT_T0);
+                if ((k & 31) == 0) _mm_prefetch((const char *)(wr + 8 * K + k), _MM_HINT_T0);
                 __m256 we, wo;
                 BF16_PAIRS(wr + k, we, wo);
                 e0 = _mm256_fmadd_ps(we, _mm256_loadu_ps(x0 + k), e0);
