@@ -206,8 +206,8 @@ one stream here (at most 5.5-6.3x a 30-35 ms single step), so the 6x target need
 vectors than this machine has. The faster the single stream got (26-33 tok/s, from 3 under load
 before the fused decode step and the kernel work), the smaller the ratio became.
 
-Prefill is the other cost: 16 short prompts of 5-9 tokens are prefilled together (one call through
-the int8 kernel), 2-3 s before the first token on this CPU, during which no one decodes.
+Prefill is the other cost: 16 short prompts of 4-11 tokens are prefilled in right-padded batches
+through the int8 kernel, 2-3 s before the first token on this CPU, during which no one decodes.
 
 The server adds little on top of the engine (the server / peer column; where it is below 1, HTTP, JSON
 and SSE for every token of every stream, run in the same Python process, compete for the GIL and the

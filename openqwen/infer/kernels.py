@@ -30,7 +30,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..model import rope_cos_sin, rope_inverse_frequencies
+
 _SOURCE = Path(__file__).with_name("kernels.c")
+KERNEL_ROW_CHUNK = 64
+"""Rows per kernel call: enough for a decode batch, and few enough that their rounded activations
+stay in the L2 cache (longer inputs are split into chunks of this many rows)."""
 W_F32, W_BF16, W_I8 = 0, 1, 2
 
 _lib: ctypes.CDLL | None = None
@@ -160,7 +165,7 @@ class FusedDecoder:
     models, or bf16/int8 linears from :mod:`openqwen.infer.quant`), no dropout, no forward hooks on the
     layers (the fused step would skip them; hooks on the output head are honoured), head_dim a multiple
     of 8 and at most 128. The result equals ``model.hidden_states`` for one new token per row within fp32
-    rounding (tests/infer/test_kernels.py).
+    rounding (tests/infer/test_infer_kernels.py).
     """
 
     why_not: str = ""
@@ -176,11 +181,11 @@ class FusedDecoder:
         n = self._lib.decode_scratch_floats(ctypes.byref(spec), rows)
         self._scratch = torch.empty(n, dtype=torch.float32)
         cfg = model.config
-        from ..model import rope_inverse_frequencies  # noqa: PLC0415
-
         self._inv_freq = rope_inverse_frequencies(cfg.head_dim, cfg.rope_theta)
-        self._head_spec = linear_spec(model.lm_head)
-        self._head_key = model.lm_head.weight.data_ptr()
+        # only a plain fp32 head needs this: Int8Linear / BF16Linear heads reach the kernel by themselves
+        head = model.lm_head
+        self._head_spec = linear_spec(head) if type(head) is nn.Linear else None
+        self._head_key = head.weight.data_ptr()
 
     @classmethod
     def build(cls, model: nn.Module, cache) -> "FusedDecoder | None":
@@ -230,8 +235,8 @@ class FusedDecoder:
         """The output head on [M, hidden] rows, through the C kernel when its layout allows (an fp32
         nn.Linear head otherwise goes to torch's matmul, which streams the weight more slowly)."""
         head = self.model.lm_head
-        if (self._head_spec is None or self._head_key != head.weight.data_ptr() or hidden.shape[0] > 64
-                or _has_hooks(head)):  # hooks (logit processors, probes) must run: call the module
+        if (self._head_spec is None or self._head_key != head.weight.data_ptr()
+                or hidden.shape[0] > KERNEL_ROW_CHUNK or _has_hooks(head)):  # hooks must run: call the module
             return head(hidden)
         return linear_forward(self._head_spec, hidden.float().contiguous(), head.weight.shape[0])
 
@@ -251,11 +256,8 @@ class FusedDecoder:
                 f"{self.cache.max_length}; allocate a longer cache or shorten the request"
             )
         x = self.model.embed_tokens(input_ids[:, 0]).float().contiguous()
-        angles = lengths.float()[:, None] * self._inv_freq
-        angles = torch.cat((angles, angles), dim=-1)
-        cos, sin = angles.cos().contiguous(), angles.sin().contiguous()
-        lengths_c = lengths.contiguous()
-        self._lib.decode_step(ctypes.byref(self._spec), x.data_ptr(), lengths_c.data_ptr(), row0,
+        cos, sin = (t.reshape(M, -1).contiguous() for t in rope_cos_sin(lengths[:, None], self._inv_freq))
+        self._lib.decode_step(ctypes.byref(self._spec), x.data_ptr(), lengths.data_ptr(), row0,
                               cos.data_ptr(), sin.data_ptr(), M, self._scratch.data_ptr(), torch.get_num_threads())
         lengths += 1
         return x[:, None]

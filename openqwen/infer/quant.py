@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels import kernel_status, linear_forward, linear_spec, load_kernels  # noqa: F401 - re-exported
+from .kernels import KERNEL_ROW_CHUNK, kernel_status, linear_forward, linear_spec, load_kernels  # noqa: F401
 
 ACTIVATION_BLOCK = 64
 """int8 layers round activations to int16 in blocks of this many inputs (must match QBLK in kernels.c)."""
@@ -52,7 +52,6 @@ KERNEL_ROW_CHUNK rows whose rounded activations stay in the L2 cache. On the 2-c
 (Qwen2.5-0.5B, int8) that prefills 128 tokens in 2.0 s against 4.8 s for torch's matmul on weights
 dequantised at every call, 256 in 3.5 s against 5.6 s; from about 400 rows up the matmul wins
 (512: 7.2 s against 8.3 s), its dequantisation spread over many rows."""
-KERNEL_ROW_CHUNK = 64
 
 
 class _KernelLinear(nn.Module):

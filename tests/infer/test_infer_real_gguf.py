@@ -61,7 +61,6 @@ def test_real_model_int8_fused_batch_equals_solo(real):
              ("Reverse a string in Python.", "What is 17 * 23?", "Name three sorting algorithms.")]
     params = SamplingParams(max_new_tokens=16, temperature=0)
     together = Engine(q, tok, max_batch_size=4, max_seq_len=256)
-    assert "fused" in together.fused_status or together.fused_status.startswith("not decided")
     batched = [c.token_ids for c in together.chat(chats, params)]
     assert together.fused_status == "fused C decode step"
     together.close()
