@@ -14,7 +14,7 @@ import sys
 # verb modules, in pipeline order (data -> tokenizer -> train -> infer/serve -> agent -> eval)
 COMMAND_MODULES = [
     "openqwen.data.cli",
-    "openqwen.tokenizer_cli",
+    "openqwen.tokenizer.cli",
     "openqwen.train.cli",
     "openqwen.infer.cli",
     "openqwen.serve.cli",

@@ -187,7 +187,7 @@ def run(out: str | Path, dc: DemoConfig) -> dict[str, Any]:
     from openqwen.data.packing import pack_documents
     from openqwen.data.pipeline import run_pipeline
     from openqwen.tokenizer import QwenTokenizer
-    from openqwen.tokenizer_train import train_tokenizer
+    from openqwen.tokenizer.train import train_tokenizer
     from openqwen.train import pretrain, sft
     from openqwen.train.config import TrainConfig
 

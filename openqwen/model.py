@@ -91,13 +91,6 @@ class KVCache:
     def batch_size(self) -> int:
         return self.lengths.shape[0]
 
-    def reset(self, rows: torch.Tensor | list[int] | None = None) -> None:
-        """Forget the contents of some rows (all rows when None)."""
-        if rows is None:
-            self.lengths.zero_()
-        else:
-            self.lengths[torch.as_tensor(rows, device=self.lengths.device)] = 0
-
     def rows(self, start: int, stop: int) -> "KVCache":
         """A cache over rows [start, stop) sharing this one's storage, lengths included (the engine
         runs a batch over the span of its occupied rows)."""

@@ -123,7 +123,7 @@ _DTYPE_ALIASES = {"float32": "fp32", "fp32": "fp32", "bfloat16": "bf16", "bf16":
 def load_model_and_tokenizer(path: str, dtype: str = "fp32", tokenizer: str | None = None):
     """Model (through the inference engine's loader: fp32, bf16 or weight-only int8) and tokenizer."""
     from .. import QwenTokenizer  # noqa: PLC0415
-    from ..infer.engine import load_for_inference  # noqa: PLC0415
+    from ..infer.loading import load_for_inference  # noqa: PLC0415
 
     if dtype not in _DTYPE_ALIASES:
         raise ValueError(f"dtype must be one of {', '.join(_DTYPE_ALIASES)}, got {dtype!r}")

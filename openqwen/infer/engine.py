@@ -34,11 +34,11 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from ..model import KVCache, Qwen
+from ..tokenizer.chat import DEFAULT_CHAT_WINDOW, chat_prompt_ids
 from .kernels import FusedDecoder
+from .loading import load_for_inference
 from .sampling import SamplingParams, sample_token
 
-DEFAULT_CHAT_WINDOW = 6144
-"""The release trims chat history, oldest turn first, to fit this many tokens."""
 
 
 @dataclass
@@ -555,45 +555,3 @@ class Engine:
 
 def _tail(values: list[float] | None, n: int) -> list[float] | None:
     return None if values is None else values[len(values) - n:]
-
-
-# ---------------------------------------------------------------------------------- chat helpers
-def chat_prompt_ids(tokenizer: Any, messages: Sequence[dict], window: int = DEFAULT_CHAT_WINDOW) -> list[int]:
-    """ChatML ids for ``messages`` with the generation prompt, dropping the oldest non-system turns
-    until the prompt fits ``window`` tokens (the release's behaviour). The last message is never dropped."""
-    messages = list(messages)
-    if not messages:
-        raise ValueError("messages is empty; give at least one {'role': 'user', 'content': ...}")
-    for m in messages:
-        if not isinstance(m, dict) or "role" not in m or not isinstance(m.get("content"), str):
-            raise ValueError(f"each message needs a 'role' and a string 'content', got {m!r}")
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-    while len(ids) > window:
-        droppable = [i for i, m in enumerate(messages[:-1]) if m["role"] != "system"]
-        if not droppable:
-            raise ValueError(
-                f"the conversation needs {len(ids)} tokens even without history; the window is {window}: "
-                "shorten the last message"
-            )
-        first = droppable[0]
-        # drop a whole turn: the oldest user message and the assistant reply that follows it
-        drop = [first]
-        if first + 1 < len(messages) - 1 and messages[first + 1]["role"] == "assistant":
-            drop.append(first + 1)
-        messages = [m for i, m in enumerate(messages) if i not in drop]
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-    return ids
-
-
-def load_for_inference(path: str | Path, dtype: str = "fp32") -> Qwen:
-    """Load a model for generation in fp32, bf16 or int8 (weight-only int8 linears on fp32 activations)."""
-    if dtype not in ("fp32", "bf16", "int8"):
-        raise ValueError(f"dtype must be fp32, bf16 or int8, got {dtype!r}")
-    model = Qwen.from_pretrained(path, dtype={"fp32": "fp32", "bf16": "bf16", "int8": "fp32"}[dtype])
-    from .quant import optimise_for_decode, quantize_int8  # noqa: PLC0415
-
-    if dtype == "int8":
-        quantize_int8(model)
-    else:
-        optimise_for_decode(model)
-    return model.eval()

@@ -9,7 +9,8 @@ import pytest
 import torch
 from infer_helpers import IM_START, ByteTokenizer, hf_twin, tiny_model
 
-from openqwen.infer.engine import Engine, chat_prompt_ids
+from openqwen.infer.engine import Engine
+from openqwen.tokenizer.chat import chat_prompt_ids
 from openqwen.infer.sampling import SamplingParams
 
 GREEDY = SamplingParams(max_new_tokens=24, temperature=0, ignore_eos=True)

@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.artifacts]
 @pytest.fixture(scope="module")
 def real(request):
     from openqwen.artifacts import artifact_path
-    from openqwen.infer.engine import load_for_inference
+    from openqwen.infer.loading import load_for_inference
     from openqwen.tokenizer import QwenTokenizer
 
     path = artifact_path("qwen25-coder-0.5b-instruct-gguf")

@@ -105,7 +105,7 @@ def test_builtin_set_keeps_heldout_questions_out():
 
 @pytest.fixture(scope="module")
 def base_model_dir(tmp_path_factory):
-    from openqwen.tokenizer_train import train_tokenizer
+    from openqwen.tokenizer.train import train_tokenizer
 
     out = tmp_path_factory.mktemp("base")
     tok = train_tokenizer(real_texts(60_000) + [json.dumps(c) for c in builtin_chat_set(300)], vocab_size=512,

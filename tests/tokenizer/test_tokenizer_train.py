@@ -1,4 +1,4 @@
-"""Training, extending and measuring vocabularies (openqwen.tokenizer_train, openqwen tokenizer CLI)."""
+"""Training, extending and measuring vocabularies (openqwen.tokenizer.train, openqwen tokenizer CLI)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from openqwen.cli import main as cli_main
 from openqwen.tokenizer import QwenTokenizer
-from openqwen.tokenizer_train import (compression_stats, extend_tokenizer, group_documents, train_tokenizer)
+from openqwen.tokenizer.train import (compression_stats, extend_tokenizer, group_documents, train_tokenizer)
 
 ZH = ("通义千问是阿里云研发的大语言模型。我们在三万亿个词元上进行了预训练，覆盖中文、英文和代码。模型采用旋转位置编码。"
       "今天天气很好，我们去公园散步吧！床前明月光，疑是地上霜。举头望明月，低头思故乡。春眠不觉晓，处处闻啼鸟。"

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .tokenizer import ENDOFTEXT, IM_END, IM_START, QWEN_PATTERN, QwenTokenizer, unicode_to_bytes
+from .bpe import ENDOFTEXT, IM_END, IM_START, QWEN_PATTERN, QwenTokenizer, unicode_to_bytes
 
 # Specials of a newly trained vocabulary: the chat trio plus a few spare ids for later use
 # (tool markers, fill-in-the-middle ...), kept small so nano vocabularies don't waste rows.
@@ -44,7 +44,7 @@ def iter_texts(texts_or_files: TextSource | Iterable[TextSource], text_key: str 
     """Texts from a mix of strings and paths (``Path`` objects: files or folders, read with the data
     stage's readers: ``.jsonl(.gz)`` documents, ``.txt``/``.md``/``.py`` files). Plain ``str`` items
     are texts. Unreadable lines are counted in ``stats["bad_lines"]``, never dropped silently."""
-    from .data.io import BadLine, list_input_files, read_documents
+    from ..data.io import BadLine, list_input_files, read_documents
 
     if isinstance(texts_or_files, (str, os.PathLike)):
         texts_or_files = [texts_or_files]
@@ -264,7 +264,7 @@ class CompressionRow:
 def group_documents(paths: Iterable[str | os.PathLike], group_by: str = "auto", text_key: str = "text") -> dict[str, list[str]]:
     """Documents grouped for statistics: by the ``source`` (or ``lang``) field of JSONL documents when
     ``group_by`` names it (``auto``: ``lang``, else ``source``, else the file name), else by file."""
-    from .data.io import BadLine, list_input_files, read_documents
+    from ..data.io import BadLine, list_input_files, read_documents
 
     groups: dict[str, list[str]] = defaultdict(list)
     bad = 0

@@ -9,10 +9,10 @@ from pathlib import Path
 
 
 def _load(path: str | None):
-    from .tokenizer import QwenTokenizer
+    from .bpe import QwenTokenizer
 
     if path is None:
-        from .artifacts import artifact_path
+        from ..artifacts import artifact_path
 
         found = artifact_path("qwen-tiktoken")
         if found is None:
@@ -22,7 +22,7 @@ def _load(path: str | None):
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .tokenizer_train import default_special_tokens, extend_tokenizer, train_tokenizer
+    from .train import default_special_tokens, extend_tokenizer, train_tokenizer
 
     inputs = [Path(p) for p in args.input]
     specials = default_special_tokens(args.num_extra)
@@ -45,7 +45,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from .tokenizer_train import compression_stats, format_table, group_documents, plot_compression
+    from .train import compression_stats, format_table, group_documents, plot_compression
 
     tokenizers = {}
     for spec in args.tokenizer or [None]:

@@ -130,7 +130,7 @@ class QwenTokenizer:
     ``mergeable_ranks`` maps token bytes to rank (= token id); BPE merges the adjacent pair whose
     concatenation has the lowest rank. ``special_tokens`` maps special-token text to its id (they
     sit after the base ranks). Build one with :meth:`from_pretrained`; the constructor is for
-    vocabularies made in code (e.g. by :func:`openqwen.tokenizer_train.train_tokenizer`).
+    vocabularies made in code (e.g. by :func:`openqwen.tokenizer.train.train_tokenizer`).
     """
 
     def __init__(
@@ -445,8 +445,8 @@ class QwenTokenizer:
         path = Path(path)
         # One GGUF header reader serves the project (it lives with the weight loader and so pulls in
         # torch; reading a GGUF vocabulary means a GGUF model is being loaded anyway).
-        from .checkpoint import CheckpointError
-        from .gguf_loader import GGUFFile, StringArray
+        from ..checkpoint import CheckpointError
+        from ..gguf_loader import GGUFFile, StringArray
 
         try:
             with GGUFFile(path) as f:
