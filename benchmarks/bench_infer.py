@@ -132,7 +132,7 @@ def main() -> int:
     ap.add_argument("--no-write", action="store_true", help="print only; do not write docs/benchmarks")
     args = ap.parse_args()
 
-    from openqwen import Qwen
+    from openqwen import load_model
     from openqwen.artifacts import artifact_path
     from openqwen.infer import quant
     from openqwen.infer.engine import Engine
@@ -146,7 +146,7 @@ def main() -> int:
         return 1
     tok = QwenTokenizer.from_pretrained(gguf)
     ids = tok.apply_chat_template([{"role": "user", "content": PROMPT}])
-    base = Qwen.from_pretrained(gguf, dtype="fp32")
+    base = load_model(gguf, dtype="fp32")
     print(f"model: {gguf.name}, {sum(p.numel() for p in base.parameters()) / 1e6:.0f}M parameters; "
           f"kernels: {quant.kernel_status()}; threads: {args.threads}", flush=True)
 

@@ -9,12 +9,14 @@ from typing import TYPE_CHECKING
 from .config import PRESETS, QwenConfig, get_preset
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ imports them on first use
+    from .checkpoint import load_model, save_model
     from .model import KVCache, Qwen
     from .tokenizer import QwenTokenizer
 
 __version__ = "0.1.0"
 
-__all__ = ["PRESETS", "QwenConfig", "get_preset", "KVCache", "Qwen", "QwenTokenizer", "__version__"]
+__all__ = ["PRESETS", "QwenConfig", "get_preset", "KVCache", "Qwen", "QwenTokenizer", "load_model", "save_model",
+           "__version__"]
 
 
 def __getattr__(name: str):
@@ -24,6 +26,10 @@ def __getattr__(name: str):
         from . import model
 
         return getattr(model, name)
+    if name in ("load_model", "save_model"):
+        from . import checkpoint
+
+        return getattr(checkpoint, name)
     if name == "QwenTokenizer":
         from .tokenizer import QwenTokenizer
 

@@ -12,7 +12,6 @@ Reading order: RMSNorm -> rotary helpers -> KVCache -> Attention -> MLP -> Block
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -297,19 +296,3 @@ class Qwen(nn.Module):
     @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-    @classmethod
-    def from_pretrained(
-        cls, path: str | Path, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu"
-    ) -> "Qwen":
-        """Load a Hugging Face folder (Qwen2 or first-generation layout), a ``.gguf`` file or an
-        openqwen checkpoint. See :mod:`openqwen.checkpoint`."""
-        from .checkpoint import load_model
-
-        return load_model(path, dtype=dtype, device=device)
-
-    def save_pretrained(self, path: str | Path, max_shard_bytes: int = 4 << 30) -> None:
-        """Write the Hugging Face Qwen2 layout (config.json + safetensors) that transformers loads."""
-        from .checkpoint import save_model
-
-        save_model(self, path, max_shard_bytes=max_shard_bytes)

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from openqwen import Qwen, QwenConfig
-from openqwen.checkpoint import CheckpointError, hf_state_from_model, load_model
+from openqwen.checkpoint import CheckpointError, hf_state_from_model, load_model, save_model
 from openqwen.checkpoint_v1 import save_v1
 from openqwen.gguf_loader import GGUFFile, dequantize
 
@@ -93,7 +93,7 @@ def write_v1(folder, model: Qwen, style: str, fmt: str) -> None:
 def test_first_generation_folder_is_the_same_function_as_its_qwen2_twin(tmp_path, style, fmt):
     torch.manual_seed(0)
     model = randomise(Qwen(QwenConfig(**V1_CONFIG)))
-    model.save_pretrained(tmp_path / "qwen2")
+    save_model(model, tmp_path / "qwen2")
     write_v1(tmp_path / "v1", model, style, fmt)
 
     loaded = load_model(tmp_path / "v1")

@@ -1,6 +1,6 @@
 """The evaluation harness: one entry point, :func:`run_eval`, for every task.
 
-It loads a model and tokenizer (any checkpoint :meth:`openqwen.Qwen.from_pretrained` reads: an
+It loads a model and tokenizer (any checkpoint :func:`openqwen.load_model` reads: an
 openqwen / Hugging Face Qwen2 folder, a first-generation folder, a ``.gguf`` file), runs the task,
 and returns a JSON-ready result::
 

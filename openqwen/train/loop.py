@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from openqwen.checkpoint import save_model
 from openqwen.model import Qwen
 
 from . import checkpointing as ckpt
@@ -276,7 +277,7 @@ def export_model(model: nn.Module, path: str | Path, tokenizer: Any = None, info
     clean.load_state_dict({k: v.float() for k, v in state.items()}, strict=False, assign=True)
     if bare.config.tie_word_embeddings:
         clean.lm_head.weight = clean.embed_tokens.weight
-    clean.save_pretrained(path)
+    save_model(clean, path)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
     return path

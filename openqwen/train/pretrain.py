@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from openqwen.checkpoint import load_model
 from openqwen.config import QwenConfig, get_preset
 from openqwen.model import Qwen
 
@@ -39,7 +40,7 @@ def build_model(cfg: TrainConfig, vocab_size: int | None, seq_len: int | None) -
     """A fresh model from the preset (seeded, identical on every rank) or the ``init_from`` folder."""
     m = cfg.model
     if m.init_from:
-        model = Qwen.from_pretrained(m.init_from, dtype=torch.float32)
+        model = load_model(m.init_from, dtype=torch.float32)
         if vocab_size is not None and vocab_size > model.config.vocab_size:
             raise ValueError(f"the tokenizer has {vocab_size} ids but {m.init_from} has only "
                              f"{model.config.vocab_size} embedding rows")

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from openqwen import Qwen, QwenConfig, QwenTokenizer
+from openqwen import Qwen, QwenConfig, QwenTokenizer, save_model
 from openqwen.cli import main
 
 
@@ -22,9 +22,9 @@ def tiny_dir(tmp_path_factory):
         pytest.skip("artifact 'qwen-tiktoken' not fetched")
     d = tmp_path_factory.mktemp("tiny")
     torch.manual_seed(0)
-    Qwen(QwenConfig(vocab_size=151936, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                    num_attention_heads=2, tie_word_embeddings=True, seq_length=256,
-                    max_position_embeddings=2048)).save_pretrained(d)
+    save_model(Qwen(QwenConfig(vocab_size=151936, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                               num_attention_heads=2, tie_word_embeddings=True, seq_length=256,
+                               max_position_embeddings=2048)), d)
     QwenTokenizer.from_pretrained(tok_path).save_pretrained(d)
     return d
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from openqwen import Qwen, QwenConfig
+from openqwen import Qwen, QwenConfig, save_model
 from openqwen.eval.tasks.perplexity import perplexity, read_texts
 
 transformers = pytest.importorskip("transformers")
@@ -19,7 +19,7 @@ def test_perplexity_matches_transformers_loss(tmp_path):
     model = Qwen(QwenConfig(vocab_size=211, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
                             num_attention_heads=4, num_key_value_heads=2, seq_length=128,
                             max_position_embeddings=512)).eval()
-    model.save_pretrained(tmp_path / "m")
+    save_model(model, tmp_path / "m")
     hf = transformers.Qwen2ForCausalLM.from_pretrained(tmp_path / "m", torch_dtype=torch.float32).eval()
     ids = torch.randint(0, 211, (1000,), generator=torch.Generator().manual_seed(1)).tolist()
     for L in (16, 100):

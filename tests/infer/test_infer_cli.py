@@ -9,6 +9,7 @@ import sys
 import pytest
 from infer_helpers import tiny_model
 
+from openqwen.checkpoint import save_model
 from openqwen.infer.engine import Engine
 from openqwen.infer.sampling import SamplingParams
 
@@ -22,7 +23,7 @@ def model_dir(tmp_path_factory):
     if path is None:
         pytest.skip("artifact 'qwen-tiktoken' not fetched")
     out = tmp_path_factory.mktemp("tiny-chat-model")
-    tiny_model(seed=11, vocab=151936, tie_word_embeddings=True).save_pretrained(out)
+    save_model(tiny_model(seed=11, vocab=151936, tie_word_embeddings=True), out)
     QwenTokenizer.from_pretrained(path).save_pretrained(out)
     return out
 

@@ -12,12 +12,13 @@ import openai
 import pytest
 from serve_helpers import tiny_model
 
+from openqwen.checkpoint import save_model
 from openqwen.cli import main
 
 
 def test_serve_cli_end_to_end(tokenizer, tmp_path):
     folder = tmp_path / "tiny-chat"
-    tiny_model().save_pretrained(folder)
+    save_model(tiny_model(), folder)
     tokenizer.save_pretrained(folder, hf_tokenizer_json=False)  # qwen.tiktoken is enough here
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(

@@ -9,7 +9,7 @@ import pytest
 
 @pytest.mark.slow
 def test_quick_demo_runs_end_to_end(tmp_path):
-    from openqwen import Qwen, QwenTokenizer
+    from openqwen import QwenTokenizer, load_model
     from openqwen.demo import DemoConfig, run
 
     dc = DemoConfig.make_quick()
@@ -21,7 +21,7 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     saved = json.loads((tmp_path / "demo.json").read_text())
     assert saved["accuracy_after"] == result["accuracy_after"] and 0.0 <= result["accuracy_before"] <= 1.0
     for stage in ("pretrain", "sft"):
-        model = Qwen.from_pretrained(tmp_path / stage)
+        model = load_model(tmp_path / stage)
         assert QwenTokenizer.from_pretrained(tmp_path / stage).vocab_size <= model.config.vocab_size
         records = [json.loads(line) for line in (tmp_path / stage / "metrics.jsonl").read_text().splitlines()]
         losses = [r["loss"] for r in records if r["kind"] == "train"]

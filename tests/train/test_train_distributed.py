@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-from openqwen import Qwen
+from openqwen import Qwen, load_model
 from openqwen.train.batches import PackedRows
 from openqwen.train.config import TrainConfig
 from openqwen.train.loop import Trainer
@@ -63,7 +63,7 @@ def test_fsdp2_and_ddp_on_two_processes_match_one_process(tmp_path, packed_text)
     mp.spawn(_worker, args=(2, _free_port(), str(packed_text), str(tmp_path)), nprocs=2, join=True)
     ref_losses = [r["loss"] for r in read_metrics(tmp_path / "single")]
     for mode in ("fsdp", "ddp"):
-        model = Qwen.from_pretrained(tmp_path / mode / "model")
+        model = load_model(tmp_path / mode / "model")
         for name, p in single.model.state_dict().items():
             torch.testing.assert_close(model.state_dict()[name], p, atol=1e-5, rtol=1e-4, msg=f"{mode} {name}")
         losses = [r["loss"] for r in read_metrics(tmp_path / mode)]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from openqwen import Qwen
+from openqwen import Qwen, load_model, save_model
 from openqwen.train.batches import IGNORE_INDEX, collate
 from openqwen.train.config import TrainConfig
 from openqwen.train.metrics import read_metrics
@@ -112,7 +112,7 @@ def base_model_dir(tmp_path_factory):
                           show_progress=False)
     torch.manual_seed(0)
     model = Qwen(nano_config(vocab_size=512, seq_length=128, max_position_embeddings=256))
-    model.save_pretrained(out)
+    save_model(model, out)
     tok.save_pretrained(out)
     return out
 
@@ -133,7 +133,7 @@ def test_sft_run_learns_and_exports(tmp_path, base_model_dir):
     losses = [r["loss"] for r in read_metrics(tmp_path) if r["kind"] == "train"]
     assert np.mean(losses[-5:]) < 0.85 * np.mean(losses[:3])  # from random init: 6.1 -> ~4.6 nats
     assert summary["conversations"] == 400 and summary["dropped"] == 0
-    model = Qwen.from_pretrained(tmp_path)
+    model = load_model(tmp_path)
     tok = QwenTokenizer.from_pretrained(tmp_path)
     assert tok.vocab_size == 512 and model.config.vocab_size == 512
 
@@ -142,7 +142,7 @@ def test_lora_trains_only_adapters_and_merges_on_export(tmp_path, base_model_dir
     from openqwen.train import sft
 
     sft.run(_sft_cfg(tmp_path, base_model_dir, **{"lora.rank": 4, "train.max_steps": 8, "optim.lr": 1e-2}))
-    base, tuned = Qwen.from_pretrained(base_model_dir), Qwen.from_pretrained(tmp_path)
+    base, tuned = load_model(base_model_dir), load_model(tmp_path)
     changed = [n for n, p in tuned.state_dict().items() if not torch.equal(p, base.state_dict()[n])]
     assert changed and all(any(t in n for t in ("qkv_proj.weight", "o_proj", "gate_up_proj", "down_proj"))
                            for n in changed)
@@ -152,7 +152,7 @@ def test_lora_trains_only_adapters_and_merges_on_export(tmp_path, base_model_dir
     from openqwen.train.checkpointing import latest_checkpoint
 
     state = torch.load(latest_checkpoint(tmp_path) / "state.pt", weights_only=False)["model"]
-    live = Qwen.from_pretrained(base_model_dir)
+    live = load_model(base_model_dir)
     apply_lora(live, LoRASection(rank=4))
     live.load_state_dict(state)
     ids = torch.randint(0, 512, (1, 20))
