@@ -123,16 +123,17 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 
 
 def linear_spec(module: nn.Module) -> LinearSpec | None:
-    """The C view of a linear layer (nn.Linear in fp32, or the Int8Linear / BF16Linear of
-    :mod:`openqwen.infer.quant`); None when its layout is not one the kernels read."""
-    from .quant import BF16Linear, Int8Linear  # noqa: PLC0415 - quant imports this module
-
+    """The C view of a linear layer: an fp32 nn.Linear, or a module that declares its weight layout
+    with a ``kernel_weight_type`` attribute (W_I8 with a per-row fp32 ``scale``, or W_BF16), as the
+    Int8Linear / BF16Linear of :mod:`openqwen.infer.quant` do; None when the kernels cannot read it.
+    (The layout is declared, not looked up by class, so this module never imports quant.)"""
     weight = module.weight
     bias = module.bias
-    if isinstance(module, Int8Linear):
-        kind, scale = W_I8, module.scale
-    elif isinstance(module, BF16Linear):
-        kind, scale = W_BF16, None
+    kind = getattr(module, "kernel_weight_type", None)
+    if kind == W_I8 and weight.dtype == torch.int8:
+        scale = module.scale
+    elif kind == W_BF16 and weight.dtype == torch.bfloat16:
+        scale = None
     elif type(module) is nn.Linear and weight.dtype == torch.float32:
         kind, scale = W_F32, None
     else:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels import KERNEL_ROW_CHUNK, kernel_status, linear_forward, linear_spec, load_kernels  # noqa: F401
+from .kernels import KERNEL_ROW_CHUNK, W_BF16, W_I8, kernel_status, linear_forward, linear_spec, load_kernels  # noqa: F401
 
 ACTIVATION_BLOCK = 64
 """int8 layers round activations to int16 in blocks of this many inputs (must match QBLK in kernels.c)."""
@@ -98,6 +98,8 @@ class _KernelLinear(nn.Module):
 class Int8Linear(_KernelLinear):
     """y = x @ (int8 W * per-row scale)^T + b, with fp32 activations."""
 
+    kernel_weight_type = W_I8  # what :func:`openqwen.infer.kernels.linear_spec` reads
+
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         w = weight.detach().float()
@@ -124,6 +126,8 @@ class Int8Linear(_KernelLinear):
 
 class BF16Linear(_KernelLinear):
     """bf16 weights, fp32 accumulation; output in the input's dtype."""
+
+    kernel_weight_type = W_BF16
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
