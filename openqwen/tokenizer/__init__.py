@@ -1,25 +1,36 @@
 """Qwen's tokenizer: byte-level BPE on tiktoken, ChatML, vocabulary files, vocabulary training.
 
-- :mod:`.bpe`: :class:`QwenTokenizer` (encode/decode with special-token safety, streaming decode);
-- :mod:`.chat`: chat prompts (ChatML ids, history trimming to a window);
+Modules, each importing only those above it (no cycles):
+
+- :mod:`.vocab`: what a vocabulary is made of (:class:`Vocabulary`, split regexes, special-token
+  names, GPT-2 byte-to-unicode spelling, :class:`TokenizerError`);
+- :mod:`.formats`: vocabulary files in and out (``qwen.tiktoken``, ``tokenizer.json``,
+  ``vocab.json`` + ``merges.txt``, ``tokenizer_config.json``, GGUF) and finding them in a folder;
+- :mod:`.chat`: ChatML rendering with the SFT assistant mask, message validation, history trimming
+  (:func:`chat_prompt_ids`), the Jinja chat template;
+- :mod:`.bpe`: :class:`QwenTokenizer` (encode/decode with special-token safety, streaming decode),
+  built from a :class:`Vocabulary`;
 - :mod:`.train`: training and extending vocabularies, compression statistics;
 - :mod:`.cli`: ``openqwen tokenizer train / stats / encode``.
 """
 
-from .bpe import (
-    CHAT_ROLES,
-    DEFAULT_SYSTEM,
+from .bpe import QwenTokenizer, StreamDecoder
+from .chat import CHAT_ROLES, DEFAULT_CHAT_WINDOW, DEFAULT_SYSTEM, chat_prompt_ids, render_chatml
+from .formats import derive_merges, load_tiktoken_ranks, read_vocabulary, write_tiktoken_ranks
+from .vocab import (
     ENDOFTEXT,
     IM_END,
     IM_START,
     QWEN_PATTERN,
-    QwenTokenizer,
-    StreamDecoder,
     TokenizerError,
-    derive_merges,
+    Vocabulary,
+    bytes_to_unicode,
+    first_gen_special_tokens,
     token_bytes_to_str,
     token_str_to_bytes,
 )
 
-__all__ = ["CHAT_ROLES", "DEFAULT_SYSTEM", "ENDOFTEXT", "IM_END", "IM_START", "QWEN_PATTERN", "QwenTokenizer",
-           "StreamDecoder", "TokenizerError", "derive_merges", "token_bytes_to_str", "token_str_to_bytes"]
+__all__ = ["CHAT_ROLES", "DEFAULT_CHAT_WINDOW", "DEFAULT_SYSTEM", "ENDOFTEXT", "IM_END", "IM_START", "QWEN_PATTERN",
+           "QwenTokenizer", "StreamDecoder", "TokenizerError", "Vocabulary", "bytes_to_unicode", "chat_prompt_ids",
+           "derive_merges", "first_gen_special_tokens", "load_tiktoken_ranks", "read_vocabulary", "render_chatml",
+           "token_bytes_to_str", "token_str_to_bytes", "write_tiktoken_ranks"]

@@ -1,41 +1,161 @@
-"""Chat prompts: the one path from OpenAI-style messages to prompt ids.
+"""ChatML: the one path from OpenAI-style messages to prompt ids, with the SFT loss mask.
 
-The server, the evaluation harness, the chat CLI and the engine all build chat prompts through
-:func:`chat_prompt_ids`, so history trimming and validation behave the same everywhere.
+* :func:`render_chatml`: the ids (and optionally the assistant mask that SFT trains on) of a
+  message list; :meth:`QwenTokenizer.apply_chat_template` is this function.
+* :func:`chat_prompt_ids`: a generation prompt trimmed to a window, oldest turn first. The server,
+  the evaluation harness, the chat CLI and the engine all build chat prompts through it, so
+  history trimming and validation behave the same everywhere.
+* :data:`CHAT_TEMPLATE_JINJA`: the same rendering as a Jinja template, written into
+  ``tokenizer_config.json`` for tools that read it (transformers, llama.cpp, vLLM).
+
+Rendering needs only ``encode`` and the two turn-marker ids, so this module does not import the
+tokenizer class (which imports this module for its ``apply_chat_template``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Protocol, Sequence
+
+from .vocab import TokenizerError
+
+DEFAULT_SYSTEM = "You are a helpful assistant."
+# Roles a ChatML turn may carry. tool/function/observation leave room for the agent work.
+CHAT_ROLES = ("system", "user", "assistant", "tool", "function", "observation")
 
 DEFAULT_CHAT_WINDOW = 6144
 """The release trims chat history, oldest turn first, to fit this many tokens."""
 
+# A Jinja chat template equal to render_chatml for plain messages, for tools that read
+# tokenizer_config.json (transformers' apply_chat_template, llama.cpp, vLLM).
+CHAT_TEMPLATE_JINJA = (
+    "{%- if not messages or messages[0]['role'] != 'system' %}"
+    "{{- '<|im_start|>system\\n" + DEFAULT_SYSTEM + "<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
 
-def chat_prompt_ids(tokenizer: Any, messages: Sequence[dict], window: int = DEFAULT_CHAT_WINDOW) -> list[int]:
+
+class ChatMLTokenizer(Protocol):
+    """What rendering ChatML needs from a tokenizer."""
+
+    @property
+    def im_start_id(self) -> int: ...
+
+    @property
+    def im_end_id(self) -> int: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+
+# ------------------------------------------------------------------------------ message validation
+def message_role(message: object, n: int) -> str:
+    """The role of message number ``n``; raises :class:`TokenizerError` naming what is wrong."""
+    if not isinstance(message, dict) or "role" not in message:
+        raise TokenizerError(f"message {n} must be a dict with 'role' and 'content', got {message!r:.80}")
+    role = message["role"]
+    if role not in CHAT_ROLES:
+        raise TokenizerError(f"message {n} has role {role!r}; expected one of {', '.join(CHAT_ROLES)}")
+    return role
+
+
+def message_text(message: dict, n: int) -> str:
+    """The content of message number ``n`` as text: a string, ``None`` (empty), or OpenAI text parts."""
+    content = message.get("content")
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI content parts: only text parts carry meaning here
+        texts = []
+        for part in content:
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            else:
+                raise TokenizerError(f"message {n}: only text content parts are supported, got {part!r:.80}")
+        return "".join(texts)
+    raise TokenizerError(f"message {n}: content must be a string or a list of text parts, got {type(content).__name__}")
+
+
+def plain_messages(messages: Sequence[dict]) -> list[dict[str, str]]:
+    """``messages`` checked and reduced to ``{"role", "content": str}`` dicts."""
+    if isinstance(messages, dict) or not isinstance(messages, Sequence):
+        raise TokenizerError("messages must be a list of {'role': ..., 'content': ...} dicts")
+    return [{"role": message_role(m, n), "content": message_text(m, n)} for n, m in enumerate(messages)]
+
+
+# ------------------------------------------------------------------------------ rendering
+def render_chatml(
+    tokenizer: ChatMLTokenizer,
+    messages: Sequence[dict],
+    add_generation_prompt: bool = True,
+    return_assistant_mask: bool = False,
+    default_system: str | None = DEFAULT_SYSTEM,
+) -> list[int] | tuple[list[int], list[bool]]:
+    """ChatML ids of an OpenAI-style message list.
+
+    Each turn is ``<|im_start|>ROLE\\nCONTENT<|im_end|>\\n``; with ``add_generation_prompt`` the
+    ids end with ``<|im_start|>assistant\\n``. When the first message is not a system message,
+    ``default_system`` is put first (pass ``None`` for no system turn). The role, the newline and
+    the content are encoded separately, as the first-generation release does, so a prompt that
+    ends with ``assistant\\n`` is an exact prefix of the same chat with the reply added: what
+    the model sees at inference matches what it was trained on. Content is always ordinary
+    text (``tokenizer.encode`` without ``allowed_special``): a ``"<|im_end|>"`` typed by a user
+    cannot close its turn.
+
+    With ``return_assistant_mask`` it also returns a list of bools, True on the tokens that carry
+    the SFT loss: every assistant turn's content and its closing ``<|im_end|>``.
+    """
+    turns = plain_messages(messages)
+    if default_system is not None and (not turns or turns[0]["role"] != "system"):
+        turns.insert(0, {"role": "system", "content": default_system})
+    im_start, im_end = tokenizer.im_start_id, tokenizer.im_end_id
+    nl = tokenizer.encode("\n")
+    ids: list[int] = []
+    mask: list[bool] = []
+
+    def add(piece: list[int], loss: bool) -> None:
+        ids.extend(piece)
+        mask.extend([loss] * len(piece))
+
+    for turn in turns:
+        add([im_start] + tokenizer.encode(turn["role"]) + nl, False)
+        add(tokenizer.encode(turn["content"]) + [im_end], turn["role"] == "assistant")
+        add(nl, False)
+    if add_generation_prompt:
+        add([im_start] + tokenizer.encode("assistant") + nl, False)
+    return (ids, mask) if return_assistant_mask else ids
+
+
+# ------------------------------------------------------------------------------ history trimming
+def chat_prompt_ids(tokenizer, messages: Sequence[dict], window: int = DEFAULT_CHAT_WINDOW) -> list[int]:
     """ChatML ids for ``messages`` with the generation prompt, dropping the oldest non-system turns
-    until the prompt fits ``window`` tokens (the release's behaviour). The last message is never dropped."""
-    messages = list(messages)
-    if not messages:
-        raise ValueError("messages is empty; give at least one {'role': 'user', 'content': ...}")
-    for m in messages:
-        if not isinstance(m, dict) or "role" not in m or not isinstance(m.get("content"), str):
-            raise ValueError(f"each message needs a 'role' and a string 'content', got {m!r}")
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    until the prompt fits ``window`` tokens (the release's behaviour). A turn is a user message
+    and the assistant reply that follows it; the last message is never dropped.
+
+    ``tokenizer`` is anything with ``apply_chat_template(messages, add_generation_prompt=True)``
+    (a :class:`~openqwen.tokenizer.QwenTokenizer`, or a test double); it gets the messages checked
+    and reduced to string contents.
+    """
+    if not isinstance(window, int) or window < 1:
+        raise TokenizerError(f"the chat window must be a positive number of tokens, got {window!r}")
+    turns = plain_messages(messages)
+    if not turns:
+        raise TokenizerError("messages is empty; give at least one {'role': 'user', 'content': ...}")
+    ids = tokenizer.apply_chat_template(turns, add_generation_prompt=True)
     while len(ids) > window:
-        droppable = [i for i, m in enumerate(messages[:-1]) if m["role"] != "system"]
+        droppable = [i for i, m in enumerate(turns[:-1]) if m["role"] != "system"]
         if not droppable:
-            raise ValueError(
+            raise TokenizerError(
                 f"the conversation needs {len(ids)} tokens even without history; the window is {window}: "
-                "shorten the last message"
+                "shorten the last message (or the system prompt)"
             )
         first = droppable[0]
-        # drop a whole turn: the oldest user message and the assistant reply that follows it
-        drop = [first]
-        if first + 1 < len(messages) - 1 and messages[first + 1]["role"] == "assistant":
-            drop.append(first + 1)
-        messages = [m for i, m in enumerate(messages) if i not in drop]
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        drop = {first}
+        if turns[first]["role"] == "user" and first + 1 < len(turns) - 1 and turns[first + 1]["role"] == "assistant":
+            drop.add(first + 1)
+        turns = [m for i, m in enumerate(turns) if i not in drop]
+        ids = tokenizer.apply_chat_template(turns, add_generation_prompt=True)
     return ids
-
-

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .bpe import ENDOFTEXT, IM_END, IM_START, QWEN_PATTERN, QwenTokenizer, unicode_to_bytes
+from .bpe import QwenTokenizer
+from .vocab import ENDOFTEXT, IM_END, IM_START, QWEN_PATTERN, unicode_to_bytes
 
 # Specials of a newly trained vocabulary: the chat trio plus a few spare ids for later use
 # (tool markers, fill-in-the-middle ...), kept small so nano vocabularies don't waste rows.
