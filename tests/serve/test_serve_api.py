@@ -227,6 +227,26 @@ def test_prompt_over_context_is_clear_400(client):
     assert e.value.body["param"] == "max_tokens"
 
 
+def test_long_conversation_is_trimmed_not_rejected(client, model, tokenizer):
+    """History past the server's context loses its oldest turns (the chat-prompt path every verb
+    shares), and the reply is the model's answer to what is left."""
+    from openqwen.tokenizer.chat import chat_prompt_ids
+
+    messages = []
+    for i in range(30):
+        messages += [{"role": "user", "content": f"Tell me about topic {i}."},
+                     {"role": "assistant", "content": f"Topic {i} is a fine topic with many parts."}]
+    messages += HELLO
+    assert len(tokenizer.apply_chat_template(messages, add_generation_prompt=True)) > CONTEXT
+    r = client.chat.completions.create(model=MODEL_NAME, messages=messages, temperature=0, max_tokens=6,
+                                       extra_body={"repetition_penalty": 1.0})
+    prompt = chat_prompt_ids(tokenizer, messages, CONTEXT - 6)
+    assert CONTEXT - 6 - 40 < len(prompt) <= CONTEXT - 6  # trimmed to fit, not to nothing
+    assert r.usage.prompt_tokens == len(prompt)
+    ref = greedy_reference(model, prompt, 6, set(tokenizer.stop_ids))
+    assert r.choices[0].message.content == tokenizer.decode(ref, skip_special_tokens=True)
+
+
 def test_wrong_key_is_401(server):
     bad = openai.OpenAI(base_url=server.url + "/v1", api_key="sk-wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as e:

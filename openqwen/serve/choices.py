@@ -1,0 +1,113 @@
+"""The engine's events on the event loop: the ``n`` choices of one request, and the server's counters.
+
+Each choice is submitted with ``engine.submit(..., sink=...)``: the engine's stepping thread calls the
+sink with every :class:`~openqwen.infer.engine.StreamEvent`, and the sink hands it to the event loop
+with ``loop.call_soon_threadsafe``. No thread per choice: the engine's one thread feeds every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Sequence
+
+
+@dataclass
+class ChoiceEvent:
+    """One step of one choice: new text, the running count of generated tokens, and the finish
+    reason on the last event (``"stop"`` / ``"length"``; ``None`` before)."""
+
+    index: int
+    text: str
+    completion_tokens: int
+    finish_reason: str | None
+    token_ids: list[int] | None = None  # on the last event: every generated id (stop token included)
+    logprobs: list[float] | None = None  # on the last event, when the request asked for them
+    new_ids: list[int] | None = None  # the ids this event adds (streamed logprobs)
+    new_logprobs: list[float] | None = None  # their log-probabilities, when the request asked for them
+
+
+class ServerStats:
+    """Counters for /health: finished choices by finish reason ("cancelled" = freed early because the
+    client went away) and generated tokens. Written from the engine thread, read by the routes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.finished: dict[str, int] = {}
+        self.tokens = 0
+        self.active = 0  # choices being generated for a connected client (touched on the event loop only)
+
+    def count(self, reason: str, tokens: int) -> None:
+        with self._lock:
+            self.finished[reason] = self.finished.get(reason, 0) + 1
+            self.tokens += tokens
+
+
+_END = object()  # queued after a choice's last event (or its error)
+
+
+class _Sink:
+    """The callback the engine calls for one choice (on its stepping thread)."""
+
+    def __init__(self, index: int, queue: asyncio.Queue, loop: asyncio.AbstractEventLoop,
+                 stats: ServerStats) -> None:
+        self.index, self._queue, self._loop, self._stats = index, queue, loop, stats
+        self._tokens = 0
+
+    def _put(self, item: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the event loop is gone (server shutting down)
+            pass
+
+    def __call__(self, ev: Any) -> None:
+        if ev.error is not None:
+            self._put(RuntimeError(f"generation failed: {ev.error}"))
+            self._put(_END)
+            return
+        self._tokens += len(ev.token_ids)
+        done = ev.completion
+        if done is not None:
+            self._tokens = done.completion_tokens
+        self._put(ChoiceEvent(self.index, ev.text, self._tokens, ev.finish_reason,
+                              None if done is None else list(done.token_ids),
+                              None if done is None else done.logprobs, list(ev.token_ids), ev.logprobs))
+        if ev.finish_reason is not None:
+            self._stats.count(ev.finish_reason, self._tokens)
+            self._put(_END)
+
+
+class Choices:
+    """The ``n`` choices of one prompt, submitted together (call on the event loop); their events
+    arrive interleaved through :meth:`events`. :meth:`cancel` frees every engine slot they hold."""
+
+    def __init__(self, engine: Any, prompt_ids: list[int], params_list: Sequence[Any], stats: ServerStats) -> None:
+        self.queue: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        self.handles: list[Any] = []
+        try:
+            for i, params in enumerate(params_list):
+                self.handles.append(engine.submit(prompt_ids, params, sink=_Sink(i, self.queue, loop, stats)))
+        except BaseException:
+            self.cancel()
+            raise
+
+    def __len__(self) -> int:
+        return len(self.handles)
+
+    async def events(self) -> AsyncIterator[ChoiceEvent]:
+        live = len(self.handles)
+        while live:
+            item = await self.queue.get()
+            if item is _END:
+                live -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+
+    def cancel(self) -> None:
+        """No-op for finished choices; the others stop at the engine's next step."""
+        for handle in self.handles:
+            handle.cancel()
