@@ -26,6 +26,7 @@ The JSON result goes to --output, a markdown table next to it (.md) and to stdou
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from ..infer.loading import add_model_arguments  # noqa: PLC0415 - light: no torch
     from .harness import TASKS  # light: no torch
 
     p = subparsers.add_parser(
@@ -33,7 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Evaluate a model on one benchmark task and write a JSON result + markdown table.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True, help="model folder (openqwen / HF Qwen2 / first-generation) or .gguf file")
+    add_model_arguments(p)
     p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--mode", choices=["base", "chat"], default="base",
                    help="base: raw k-shot prompts; chat: ChatML 0-shot (default: base)")
@@ -45,11 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="multiple choice: first N questions of every subject")
     p.add_argument("--data", default=None, help="task file (default: the fetched artifact for mmlu, humaneval, "
                    "perplexity; required for ceval, cmmlu, mc, mbpp, gsm8k)")
-    p.add_argument("--tokenizer", default=None, help="tokenizer path, when it is not stored with the model")
     p.add_argument("--output", default=None, help="JSON result file (the markdown table goes next to it, .md)")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "int8"],
-                   help="weights: fp32 (default), bf16, or int8 (weight-only int8 linears: faster CPU decode, "
-                        "slightly different numbers)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass / engine batch (default 8)")
     p.add_argument("--samples", type=int, default=1, help="code: completions per problem for pass@k (default 1)")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy (default)")
@@ -64,7 +61,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-sanitize", action="store_true",
                    help="code, chat mode: run the reply's code block as it is, demo prints/asserts included "
                         "(default: keep only imports, definitions and plain assignments, as evalplus does)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--resume", action="store_true",
                    help="generation tasks: keep the completions in OUTPUT.partial.jsonl from an interrupted "
                         "run with the same settings and generate only the rest")
@@ -92,12 +88,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _run_eval(args: argparse.Namespace) -> int:
     from pathlib import Path  # noqa: PLC0415
 
-    import torch  # noqa: PLC0415
-
+    from ..infer.loading import set_threads  # noqa: PLC0415
     from .harness import EvalConfig, markdown_table, run_eval, write_result  # noqa: PLC0415
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     cfg = EvalConfig(
         model=args.model, task=args.task, mode=args.mode, shots=args.shots, limit=args.limit,
         per_subject=args.per_subject, data=args.data, tokenizer=args.tokenizer, dtype=args.dtype,
@@ -109,16 +103,10 @@ def _run_eval(args: argparse.Namespace) -> int:
         resume=args.resume,
     )
     if args.resume and not args.output:
-        print("openqwen eval: error: --resume needs --output (the partial file is OUTPUT.partial.jsonl)",
-              file=sys.stderr)
-        return 2
+        raise ValueError("--resume needs --output (the partial file is OUTPUT.partial.jsonl)")
     if cfg.partial_path and not cfg.resume:
         Path(cfg.partial_path).unlink(missing_ok=True)  # a fresh run, not appended to an old one
-    try:
-        result = run_eval(cfg)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"openqwen eval: error: {e}", file=sys.stderr)
-        return 2
+    result = run_eval(cfg)  # bad input raises ValueError / FileNotFoundError: one line from the dispatcher
     if args.output:
         js, md = write_result(result, args.output)
         print(f"wrote {js} and {md}", file=sys.stderr)
@@ -136,15 +124,10 @@ def _run_contamination(args: argparse.Namespace) -> int:
     data = {}
     for kv in args.data:
         if "=" not in kv:
-            print(f"openqwen contamination: error: --data takes TASK=PATH, got {kv!r}", file=sys.stderr)
-            return 2
+            raise ValueError(f"--data takes TASK=PATH, got {kv!r}")
         k, v = kv.split("=", 1)
         data[k] = v
-    try:
-        rep = report(args.train, args.tasks, data, n=args.n, progress=True)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"openqwen contamination: error: {e}", file=sys.stderr)
-        return 2
+    rep = report(args.train, args.tasks, data, n=args.n, progress=True)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(rep, indent=2) + "\n")

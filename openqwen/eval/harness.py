@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import artifact_path
+from ..infer.loading import load_model_and_tokenizer  # the loader (and dtype names) every verb shares
 
 MC_TASKS = ("mmlu", "ceval", "cmmlu", "mc")
 TASKS = MC_TASKS + ("humaneval", "mbpp", "gsm8k", "math401", "perplexity")
@@ -62,7 +63,8 @@ class EvalConfig:
     tokenizer: str | None = None
     """Tokenizer path when it is not with the model."""
     dtype: str = "fp32"
-    """fp32 (default), bf16, or int8 (weight-only, the engine's fast CPU decode)."""
+    """fp32 (default), bf16, or int8 (weight-only, the engine's fast CPU decode): see
+    :data:`openqwen.infer.loading.DTYPE_CHOICES`."""
     batch_size: int = 8
     samples: int = 1
     """Code: completions per problem (pass@k for every k in 1, 10, 100 up to this)."""
@@ -115,21 +117,6 @@ def task_data_path(task: str, data: str | None) -> Path:
                 f"../shared/tools/fetch-artifacts or pass --data ({_DATA_HELP[task]})")
         return p
     raise ValueError(f"task {task} needs --data: {_DATA_HELP.get(task, 'a task file')}")
-
-
-_DTYPE_ALIASES = {"float32": "fp32", "fp32": "fp32", "bfloat16": "bf16", "bf16": "bf16", "int8": "int8"}
-
-
-def load_model_and_tokenizer(path: str, dtype: str = "fp32", tokenizer: str | None = None):
-    """Model (through the inference engine's loader: fp32, bf16 or weight-only int8) and tokenizer."""
-    from .. import QwenTokenizer  # noqa: PLC0415
-    from ..infer.loading import load_for_inference  # noqa: PLC0415
-
-    if dtype not in _DTYPE_ALIASES:
-        raise ValueError(f"dtype must be one of {', '.join(_DTYPE_ALIASES)}, got {dtype!r}")
-    model = load_for_inference(path, _DTYPE_ALIASES[dtype])
-    tok = QwenTokenizer.from_pretrained(tokenizer or path)
-    return model, tok
 
 
 # ------------------------------------------------------------------------------------ generation

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 from typing import Any
+
+from .loading import positive_int
 
 EXAMPLES_GENERATE = """examples:
   openqwen generate --model runs/demo/sft --chat --prompt 'What is 12+7?'
@@ -29,12 +32,10 @@ commands inside the chat:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model folder (HF Qwen2 layout, openqwen output) or .gguf file")
-    p.add_argument("--tokenizer", default=None, help="tokenizer path when it is not stored with the model")
-    p.add_argument("--dtype", choices=["fp32", "bf16", "int8"], default="fp32",
-                   help="weights precision: fp32, bf16, or weight-only int8 (fastest CPU decode) [fp32]")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--max-seq-len", type=int, default=None,
+    from .loading import add_model_arguments  # noqa: PLC0415 - light: no torch
+
+    add_model_arguments(p)
+    p.add_argument("--max-seq-len", type=positive_int, default=None,
                    help="positions per request, prompt + output (default: min(model max, 8192))")
 
 
@@ -89,29 +90,37 @@ def _params_from_args(args: argparse.Namespace):
     )
 
 
-def _load_engine(args: argparse.Namespace):
-    import torch  # noqa: PLC0415
-
+def load_engine_from_args(args: argparse.Namespace, **engine_kwargs: Any):
+    """The engine for the flags of :func:`openqwen.infer.loading.add_model_arguments` (``generate``,
+    ``chat`` and ``serve`` load through this)."""
     from .engine import Engine  # noqa: PLC0415
+    from .loading import load_model_and_tokenizer, set_threads  # noqa: PLC0415
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    return Engine.from_pretrained(args.model, dtype=args.dtype, tokenizer_path=args.tokenizer,
-                                  max_batch_size=1, max_seq_len=args.max_seq_len)
+    set_threads(args.threads)
+    model, tokenizer = load_model_and_tokenizer(args.model, args.dtype, args.tokenizer)
+    engine_kwargs.setdefault("name", Path(args.model).name)
+    return Engine(model, tokenizer, **engine_kwargs)
+
+
+def _read_prompt(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"--prompt-file {path} {'is a folder' if p.is_dir() else 'does not exist'}; "
+                                "pass a text file ('-' reads stdin)")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"--prompt-file {path} is not UTF-8 text; pass a text file") from None
 
 
 def run_generate(args: argparse.Namespace) -> int:
     import time  # noqa: PLC0415
 
-    try:
-        params = _params_from_args(args)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    prompt = args.prompt
-    if args.prompt_file:
-        prompt = sys.stdin.read() if args.prompt_file == "-" else open(args.prompt_file, encoding="utf-8").read()
-    engine = _load_engine(args)
+    params = _params_from_args(args)  # a bad value: ValueError, one line from the dispatcher
+    prompt = _read_prompt(args.prompt_file) if args.prompt_file else args.prompt
+    engine = load_engine_from_args(args, max_batch_size=1, max_seq_len=args.max_seq_len)
     start = time.perf_counter()
     try:
         if args.chat:
@@ -120,9 +129,9 @@ def run_generate(args: argparse.Namespace) -> int:
             handle = engine.submit_chat(messages, params)
         else:
             handle = engine.submit(prompt, params)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except BaseException:
+        engine.close()
+        raise
     for ev in handle:
         if args.stream and ev.text:
             print(ev.text, end="", flush=True)
@@ -162,12 +171,8 @@ def _coerce(field: dataclasses.Field, text: str) -> Any:
 def run_chat(args: argparse.Namespace) -> int:
     from .sampling import SamplingParams  # noqa: PLC0415
 
-    try:
-        params = _params_from_args(args)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    engine = _load_engine(args)
+    params = _params_from_args(args)
+    engine = load_engine_from_args(args, max_batch_size=1, max_seq_len=args.max_seq_len)
     fields = {f.name: f for f in dataclasses.fields(SamplingParams)}
     system = args.system
     history: list[dict] = []

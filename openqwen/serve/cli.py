@@ -8,6 +8,8 @@ import socket
 import sys
 from pathlib import Path
 
+from ..infer.loading import add_model_arguments, positive_int
+
 EXAMPLES = """\
 examples:
   openqwen serve --model runs/demo/sft
@@ -30,8 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True, help="model folder (HF Qwen2 layout, openqwen run) or .gguf file")
-    p.add_argument("--tokenizer", default=None, help="tokenizer path when it is not inside --model")
+    add_model_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--api-key", default=os.environ.get("OPENQWEN_API_KEY"),
@@ -39,51 +40,36 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "none when unset)")
     p.add_argument("--served-model-name", default=None,
                    help="model id clients pass as 'model' (default: the --model file or folder name)")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "int8"],
-                   help="precision of the weights (default fp32; int8: weight-only int8 linears, fastest "
-                   "CPU decode; bf16: half the memory)")
-    p.add_argument("--max-batch-size", type=int, default=16,
+    p.add_argument("--max-batch-size", type=positive_int, default=16,
                    help="most sequences decoded together (default 16); more requests wait in the queue")
-    p.add_argument("--max-model-len", type=int, default=None,
+    p.add_argument("--max-model-len", type=positive_int, default=None,
                    help="context window, prompt + completion (default: the model's)")
-    p.add_argument("--default-max-tokens", type=int, default=512,
+    p.add_argument("--default-max-tokens", type=positive_int, default=512,
                    help="completion length when a request sets no max_tokens (default 512, the release's "
                    "chat default)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=run)
-
-
-def _load_engine(args: argparse.Namespace):
-    import torch
-
-    from ..infer.engine import Engine
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    kwargs = {"max_batch_size": args.max_batch_size}
-    if args.max_model_len:
-        kwargs["max_seq_len"] = args.max_model_len
-    return Engine.from_pretrained(args.model, dtype=args.dtype, tokenizer_path=args.tokenizer, **kwargs)
 
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from ..infer.cli import load_engine_from_args
     from .app import ServerConfig, create_app
 
     if not Path(args.model).expanduser().exists():
-        print(f"error: --model {args.model!r} does not exist; pass a model folder or a .gguf file", file=sys.stderr)
-        return 2
-    if args.max_batch_size < 1:
-        print("error: --max-batch-size must be at least 1", file=sys.stderr)
-        return 2
+        raise FileNotFoundError(f"--model {args.model} does not exist; pass a model folder or a .gguf file")
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be in 0..65535 (0 picks a free one), got {args.port}")
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         print(f"warning: listening on {args.host} without --api-key: anyone who can reach this port can use the "
               "model", file=sys.stderr)
     name = args.served_model_name or Path(args.model).expanduser().resolve().name.removesuffix(".gguf")
     print(f"loading {args.model} ...", file=sys.stderr, flush=True)
-    engine = _load_engine(args)
+    kwargs = {"max_batch_size": args.max_batch_size}
+    if args.max_model_len:
+        kwargs["max_seq_len"] = args.max_model_len
+    engine = load_engine_from_args(args, **kwargs)
     app = create_app(engine, ServerConfig(model_name=name, api_key=args.api_key, max_model_len=args.max_model_len,
                                           default_max_tokens=args.default_max_tokens))
     # Bind here so that --port 0 can report the port it got (tests and scripts read this line).
@@ -93,8 +79,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         sock.bind((args.host, args.port))
     except OSError as e:
-        print(f"error: cannot listen on {args.host}:{args.port}: {e.strerror}; pick another --port", file=sys.stderr)
-        return 2
+        engine.close()
+        raise ValueError(f"cannot listen on {args.host}:{args.port}: {e.strerror}; pick another --port or --host") \
+            from None
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if family == socket.AF_INET6 else args.host
     server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level))
