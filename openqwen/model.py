@@ -219,15 +219,26 @@ class Qwen(nn.Module):
     """A Qwen causal language model. ``forward`` returns logits [B, T, vocab] as a plain tensor."""
 
     def __init__(self, config: QwenConfig) -> None:
+        """A randomly initialised model (the release's init, see :meth:`init_weights`).
+
+        Built under ``torch.device("meta")`` it has shapes only and no init runs: that is how loaders
+        make the skeleton they assign a checkpoint's tensors into. Skipping it on meta is not only
+        free, it avoids the first ``normal_`` on meta, which imports torch's reference decompositions
+        (seconds per process).
+        """
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        on_meta = torch.get_default_device().type == "meta"
+        # nn.Embedding's own reset is a normal_; given a weight, it skips it (the init below redoes it)
+        skeleton = torch.empty(config.vocab_size, config.hidden_size) if on_meta else None
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, _weight=skeleton)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        self.init_weights()
+        if not on_meta:
+            self.init_weights()
 
     @torch.no_grad()
     def init_weights(self) -> None:
