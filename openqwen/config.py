@@ -15,6 +15,10 @@ from pathlib import Path
 from typing import Any
 
 
+UNIMPLEMENTED_LONG_CONTEXT = ("use_dynamic_ntk", "use_logn_attn", "window_sizes")
+"""Fields kept for the long-context work; today only their off values are accepted."""
+
+
 @dataclass
 class QwenConfig:
     """Shape and numerics of a Qwen decoder.
@@ -42,18 +46,21 @@ class QwenConfig:
     max_position_embeddings: int = 32768
     """Largest position the model is asked to handle (sizes caches; RoPE has no table to outgrow)."""
     seq_length: int = 2048
-    """Training context length S. Dynamic NTK and LogN scaling switch on past it."""
+    """Training context length S (the first generation's dynamic NTK and LogN scaling, not implemented
+    yet, switch on past it)."""
     dropout: float = 0.0
     """Dropout on attention probabilities and residual branches during training (SFT used 0.1)."""
     initializer_range: float = 0.02
 
-    # Long-context inference options (built by the long-context work; stored here so configs carry them).
+    # Long-context inference options. Not implemented yet (the long-context work builds them); until
+    # then they stay off: setting one raises ValueError, and a checkpoint that sets one loads with a
+    # warning and without it (see :mod:`openqwen.checkpoint`).
     use_dynamic_ntk: bool = False
-    """Dynamic NTK-aware RoPE interpolation past seq_length (inference only)."""
+    """Dynamic NTK-aware RoPE interpolation past seq_length (inference only). Not implemented yet."""
     use_logn_attn: bool = False
-    """LogN attention scaling of queries past seq_length (inference only)."""
+    """LogN attention scaling of queries past seq_length (inference only). Not implemented yet."""
     window_sizes: list[int] | None = None
-    """Per-layer attention window (None: full attention in every layer)."""
+    """Per-layer attention window (None: full attention in every layer). Not implemented yet."""
 
     def __post_init__(self) -> None:
         if self.num_key_value_heads is None:
@@ -72,10 +79,11 @@ class QwenConfig:
             )
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
-        if self.window_sizes is not None and len(self.window_sizes) != self.num_hidden_layers:
+        unimplemented = [name for name in UNIMPLEMENTED_LONG_CONTEXT if getattr(self, name) not in (False, None)]
+        if unimplemented:
             raise ValueError(
-                f"window_sizes has {len(self.window_sizes)} entries, the model has "
-                f"{self.num_hidden_layers} layers"
+                f"{', '.join(unimplemented)}: not implemented yet (long-context support is a later issue); "
+                "leave them unset"
             )
 
     # ---------------------------------------------------------------- derived sizes
