@@ -48,7 +48,8 @@ print(json.dumps({"s": time.perf_counter() - t, "cpu": ru.ru_utime + ru.ru_stime
 
 PARTS = """
 import time, sys, json, torch, numpy as np
-from openqwen.gguf_loader import GGUFFile
+from openqwen.checkpoint.gguf import read_tensor
+from openqwen.checkpoint.gguf_file import GGUFFile
 import gguf
 torch.set_num_threads(1)  # numpy's dequantisers are single-threaded too
 p = sys.argv[1]
@@ -57,7 +58,7 @@ t = time.perf_counter(); f = GGUFFile(p); r["header_ours"] = time.perf_counter()
 t = time.perf_counter(); reader = gguf.GGUFReader(p); r["header_gguf"] = time.perf_counter() - t
 t = time.perf_counter()
 for name in f.tensors:
-    f.tensor(name)
+    read_tensor(f, name)
 r["dequant_ours"] = time.perf_counter() - t
 t = time.perf_counter()
 for tensor in reader.tensors:

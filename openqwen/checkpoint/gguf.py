@@ -1,242 +1,44 @@
-"""Load ``.gguf`` files (llama.cpp's format) of the ``qwen2`` architecture (Qwen1.5 / 2 / 2.5) and of
-the first generation's ``qwen`` architecture into :class:`openqwen.Qwen`.
+"""GGUF weights (llama.cpp's format) of the ``qwen2`` architecture (Qwen1.5 / 2 / 2.5) and of the
+first generation's ``qwen`` architecture, loaded as a dense :class:`openqwen.Qwen`.
 
-Three parts:
-
-* :class:`GGUFFile` reads the header (metadata and tensor table) and maps the tensor data without
-  copying it. ``gguf.GGUFReader`` builds a numpy view for every string of the embedded tokenizer
-  (about 300 thousand of them in a Qwen file), which takes ~30 s on a small CPU; this reader walks the
-  same layout with ``struct`` in under a second and only decodes the strings it is asked for.
 * :func:`dequantize` turns raw GGML blocks into float32 with whole-tensor torch operations
   (F32, F16, BF16, Q8_0, Q5_0, Q4_K, Q6_K and also Q4_0, Q4_1, Q5_1, Q5_K). Other block types fall
   back to ``gguf.quants.dequantize`` (vectorised numpy, slower). The results equal the ``gguf``
-  package's reference dequantisers bit for bit; ``tests/test_checkpoint.py`` checks that.
-* :func:`load_gguf` maps the metadata to a :class:`~openqwen.config.QwenConfig` and the tensors to the
-  model. llama.cpp's converter stores qwen2 and qwen Q/K rows unpermuted (it permutes only
-  LLaMA-family checkpoints), so the projections map across as they are; the real-weights test
-  against transformers' own GGUF loading confirms it for qwen2. For qwen it keeps the fused
-  ``attn_qkv``, names ``mlp.w2`` ``ffn_gate`` and ``mlp.w1`` ``ffn_up``, and stores the config's
-  doubled FFN size as ``feed_forward_length``.
+  package's reference dequantisers bit for bit (tested).
+* :func:`config_from_gguf` reads every metadata field that changes the function and refuses what
+  openqwen does not implement (RoPE scaling, partial rotary dimensions, value heads wider than keys).
+* :data:`GGUF_NAMES` maps the tensors. llama.cpp's converter stores qwen2 and qwen Q/K rows
+  unpermuted (it permutes only LLaMA-family checkpoints), so the projections map across as they
+  are; the real-weights test against transformers' own GGUF loading confirms it for qwen2. For qwen
+  it keeps the fused ``attn_qkv``, names ``mlp.w2`` ``ffn_gate`` and ``mlp.w1`` ``ffn_up``, and stores
+  the config's doubled FFN size as ``feed_forward_length``.
 
-The model is always dequantised: openqwen runs dense weights (float32 by default, or ``dtype``).
+The header is read by :mod:`openqwen.checkpoint.gguf_file`. The model is always dequantised:
+openqwen runs dense weights (float32 by default, or ``dtype``).
 """
 
 from __future__ import annotations
 
-import mmap
-import struct
 import sys
-import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, build_model, resolve_dtype
-from .config import QwenConfig
-from .model import Qwen
+from ..config import QwenConfig
+from ..model import Qwen
+from .common import CheckpointError, NameMap, Rename, build_model, resolve_dtype
+from .gguf_file import GGUFFile, ggml_type_info
 
-GGUF_MAGIC = b"GGUF"
 SUPPORTED_ARCHITECTURES = ("qwen2", "qwen")
 """qwen2: Qwen1.5 / Qwen2 / Qwen2.5. qwen: the first generation (fused ``attn_qkv``), as converted by llama.cpp."""
-
-# GGUF metadata value types (the GGUF spec's numbering).
-_SCALAR_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
-                   12: "<d"}
-_SCALAR_NUMPY = {0: np.uint8, 1: np.int8, 2: np.uint16, 3: np.int16, 4: np.uint32, 5: np.int32, 6: np.float32,
-                 7: np.bool_, 10: np.uint64, 11: np.int64, 12: np.float64}
-_STRING, _ARRAY = 8, 9
 
 # GGML tensor type ids (ggml.h numbering) of the types with a fast path below; names and block sizes
 # of every type come from the gguf package.
 _F32, _F16, _Q4_0, _Q4_1, _Q5_0, _Q5_1, _Q8_0, _Q4_K, _Q5_K, _Q6_K, _BF16 = 0, 1, 2, 3, 6, 7, 8, 12, 13, 14, 30
 QK_K = 256
-
-
-def _type_info(ggml_type: int) -> tuple[str, int, int]:
-    """(name, block elements, block bytes) of a GGML tensor type."""
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType  # noqa: PLC0415
-
-    try:
-        qtype = GGMLQuantizationType(ggml_type)
-    except ValueError:
-        raise CheckpointError(f"unknown GGML tensor type {ggml_type}; upgrade the gguf package") from None
-    block, size = GGML_QUANT_SIZES[qtype]
-    return qtype.name, block, size
-
-
-@dataclass(frozen=True)
-class GGUFTensorInfo:
-    """One entry of the tensor table. ``shape`` is in torch/numpy order (GGUF stores it reversed)."""
-
-    name: str
-    shape: tuple[int, ...]
-    ggml_type: int
-    offset: int
-    """Absolute byte offset of the data in the file."""
-    nbytes: int
-
-    @property
-    def type_name(self) -> str:
-        return _type_info(self.ggml_type)[0]
-
-    @property
-    def numel(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
-
-
-class StringArray:
-    """A metadata array of strings whose decoding is deferred until it is read (tokenizer vocabularies
-    are large, and loading weights never needs them)."""
-
-    def __init__(self, buf: mmap.mmap, spans: list[tuple[int, int]]) -> None:
-        self._buf, self._spans = buf, spans
-
-    def __len__(self) -> int:
-        return len(self._spans)
-
-    def __getitem__(self, i: int) -> str:
-        start, end = self._spans[i]
-        try:
-            return self._buf[start:end].decode("utf-8", errors="surrogateescape")
-        except ValueError:  # mmap closed
-            raise ValueError("the GGUF file is closed; read its strings (or call .tolist()) before closing it") from None
-
-    def tolist(self) -> list[str]:
-        return [self[i] for i in range(len(self))]
-
-    def __repr__(self) -> str:
-        return f"StringArray(len={len(self)})"
-
-
-class GGUFFile:
-    """The header of a GGUF file and memory-mapped access to its tensors.
-
-    >>> f = GGUFFile("model.gguf")                     # doctest: +SKIP
-    >>> f.metadata["general.architecture"], f.tensors["token_embd.weight"].type_name   # doctest: +SKIP
-    ('qwen2', 'Q5_0')
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"no GGUF file at {self.path}")
-        with open(self.path, "rb") as fh:
-            # Copy-on-write mapping: writable for torch.frombuffer, never written back to the file.
-            self._buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
-        try:
-            self._parse()
-        except (struct.error, UnicodeDecodeError, IndexError, ValueError) as e:
-            if isinstance(e, CheckpointError):
-                raise
-            raise CheckpointError(f"{self.path} is not a readable GGUF file (truncated or corrupt header: {e})") from e
-
-    # ----------------------------------------------------------------------------------- parsing
-    def _parse(self) -> None:
-        buf = self._buf
-        if buf[:4] != GGUF_MAGIC:
-            raise CheckpointError(f"{self.path} is not a GGUF file (magic {bytes(buf[:4])!r}, expected b'GGUF')")
-        self._pos = 4
-        self.version = self._scalar("<I")
-        if self.version not in (2, 3):
-            raise CheckpointError(f"{self.path}: GGUF version {self.version} is not supported (2 and 3 are)")
-        n_tensors, n_kv = self._scalar("<Q"), self._scalar("<Q")
-        self.metadata: dict[str, Any] = {}
-        for _ in range(n_kv):
-            key = self._string()
-            self.metadata[key] = self._value(self._scalar("<I"))
-        table = []
-        for _ in range(n_tensors):
-            name = self._string()
-            n_dims = self._scalar("<I")
-            dims = struct.unpack_from(f"<{n_dims}Q", buf, self._pos)
-            self._pos += 8 * n_dims
-            ggml_type, rel_offset = self._scalar("<I"), self._scalar("<Q")
-            table.append((name, dims, ggml_type, rel_offset))
-        self.alignment = int(self.metadata.get("general.alignment", 32))
-        data_start = -(-self._pos // self.alignment) * self.alignment
-        self.tensors: dict[str, GGUFTensorInfo] = {}
-        for name, dims, ggml_type, rel_offset in table:
-            _, block, size = _type_info(ggml_type)
-            numel = int(np.prod(dims, dtype=np.int64))
-            if dims and dims[0] % block:
-                raise CheckpointError(
-                    f"{self.path}: tensor {name!r} has rows of {dims[0]} elements, not a multiple of the "
-                    f"{_type_info(ggml_type)[0]} block size {block}"
-                )
-            info = GGUFTensorInfo(name, tuple(int(d) for d in reversed(dims)), ggml_type, data_start + rel_offset,
-                                  numel // block * size)
-            if info.offset + info.nbytes > len(buf):
-                raise CheckpointError(f"{self.path} is truncated: tensor {name!r} runs past the end of the file")
-            self.tensors[name] = info
-
-    def _scalar(self, fmt: str) -> Any:
-        (value,) = struct.unpack_from(fmt, self._buf, self._pos)
-        self._pos += struct.calcsize(fmt)
-        return value
-
-    def _string(self) -> str:
-        n = self._scalar("<Q")
-        s = self._buf[self._pos : self._pos + n].decode("utf-8", errors="surrogateescape")
-        self._pos += n
-        return s
-
-    def _value(self, vtype: int) -> Any:
-        if vtype == _STRING:
-            return self._string()
-        if vtype == _ARRAY:
-            item_type, count = self._scalar("<I"), self._scalar("<Q")
-            if item_type == _STRING:
-                spans = []
-                unpack, pos, buf = struct.unpack_from, self._pos, self._buf
-                for _ in range(count):
-                    (n,) = unpack("<Q", buf, pos)
-                    spans.append((pos + 8, pos + 8 + n))
-                    pos += 8 + n
-                self._pos = pos
-                return StringArray(buf, spans)
-            if item_type in _SCALAR_NUMPY:
-                arr = np.frombuffer(self._buf, dtype=_SCALAR_NUMPY[item_type], count=count, offset=self._pos).copy()
-                self._pos += arr.nbytes
-                return arr
-            return [self._value(item_type) for _ in range(count)]  # arrays of arrays (rare)
-        if vtype not in _SCALAR_FORMATS:
-            raise CheckpointError(f"{self.path}: unknown GGUF metadata value type {vtype}")
-        return self._scalar(_SCALAR_FORMATS[vtype])
-
-    # ----------------------------------------------------------------------------------- access
-    @property
-    def architecture(self) -> str | None:
-        return self.metadata.get("general.architecture")
-
-    def raw(self, name: str) -> torch.Tensor:
-        """The tensor's bytes as a uint8 tensor sharing memory with the mapped file."""
-        info = self.tensors[name]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # zero-length / alignment warnings of frombuffer
-            return torch.frombuffer(self._buf, dtype=torch.uint8, count=info.nbytes, offset=info.offset)
-
-    def tensor(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
-        """The tensor dequantised to float32 (a new tensor, or written into ``out``)."""
-        if name not in self.tensors:
-            raise CheckpointError(f"{self.path} has no tensor {name!r}")
-        info = self.tensors[name]
-        return dequantize(self.raw(name), info.ggml_type, info.shape, out=out)
-
-    def close(self) -> None:
-        try:
-            self._buf.close()
-        except BufferError:
-            pass  # a tensor still views the mapping; it is released with the last view
-
-    def __enter__(self) -> "GGUFFile":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 # --------------------------------------------------------------------------------- dequantising
@@ -377,7 +179,7 @@ def dequantize(raw: torch.Tensor | np.ndarray, ggml_type: int, shape: tuple[int,
         raw = torch.from_numpy(np.ascontiguousarray(raw).view(np.uint8).reshape(-1))
     raw = raw.reshape(-1)
     numel = int(np.prod(shape, dtype=np.int64))
-    name, block, size = _type_info(ggml_type)
+    name, block, size = ggml_type_info(ggml_type)
     if raw.numel() != numel // block * size or numel % block:
         raise CheckpointError(f"{name} data of {raw.numel()} bytes does not hold a tensor of shape {tuple(shape)}")
     if out is None:
@@ -406,9 +208,48 @@ def dequantize(raw: torch.Tensor | np.ndarray, ggml_type: int, shape: tuple[int,
     return out
 
 
+def read_tensor(f: GGUFFile, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
+    """One tensor of the file dequantised to float32 (a new tensor, or written into ``out``)."""
+    if name not in f.tensors:
+        raise CheckpointError(f"{f.path} has no tensor {name!r}")
+    info = f.tensors[name]
+    return dequantize(torch.from_numpy(f.raw(name)), info.ggml_type, info.shape, out=out)
+
+
 # ------------------------------------------------------------------------------------- mapping
+def _names(fused_qkv: bool) -> NameMap:
+    b = "blk.{i}."
+    if fused_qkv:  # first generation: one tensor, rows Q | K | V, exactly the model's layout
+        qkv = [Rename("layers.{i}.self_attn.qkv_proj.weight", (b + "attn_qkv.weight",)),
+               Rename("layers.{i}.self_attn.qkv_proj.bias", (b + "attn_qkv.bias",), when="qkv_bias")]
+    else:
+        qkv = [Rename("layers.{i}.self_attn.qkv_proj.weight", tuple(b + f"attn_{n}.weight" for n in "qkv"), "qkv"),
+               Rename("layers.{i}.self_attn.qkv_proj.bias", tuple(b + f"attn_{n}.bias" for n in "qkv"), "qkv",
+                      when="qkv_bias")]
+    return NameMap(
+        [
+            Rename("embed_tokens.weight", ("token_embd.weight",)),
+            Rename("norm.weight", ("output_norm.weight",)),
+            Rename("lm_head.weight", ("output.weight",), when="untied"),
+            *qkv,
+            Rename("layers.{i}.self_attn.o_proj.weight", (b + "attn_output.weight",)),
+            Rename("layers.{i}.mlp.gate_up_proj.weight", (b + "ffn_gate.weight", b + "ffn_up.weight"), "halves"),
+            Rename("layers.{i}.mlp.down_proj.weight", (b + "ffn_down.weight",)),
+            Rename("layers.{i}.input_layernorm.weight", (b + "attn_norm.weight",)),
+            Rename("layers.{i}.post_attention_layernorm.weight", (b + "ffn_norm.weight",)),
+        ],
+        ignored=[r"^rope_freqs\.weight$"],
+    )
+
+
+GGUF_NAMES = {"qwen2": _names(fused_qkv=False), "qwen": _names(fused_qkv=True)}
+"""openqwen's parameters <-> GGUF tensor names, per architecture."""
+
+
 def config_from_gguf(f: GGUFFile) -> QwenConfig:
-    """QwenConfig from the metadata of a qwen2 / qwen GGUF file (vocab size from ``token_embd``)."""
+    """QwenConfig from the metadata of a qwen2 / qwen GGUF file (vocab size from ``token_embd``).
+
+    Optional fields default as llama.cpp defaults them; the rest are required."""
     arch = f.architecture
     if arch not in SUPPORTED_ARCHITECTURES:
         raise CheckpointError(
@@ -416,23 +257,32 @@ def config_from_gguf(f: GGUFFile) -> QwenConfig:
             f"{' and '.join(repr(a) for a in SUPPORTED_ARCHITECTURES)} (Qwen1.5 / 2 / 2.5, and the first generation)"
         )
     meta = f.metadata
+    missing = object()
 
-    def get(key: str, default: Any = None) -> Any:
+    def get(key: str, default: Any = missing) -> Any:
         full = f"{arch}.{key}"
         if full not in meta:
-            if default is None:
+            if default is missing:
                 raise CheckpointError(f"{f.path} lacks the metadata field {full!r}")
             return default
         return meta[full]
 
     if "token_embd.weight" not in f.tensors:
         raise CheckpointError(f"{f.path} lacks tensor 'token_embd.weight'")
-    if f"{arch}.rope.scaling.type" in meta and meta[f"{arch}.rope.scaling.type"] not in ("none", ""):
-        warnings.warn(
-            f"{f.path} asks for RoPE scaling {meta[f'{arch}.rope.scaling.type']!r}, which openqwen does not apply; "
-            "results stay exact up to the original context length", stacklevel=3,
+    scaling = get("rope.scaling.type", "none")
+    if scaling not in ("none", "") or float(get("rope.scale_linear", 1.0)) != 1.0:
+        raise CheckpointError(
+            f"{f.path} asks for RoPE scaling {scaling!r}; openqwen implements only unscaled RoPE so far "
+            "(yarn / linear scaling come with long-context support)"
         )
     hidden, heads = int(get("embedding_length")), int(get("attention.head_count"))
+    head_dim = int(get("attention.key_length", hidden // heads))
+    if int(get("attention.value_length", head_dim)) != head_dim:
+        raise CheckpointError(f"{f.path}: value heads of {get('attention.value_length')} dims differ from key heads "
+                              f"of {head_dim}; openqwen needs them equal")
+    if int(get("rope.dimension_count", head_dim)) != head_dim:
+        raise CheckpointError(f"{f.path}: RoPE rotates {get('rope.dimension_count')} of {head_dim} head dims; "
+                              "openqwen rotates all of them")
     ffn = int(get("feed_forward_length"))
     if arch == "qwen":
         # llama.cpp stores the first generation's config value, twice the SwiGLU branch width; the
@@ -445,7 +295,7 @@ def config_from_gguf(f: GGUFFile) -> QwenConfig:
                 f"{f.path}: {arch}.feed_forward_length {ffn} fits neither the gate width {width} nor twice it"
             )
         ffn = width
-    context = int(get("context_length", 32768))
+    context = int(get("context_length"))
     return QwenConfig(
         vocab_size=f.tensors["token_embd.weight"].shape[0],
         hidden_size=hidden,
@@ -453,44 +303,14 @@ def config_from_gguf(f: GGUFFile) -> QwenConfig:
         num_hidden_layers=int(get("block_count")),
         num_attention_heads=heads,
         num_key_value_heads=int(get("attention.head_count_kv", heads)),
-        head_dim=int(get("attention.key_length", hidden // heads)),
+        head_dim=head_dim,
         rope_theta=float(get("rope.freq_base", 10000.0)),
-        rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-6)),
+        rms_norm_eps=float(get("attention.layer_norm_rms_epsilon")),
         qkv_bias="blk.0.attn_q.bias" in f.tensors or "blk.0.attn_qkv.bias" in f.tensors,
         tie_word_embeddings="output.weight" not in f.tensors,
         max_position_embeddings=context,
         seq_length=context,
     )
-
-
-def _layout(c: QwenConfig, fused_qkv: bool = False) -> dict[str, list[tuple[str, tuple[int, ...]]]]:
-    """Model parameter -> the GGUF tensors (in order, concatenated along dim 0) and their shapes."""
-    d, q, kv, ffn = c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim, \
-        c.intermediate_size
-    plan: dict[str, list[tuple[str, tuple[int, ...]]]] = {
-        "embed_tokens.weight": [("token_embd.weight", (c.vocab_size, d))],
-        "norm.weight": [("output_norm.weight", (d,))],
-    }
-    if not c.tie_word_embeddings:
-        plan["lm_head.weight"] = [("output.weight", (c.vocab_size, d))]
-    for i in range(c.num_hidden_layers):
-        g, m = f"blk.{i}.", f"layers.{i}."
-        if fused_qkv:  # first generation: one tensor, rows Q | K | V, exactly the model's layout
-            plan[m + "self_attn.qkv_proj.weight"] = [(g + "attn_qkv.weight", (q + 2 * kv, d))]
-            if c.qkv_bias:
-                plan[m + "self_attn.qkv_proj.bias"] = [(g + "attn_qkv.bias", (q + 2 * kv,))]
-        else:
-            plan[m + "self_attn.qkv_proj.weight"] = [(g + "attn_q.weight", (q, d)), (g + "attn_k.weight", (kv, d)),
-                                                     (g + "attn_v.weight", (kv, d))]
-            if c.qkv_bias:
-                plan[m + "self_attn.qkv_proj.bias"] = [(g + "attn_q.bias", (q,)), (g + "attn_k.bias", (kv,)),
-                                                       (g + "attn_v.bias", (kv,))]
-        plan[m + "self_attn.o_proj.weight"] = [(g + "attn_output.weight", (d, q))]
-        plan[m + "mlp.gate_up_proj.weight"] = [(g + "ffn_gate.weight", (ffn, d)), (g + "ffn_up.weight", (ffn, d))]
-        plan[m + "mlp.down_proj.weight"] = [(g + "ffn_down.weight", (d, ffn))]
-        plan[m + "input_layernorm.weight"] = [(g + "attn_norm.weight", (d,))]
-        plan[m + "post_attention_layernorm.weight"] = [(g + "ffn_norm.weight", (d,))]
-    return plan
 
 
 def load_gguf(path: str | Path, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu",
@@ -504,20 +324,8 @@ def load_gguf(path: str | Path, dtype: torch.dtype | str | None = None, device: 
     dtype = resolve_dtype(dtype) or torch.float32
     with GGUFFile(path) as f:
         config = config_from_gguf(f)
-        plan = _layout(config, fused_qkv=f.architecture == "qwen")
-        wanted = set()
-        for parts in plan.values():
-            for name, shape in parts:
-                wanted.add(name)
-                if name not in f.tensors:
-                    raise CheckpointError(f"{f.path} lacks tensor {name!r}")
-                if f.tensors[name].shape != shape:
-                    raise CheckpointError(
-                        f"{f.path}: tensor {name!r} has shape {f.tensors[name].shape}, the metadata implies {shape}"
-                    )
-        unused = sorted(set(f.tensors) - wanted - {"rope_freqs.weight"})
-        if unused:
-            raise CheckpointError(f"{f.path} has tensors the model does not use: {unused[:5]}")
+        plan = GGUF_NAMES[f.architecture].check({n: t.shape for n, t in f.tensors.items()}, config, str(f.path),
+                                                implied_by="the metadata")
         if progress is None:
             progress = sys.stderr.isatty()
         from tqdm.auto import tqdm  # noqa: PLC0415
@@ -539,7 +347,7 @@ def load_gguf(path: str | Path, dtype: torch.dtype | str | None = None, device: 
         bar = tqdm(total=sum(out.numel() for _, out in jobs), desc=f"dequantising {f.path.name}", unit="w",
                    unit_scale=True, disable=not progress)
         with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            for out in pool.map(lambda job: f.tensor(job[0], out=job[1]), jobs):
+            for out in pool.map(lambda job: read_tensor(f, job[0], out=job[1]), jobs):
                 bar.update(out.numel())
         bar.close()
         state = {k: v if dtype == torch.float32 else v.to(dtype) for k, v in fused.items()}

@@ -1,21 +1,10 @@
 """First-generation Qwen checkpoints (``QWenLMHeadModel``, the Qwen Technical Report's release).
 
-Layout of those Hugging Face folders (``trust_remote_code`` models):
-
-==========================================  =================================================
-first generation                            openqwen
-==========================================  =================================================
-``transformer.wte.weight``                  ``embed_tokens.weight``
-``transformer.h.N.ln_1.weight``             ``layers.N.input_layernorm.weight``
-``transformer.h.N.attn.c_attn.{weight,bias}``  ``layers.N.self_attn.qkv_proj`` (Q | K | V thirds, as is)
-``transformer.h.N.attn.c_proj.weight``      ``layers.N.self_attn.o_proj.weight``
-``transformer.h.N.ln_2.weight``             ``layers.N.post_attention_layernorm.weight``
-``transformer.h.N.mlp.w2.weight``           gate half of ``layers.N.mlp.gate_up_proj`` (SiLU is on w2)
-``transformer.h.N.mlp.w1.weight``           up half of ``layers.N.mlp.gate_up_proj``
-``transformer.h.N.mlp.c_proj.weight``       ``layers.N.mlp.down_proj.weight``
-``transformer.ln_f.weight``                 ``norm.weight``
-``lm_head.weight``                          ``lm_head.weight`` (untied in every released size)
-==========================================  =================================================
+Those Hugging Face folders (``trust_remote_code`` models) name the tensors as :data:`V1_NAMES` says:
+``transformer.wte`` / ``transformer.h.N.{ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.w1, mlp.w2,
+mlp.c_proj}`` / ``transformer.ln_f`` / ``lm_head``. ``c_attn`` is already fused Q | K | V, as in
+openqwen; the release computes ``c_proj(w1(x) * silu(w2(x)))``, so ``w2`` is the gate and ``w1`` the up
+projection.
 
 config.json comes in two spellings. The September 2023 release (v1.1) uses ``hidden_size``,
 ``num_attention_heads``, ``num_hidden_layers``, ``intermediate_size``, ``max_position_embeddings``;
@@ -23,8 +12,10 @@ the August 2023 release used GPT-2 names: ``n_embd``, ``n_head``, ``n_layer``, `
 ``n_positions`` and ``padded_vocab_size``. Both store the FFN width as *twice* the SwiGLU branch
 width (22016 for the 7B model, whose branches are 11008 wide). Shared names: ``kv_channels`` (head
 dim), ``rotary_emb_base``, ``rotary_pct`` (must be 1), ``layer_norm_epsilon``, ``seq_length``
-(training length, where dynamic NTK and LogN switch on), ``use_dynamic_ntk``, ``use_logn_attn``,
-``no_bias``, ``tie_word_embeddings``.
+(training length, where dynamic NTK and LogN switch on), ``use_dynamic_ntk``, ``use_logn_attn``
+(not implemented yet: loading warns and runs without them), ``no_bias`` (must be true),
+``scale_attn_weights`` (must be true), ``use_cache_quantization`` (must be false),
+``tie_word_embeddings``, and the precision flags ``bf16`` / ``fp16`` / ``fp32``.
 
 Weights are read from safetensors (one file or sharded with an index) or from ``pytorch_model*.bin``
 pickles (loaded with ``weights_only=True``, so no code in the file runs).
@@ -33,16 +24,33 @@ pickles (loaded with ``weights_only=True``, so no code in the file runs).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
-from .checkpoint import CheckpointError, build_model, read_safetensors, resolve_dtype
-from .config import QwenConfig
-from .model import Qwen
+from ..config import QwenConfig
+from ..model import Qwen
+from .common import (CheckpointError, NameMap, Rename, atomic_write_text, build_model, drop_long_context, dtype_name,
+                     read_safetensors, resolve_dtype, safetensor_files, write_safetensors)
+
+_H = "transformer.h.{i}."
+V1_NAMES = NameMap(
+    [
+        Rename("embed_tokens.weight", ("transformer.wte.weight",)),
+        Rename("norm.weight", ("transformer.ln_f.weight",)),
+        Rename("lm_head.weight", ("lm_head.weight",), when="untied"),
+        Rename("layers.{i}.self_attn.qkv_proj.weight", (_H + "attn.c_attn.weight",)),
+        Rename("layers.{i}.self_attn.qkv_proj.bias", (_H + "attn.c_attn.bias",), when="qkv_bias"),
+        Rename("layers.{i}.self_attn.o_proj.weight", (_H + "attn.c_proj.weight",)),
+        Rename("layers.{i}.mlp.gate_up_proj.weight", (_H + "mlp.w2.weight", _H + "mlp.w1.weight"), split="halves"),
+        Rename("layers.{i}.mlp.down_proj.weight", (_H + "mlp.c_proj.weight",)),
+        Rename("layers.{i}.input_layernorm.weight", (_H + "ln_1.weight",)),
+        Rename("layers.{i}.post_attention_layernorm.weight", (_H + "ln_2.weight",)),
+    ],
+    ignored=[r"inv_freq$"],
+)
+"""openqwen's parameters <-> first-generation tensor names, for loading and saving alike."""
 
 # (v1.1 name, August-2023 name) for each field that was renamed between the releases.
 _RENAMED = {
@@ -52,6 +60,8 @@ _RENAMED = {
     "ffn_width_x2": ("intermediate_size", "ffn_hidden_size"),
     "max_position_embeddings": ("max_position_embeddings", "n_positions"),
 }
+# fields whose other values change the function in a way openqwen does not implement
+_REQUIRED_VALUES = {"rotary_pct": 1.0, "no_bias": True, "scale_attn_weights": True, "use_cache_quantization": False}
 
 
 def _field(hf: dict[str, Any], what: str, default: Any = None) -> Any:
@@ -64,11 +74,12 @@ def _field(hf: dict[str, Any], what: str, default: Any = None) -> Any:
     return default
 
 
-def config_from_v1(hf: dict[str, Any], vocab_rows: int | None = None) -> QwenConfig:
+def config_from_v1(hf: dict[str, Any], vocab_rows: int | None = None, source: str = "config.json") -> QwenConfig:
     """QwenConfig from a first-generation ``config.json`` (either spelling).
 
     ``vocab_rows``: rows of the stored embedding, which win over the config's vocabulary fields
     (the August release kept the tokenizer size in ``vocab_size`` and the rows in ``padded_vocab_size``).
+    ``use_dynamic_ntk`` / ``use_logn_attn`` are dropped with a warning (not implemented yet).
     """
     hidden = int(_field(hf, "hidden_size"))
     heads = int(_field(hf, "num_attention_heads"))
@@ -77,13 +88,13 @@ def config_from_v1(hf: dict[str, Any], vocab_rows: int | None = None) -> QwenCon
         raise CheckpointError(
             f"first-generation FFN size {width_x2} is odd; the release stores twice the SwiGLU branch width"
         )
-    if float(hf.get("rotary_pct", 1.0)) != 1.0:
-        raise CheckpointError(f"rotary_pct {hf['rotary_pct']} is not supported (the released models use 1.0)")
+    for key, value in _REQUIRED_VALUES.items():
+        if key in hf and hf[key] != value:
+            raise CheckpointError(f"{source}: {key} {hf[key]!r} is not supported (the released models use {value!r})")
     vocab = vocab_rows or hf.get("padded_vocab_size") or hf.get("vocab_size")
     if vocab is None:
         raise CheckpointError("first-generation config.json lacks 'vocab_size'")
-    max_pos = int(_field(hf, "max_position_embeddings", 8192))
-    return QwenConfig(
+    config = QwenConfig(
         vocab_size=int(vocab),
         hidden_size=hidden,
         intermediate_size=width_x2 // 2,
@@ -93,17 +104,26 @@ def config_from_v1(hf: dict[str, Any], vocab_rows: int | None = None) -> QwenCon
         head_dim=int(hf.get("kv_channels") or hidden // heads),
         rope_theta=float(hf.get("rotary_emb_base", 10000.0)),
         rms_norm_eps=float(hf.get("layer_norm_epsilon", 1e-6)),
-        qkv_bias=True,
+        qkv_bias=True,  # c_attn always carries one
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        max_position_embeddings=max_pos,
+        max_position_embeddings=int(_field(hf, "max_position_embeddings", 8192)),
         seq_length=int(hf.get("seq_length", 2048)),
         initializer_range=float(hf.get("initializer_range", 0.02)),
-        use_dynamic_ntk=bool(hf.get("use_dynamic_ntk", False)),
-        use_logn_attn=bool(hf.get("use_logn_attn", False)),
     )
+    drop_long_context(hf, source, config.seq_length)
+    return config
 
 
-def config_to_v1(c: QwenConfig, torch_dtype: torch.dtype) -> dict[str, Any]:
+def default_dtype(hf: dict[str, Any]) -> torch.dtype | None:
+    """The precision the release runs: the one of ``bf16`` / ``fp16`` / ``fp32`` set, else ``torch_dtype``."""
+    flags = [name for name in ("bf16", "fp16", "fp32") if hf.get(name) is True]
+    if len(flags) == 1:
+        return resolve_dtype(flags[0])
+    name = hf.get("torch_dtype")
+    return resolve_dtype(str(name)) if name in ("float32", "bfloat16", "float16") else None
+
+
+def config_to_v1(c: QwenConfig, dtype: torch.dtype) -> dict[str, Any]:
     """A v1.1-style ``config.json`` (``QWenLMHeadModel``) for ``c``."""
     if c.num_key_value_heads != c.num_attention_heads:
         raise CheckpointError(
@@ -126,30 +146,23 @@ def config_to_v1(c: QwenConfig, torch_dtype: torch.dtype) -> dict[str, Any]:
         "layer_norm_epsilon": c.rms_norm_eps,
         "max_position_embeddings": c.max_position_embeddings,
         "seq_length": c.seq_length,
-        "use_dynamic_ntk": c.use_dynamic_ntk,
-        "use_logn_attn": c.use_logn_attn,
+        "use_dynamic_ntk": False,  # what openqwen runs (the release sets both true)
+        "use_logn_attn": False,
         "no_bias": True,
         "tie_word_embeddings": c.tie_word_embeddings,
         "initializer_range": c.initializer_range,
         "emb_dropout_prob": 0.0,
         "attn_dropout_prob": 0.0,
         "scale_attn_weights": True,
-        "torch_dtype": str(torch_dtype).removeprefix("torch."),
+        "torch_dtype": dtype_name(dtype),
     }
 
 
 # --------------------------------------------------------------------------------------- tensors
 def read_v1_tensors(folder: Path) -> dict[str, torch.Tensor]:
     """All tensors of a first-generation folder: safetensors (preferred) or ``pytorch_model*.bin``."""
-    index = folder / "model.safetensors.index.json"
-    st = sorted(folder.glob("*.safetensors"))
-    if index.exists() or st:
-        if index.exists():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            missing = [s for s in shards if not (folder / s).exists()]
-            if missing:
-                raise CheckpointError(f"{index} names shards that are missing: {missing}")
-            st = [folder / s for s in shards]
+    st = safetensor_files(folder, required=False)
+    if st:
         return read_safetensors(st)
     bin_index = folder / "pytorch_model.bin.index.json"
     if bin_index.exists():
@@ -179,94 +192,42 @@ def read_v1_tensors(folder: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def model_state_from_v1(v1: dict[str, torch.Tensor], c: QwenConfig) -> dict[str, torch.Tensor]:
-    """First-generation tensor names -> this model's state dict. Raises on a missing or extra tensor."""
-    v1 = dict(v1)
-
-    def take(name: str) -> torch.Tensor:
-        try:
-            return v1.pop(name)
-        except KeyError:
-            raise CheckpointError(f"first-generation checkpoint lacks tensor {name!r}") from None
-
-    out = {"embed_tokens.weight": take("transformer.wte.weight"), "norm.weight": take("transformer.ln_f.weight")}
-    if not c.tie_word_embeddings:
-        out["lm_head.weight"] = take("lm_head.weight")
-    else:
-        v1.pop("lm_head.weight", None)
-    for i in range(c.num_hidden_layers):
-        p, q = f"transformer.h.{i}.", f"layers.{i}."
-        out[q + "self_attn.qkv_proj.weight"] = take(p + "attn.c_attn.weight")
-        out[q + "self_attn.qkv_proj.bias"] = take(p + "attn.c_attn.bias")
-        out[q + "self_attn.o_proj.weight"] = take(p + "attn.c_proj.weight")
-        # the release computes c_proj(w1(x) * silu(w2(x))): w2 is the gate, w1 the up projection
-        gate, up = take(p + "mlp.w2.weight"), take(p + "mlp.w1.weight")
-        if gate.shape != up.shape:
-            raise CheckpointError(f"{p}mlp.w1.weight {tuple(up.shape)} and mlp.w2.weight {tuple(gate.shape)} differ")
-        out[q + "mlp.gate_up_proj.weight"] = torch.cat([gate, up])
-        out[q + "mlp.down_proj.weight"] = take(p + "mlp.c_proj.weight")
-        out[q + "input_layernorm.weight"] = take(p + "ln_1.weight")
-        out[q + "post_attention_layernorm.weight"] = take(p + "ln_2.weight")
-    leftovers = sorted(k for k in v1 if not k.endswith("inv_freq"))
-    if leftovers:
-        biases = [k for k in leftovers if k.endswith(".bias")]
-        hint = (" (biases outside c_attn: a config with no_bias=false, which the released models never use)"
-                if biases else "")
-        raise CheckpointError(f"first-generation checkpoint has tensors the model does not use{hint}: {leftovers[:5]}")
-    return out
+# ------------------------------------------------------------------------------------ load/save
+def load_v1(folder: str | Path, hf_config: dict[str, Any] | None = None, dtype: torch.dtype | str | None = None,
+            device: str | torch.device = "cpu") -> Qwen:
+    """Load a first-generation (``QWenLMHeadModel``) folder. ``dtype`` None: the precision the config
+    asks for (:func:`default_dtype`), else the stored tensors' own."""
+    folder = Path(folder)
+    source = str(folder / "config.json")
+    if hf_config is None:
+        if not (folder / "config.json").exists():
+            raise CheckpointError(f"{folder} has no config.json")
+        hf_config = json.loads((folder / "config.json").read_text())
+    tensors = read_v1_tensors(folder)
+    if "transformer.wte.weight" not in tensors:
+        raise CheckpointError(f"{folder}: first-generation checkpoint lacks tensor 'transformer.wte.weight'")
+    biases = sorted(k for k in tensors if k.endswith(".bias") and ".attn.c_attn." not in k)
+    if biases:
+        raise CheckpointError(f"{folder} has biases outside c_attn (a config with no_bias=false, which the "
+                              f"released models never use): {biases[:5]}")
+    config = config_from_v1(hf_config, vocab_rows=tensors["transformer.wte.weight"].shape[0], source=source)
+    state = V1_NAMES.to_ours(tensors, config, str(folder))
+    return build_model(config, state, resolve_dtype(dtype) or default_dtype(hf_config), device)
 
 
 def v1_state_from_model(model: Qwen) -> dict[str, torch.Tensor]:
-    """The model's weights under first-generation names."""
-    c = model.config
-    out = {"transformer.wte.weight": model.embed_tokens.weight, "transformer.ln_f.weight": model.norm.weight}
-    if not c.tie_word_embeddings:
-        out["lm_head.weight"] = model.lm_head.weight
-    for i, layer in enumerate(model.layers):
-        p = f"transformer.h.{i}."
-        out[p + "attn.c_attn.weight"] = layer.self_attn.qkv_proj.weight
-        out[p + "attn.c_attn.bias"] = layer.self_attn.qkv_proj.bias
-        out[p + "attn.c_proj.weight"] = layer.self_attn.o_proj.weight
-        gate, up = layer.mlp.gate_up_proj.weight.chunk(2)
-        out[p + "mlp.w2.weight"] = gate
-        out[p + "mlp.w1.weight"] = up
-        out[p + "mlp.c_proj.weight"] = layer.mlp.down_proj.weight
-        out[p + "ln_1.weight"] = layer.input_layernorm.weight
-        out[p + "ln_2.weight"] = layer.post_attention_layernorm.weight
-    return out
+    """The model's weights under first-generation names (views of the parameters)."""
+    return V1_NAMES.to_theirs(model.state_dict(keep_vars=True), model.config)
 
 
-# ------------------------------------------------------------------------------------ load/save
-def load_v1(path: str | Path, hf_config: dict[str, Any] | None = None, dtype: torch.dtype | str | None = None,
-            device: str | torch.device = "cpu") -> Qwen:
-    """Load a first-generation (``QWenLMHeadModel``) folder. ``dtype`` None keeps the stored dtype."""
-    path = Path(path)
-    if hf_config is None:
-        config_file = path / "config.json"
-        if not config_file.exists():
-            raise CheckpointError(f"{path} has no config.json")
-        hf_config = json.loads(config_file.read_text())
-    state = read_v1_tensors(path)
-    if "transformer.wte.weight" not in state:
-        raise CheckpointError(f"{path}: first-generation checkpoint lacks tensor 'transformer.wte.weight'")
-    config = config_from_v1(hf_config, vocab_rows=state["transformer.wte.weight"].shape[0])
-    return build_model(config, model_state_from_v1(state, config), resolve_dtype(dtype), device)
-
-
-def save_v1(model: Qwen, path: str | Path) -> None:
+def save_v1(model: Qwen, folder: str | Path) -> None:
     """Export in the first-generation layout (v1.1 config names, one safetensors file).
 
     Useful for tools that only know ``QWenLMHeadModel``; the model must be plain multi-head
     attention with a QKV bias, as that layout has no other form.
     """
-    path = Path(path)
-    dtype = model.embed_tokens.weight.dtype
-    config = config_to_v1(model.config, dtype)  # validates before anything is written
-    path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().clone().contiguous() for k, v in v1_state_from_model(model).items()}
-    tmp = path / "model.safetensors.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, path / "model.safetensors")
-    tmp = path / "config.json.tmp"
-    tmp.write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(tmp, path / "config.json")
+    folder = Path(folder)
+    config = config_to_v1(model.config, model.embed_tokens.weight.dtype)  # validates before anything is written
+    folder.mkdir(parents=True, exist_ok=True)
+    write_safetensors(v1_state_from_model(model), folder, max_shard_bytes=1 << 62)
+    atomic_write_text(folder / "config.json", json.dumps(config, indent=2) + "\n")
