@@ -16,28 +16,46 @@ def _load(path: str | None):
 
         found = artifact_path("qwen-tiktoken")
         if found is None:
-            raise SystemExit("no --tokenizer given and the qwen.tiktoken artifact is absent; pass --tokenizer PATH")
+            raise FileNotFoundError("no --tokenizer given and the qwen.tiktoken artifact is not fetched; "
+                                    "pass --tokenizer PATH (a tokenizer folder, .tiktoken, tokenizer.json or .gguf)")
         path = str(found)
     return QwenTokenizer.from_pretrained(path)
 
 
+def _check_out_folder(out: str) -> None:
+    """Refuse an --out that cannot be written before spending minutes on training."""
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder to write the tokenizer into")
+
+
 def _train(args: argparse.Namespace) -> int:
-    from .train import default_special_tokens, extend_tokenizer, train_tokenizer
+    from .train import DEFAULT_NUM_EXTRA, default_special_tokens, extend_tokenizer, train_tokenizer
 
     inputs = [Path(p) for p in args.input]
-    specials = default_special_tokens(args.num_extra)
     if args.extend:
-        base = _load(args.extend)
+        # the extended vocabulary keeps its base's specials and grows by --new-tokens: the flags of
+        # training from bytes would be ignored, so they are refused
         if args.new_tokens is None:
-            raise SystemExit("--extend needs --new-tokens N (how many tokens to add)")
+            raise ValueError("--extend needs --new-tokens N (how many tokens to add)")
+        if args.vocab_size is not None:
+            raise ValueError("--vocab-size is for training from bytes; with --extend give --new-tokens N instead")
+        if args.num_extra is not None:
+            raise ValueError("--num-extra is for training from bytes; --extend keeps the base vocabulary's special tokens")
+        _check_out_folder(args.out)
+        base = _load(args.extend)
         tok = extend_tokenizer(base, inputs, args.new_tokens, min_frequency=args.min_frequency,
                                show_progress=not args.quiet, max_token_bytes=args.max_token_bytes)
     else:
+        if args.new_tokens is not None:
+            raise ValueError("--new-tokens is for --extend; to train from bytes give --vocab-size N")
         if args.vocab_size is None:
-            raise SystemExit("--vocab-size N is required (total ids including the special tokens)")
+            raise ValueError("--vocab-size N is required (total ids including the special tokens)")
+        specials = default_special_tokens(DEFAULT_NUM_EXTRA if args.num_extra is None else args.num_extra)
+        _check_out_folder(args.out)
         tok = train_tokenizer(inputs, args.vocab_size, special_tokens=specials, min_frequency=args.min_frequency,
                               max_token_bytes=args.max_token_bytes, show_progress=not args.quiet)
-    out = tok.save_pretrained(args.out)
+    out = tok.save_pretrained(Path(args.out).expanduser())
     print(f"wrote {out}: {tok.num_base_tokens} ordinary tokens + {len(tok.special_tokens)} special = "
           f"vocab_size {tok.vocab_size} (<|endoftext|> {tok.eos_id}, <|im_start|> {tok.im_start_id}, "
           f"<|im_end|> {tok.im_end_id})")
@@ -49,25 +67,50 @@ def _stats(args: argparse.Namespace) -> int:
 
     tokenizers = {}
     for spec in args.tokenizer or [None]:
-        name, _, path = spec.partition("=") if spec and "=" in spec else (None, "", spec)
-        tok = _load(path)
-        tokenizers[name or (Path(path).stem if path else "qwen")] = tok
+        name, sep, path = spec.partition("=") if spec else ("", "", None)
+        if not sep:
+            name, path = "", spec
+        if path == "":
+            raise ValueError(f"--tokenizer {spec!r} names no path; give [NAME=]PATH")
+        name = name or (Path(path).stem if path else "qwen")
+        if name in tokenizers:
+            raise ValueError(f"two tokenizers are named {name!r}; name them apart with --tokenizer NAME=PATH")
+        tokenizers[name] = _load(path)
     groups = group_documents(args.input, group_by=args.group_by)
+    if not any(doc for docs in groups.values() for doc in docs):
+        raise ValueError(f"--input {' '.join(args.input)}: no text in these files; give files with documents in them")
     rows = compression_stats(tokenizers, groups)
     print(format_table(rows))
     if args.plot:
         print(f"wrote {plot_compression(rows, args.plot)}")
     if args.json:
         data = [dict(vars(r), bytes_per_token=r.bytes_per_token, tokens_per_char=r.tokens_per_char) for r in rows]
-        Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(data, indent=2) + "\n")
+        print(f"wrote {out}")
     return 0
 
 
+def _read_text_file(path: str) -> str:
+    try:
+        return Path(path).expanduser().read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"--file {path} is a folder; give a text file") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
 def _encode(args: argparse.Namespace) -> int:
+    if args.file and args.text is not None:
+        raise ValueError("give the text as an argument or --file, not both")
+    if args.chat and args.allow_special:
+        raise ValueError("--allow-special does not apply to --chat: chat content is always plain text")
     tok = _load(args.tokenizer)
     if args.file:
-        text = Path(args.file).read_text(encoding="utf-8")
+        text = _read_text_file(args.file)
     elif args.text is not None:
         text = args.text
     else:
@@ -111,8 +154,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--vocab-size", type=int, default=None, help="total ids including the special tokens")
     t.add_argument("--out", required=True, help="output folder")
     t.add_argument("--min-frequency", type=int, default=2, help="a pair must occur this often to be merged (default 2)")
-    t.add_argument("--num-extra", type=int, default=13,
-                   help="spare <|extra_N|> specials after <|endoftext|> <|im_start|> <|im_end|> (default 13: 16 specials)")
+    t.add_argument("--num-extra", type=int, default=None,
+                   help="spare <|extra_N|> specials after <|endoftext|> <|im_start|> <|im_end|> (default 13: 16 specials; "
+                   "not with --extend, which keeps the base's specials)")
     t.add_argument("--max-token-bytes", type=int, default=32, help="longest token in bytes (default 32)")
     t.add_argument("--extend", default=None, metavar="TOKENIZER",
                    help="grow this vocabulary instead of starting from bytes: its ranks are kept")

@@ -274,12 +274,13 @@ def read_gguf(path: str | Path) -> Vocabulary:
 
 def _gguf_tokenizer_metadata(path: Path) -> dict:
     """The ``tokenizer.*`` metadata of a GGUF file, string arrays as lists."""
-    # The project's one GGUF header reader.
-    from ..gguf_loader import GGUFFile
+    # The project's one GGUF header reader, shared with the weight loader: numpy only, no torch.
+    # Imported here so that tokenizers read from other formats do not import numpy.
+    from ..checkpoint.gguf_file import GGUFFile, StringArray
 
     try:
         with GGUFFile(path) as f:
-            return {k: (v.tolist() if hasattr(v, "tolist") else v)
+            return {k: (v.tolist() if isinstance(v, StringArray) else v)
                     for k, v in f.metadata.items() if k.startswith("tokenizer.")}
     except FileNotFoundError:
         raise TokenizerError(f"{path} does not exist") from None

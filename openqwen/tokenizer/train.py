@@ -34,6 +34,8 @@ DEFAULT_NUM_EXTRA = 13
 
 def default_special_tokens(num_extra: int = DEFAULT_NUM_EXTRA) -> list[str]:
     """``<|endoftext|>``, ``<|im_start|>``, ``<|im_end|>``, then ``<|extra_0|>`` .. as the release."""
+    if num_extra < 0:
+        raise ValueError(f"num_extra (how many <|extra_N|> special tokens) must be 0 or more, got {num_extra}")
     return [ENDOFTEXT, IM_START, IM_END] + [f"<|extra_{i}|>" for i in range(num_extra)]
 
 
@@ -85,6 +87,7 @@ def train_tokenizer(
     from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 
     specials = list(special_tokens) if special_tokens is not None else default_special_tokens()
+    _check_merge_limits(min_frequency, max_token_bytes)
     if len(set(specials)) != len(specials):
         raise ValueError(f"special_tokens has duplicates: {specials}")
     n_base = vocab_size - len(specials)
@@ -104,24 +107,39 @@ def train_tokenizer(
         max_token_length=max_token_bytes,
     )
     stats: dict = {}
-    n_texts = 0
+    n_chars = 0
 
     def counted() -> Iterator[str]:
-        nonlocal n_texts
+        nonlocal n_chars
         for text in iter_texts(texts_or_files, stats=stats):
-            n_texts += 1
+            n_chars += len(text)
             yield text
 
     tk.train_from_iterator(counted(), trainer)
-    if stats.get("bad_lines"):
-        print(f"warning: skipped {stats['bad_lines']} unreadable lines, e.g. {stats['bad_examples'][0]}", file=sys.stderr)
-    if n_texts == 0:
-        raise ValueError("no training text: the inputs are empty")
+    _report_bad_lines(stats)
+    if n_chars == 0:
+        raise ValueError(_NO_TEXT)
     ranks = ranks_from_hf_merges(tk)
     if len(ranks) < n_base:
         print(f"warning: the corpus gave only {len(ranks) - 256} merges; vocabulary has {len(ranks) + len(specials)} "
               f"ids instead of {vocab_size} (more text or a lower min_frequency gives more)", file=sys.stderr)
     return QwenTokenizer(ranks, {s: len(ranks) + i for i, s in enumerate(specials)}, pattern=pattern)
+
+
+_NO_TEXT = ("no training text: the inputs hold no text; give files with text in them "
+            "(.txt/.md/.py, or .jsonl[.gz] with a 'text' field)")
+
+
+def _report_bad_lines(stats: dict) -> None:
+    if stats.get("bad_lines"):
+        print(f"warning: skipped {stats['bad_lines']} unreadable lines, e.g. {stats['bad_examples'][0]}", file=sys.stderr)
+
+
+def _check_merge_limits(min_frequency: int, max_token_bytes: int | None) -> None:
+    if min_frequency < 1:
+        raise ValueError(f"min_frequency must be 1 or more (how often a pair must occur to be merged), got {min_frequency}")
+    if max_token_bytes is not None and max_token_bytes < 2:
+        raise ValueError(f"max_token_bytes must be 2 or more (a merged token has at least 2 bytes), got {max_token_bytes}")
 
 
 def ranks_from_hf_merges(tokenizer) -> dict[bytes, int]:
@@ -163,11 +181,18 @@ def extend_tokenizer(
     import regex
     from tqdm import tqdm
 
+    if num_new_tokens < 1:
+        raise ValueError(f"the number of new tokens must be 1 or more, got {num_new_tokens}")
+    _check_merge_limits(min_frequency, max_token_bytes)
     split = regex.compile(base.pattern)
     words: Counter[bytes] = Counter()
-    for text in iter_texts(texts_or_files):
+    stats: dict = {}
+    for text in iter_texts(texts_or_files, stats=stats):
         text = base._prepare(text)
         words.update(m.encode("utf-8") for m in split.findall(text))
+    _report_bad_lines(stats)
+    if not words:
+        raise ValueError(_NO_TEXT)
     ranks = dict(base.mergeable_ranks)
     by_id = {r: b for b, r in ranks.items()}
     seqs: list[list[int]] = []
