@@ -161,6 +161,72 @@ def test_cli_encode(tmp_path, capsys, mixed):
     assert [int(x) for x in capsys.readouterr().out.split()][-1] == mixed.im_end_id
 
 
+def tokenizer_verb(argv: list[str]) -> int:
+    """Run ``openqwen tokenizer ARGV`` without the top-level dispatcher, so a user error surfaces as
+    the exception the library raised (the dispatcher turns it into one line and exit code 2)."""
+    import argparse
+
+    from openqwen.tokenizer.cli import add_parser
+
+    parser = argparse.ArgumentParser(prog="openqwen")
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["tokenizer", *argv])
+    return args.func(args)
+
+
+def test_cli_bad_input_says_what_to_fix(tmp_path, mixed):
+    """Each mistake raises one error naming the flag or file to fix, before any training starts."""
+    text = tmp_path / "a.txt"
+    text.write_text("hello world " * 20, encoding="utf-8")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "e.txt").write_text("", encoding="utf-8")
+    mixed.save_pretrained(tmp_path / "tok")
+    tok = str(tmp_path / "tok")
+    out = str(tmp_path / "out")
+    cases = [
+        (["train", "--input", str(text), "--out", out], ValueError, "--vocab-size N is required"),
+        (["train", "--input", str(tmp_path / "missing"), "--vocab-size", "300", "--out", out],
+         FileNotFoundError, "missing does not exist"),
+        (["train", "--input", str(empty), "--vocab-size", "300", "--out", out, "--quiet"], ValueError,
+         "no training text: the inputs hold no text"),
+        (["train", "--input", str(text), "--vocab-size", "100", "--out", out], ValueError, r"use vocab_size >= 272"),
+        (["train", "--input", str(text), "--vocab-size", "300", "--out", str(text)], ValueError,
+         "a.txt is a file; give a folder"),
+        (["train", "--input", str(text), "--vocab-size", "300", "--out", out, "--num-extra", "-1"], ValueError,
+         "must be 0 or more"),
+        (["train", "--input", str(text), "--vocab-size", "300", "--out", out, "--min-frequency", "0"], ValueError,
+         "min_frequency must be 1 or more"),
+        (["train", "--input", str(text), "--vocab-size", "300", "--out", out, "--new-tokens", "5"], ValueError,
+         "--new-tokens is for --extend"),
+        (["train", "--extend", tok, "--input", str(text), "--new-tokens", "5", "--vocab-size", "300", "--out", out],
+         ValueError, "--vocab-size is for training from bytes"),
+        (["train", "--extend", tok, "--input", str(text), "--new-tokens", "5", "--num-extra", "2", "--out", out],
+         ValueError, "--num-extra is for training from bytes"),
+        (["train", "--extend", tok, "--input", str(empty), "--new-tokens", "5", "--out", out], ValueError,
+         "no training text"),
+        (["train", "--extend", str(tmp_path / "nope"), "--input", str(text), "--new-tokens", "5", "--out", out],
+         ValueError, "no tokenizer at .*nope: the path does not exist"),
+        (["encode", "--tokenizer", str(text), "hi"], ValueError, "unknown tokenizer file type"),
+        (["encode", "--tokenizer", tok, "--file", str(tmp_path / "nope.txt")], FileNotFoundError,
+         "--file .*nope.txt does not exist"),
+        (["encode", "--tokenizer", tok, "--file", str(text), "hi"], ValueError, "not both"),
+        (["encode", "--tokenizer", tok, "--chat", "--allow-special", "hi"], ValueError, "does not apply to --chat"),
+        (["stats", "--tokenizer", "x=", "--input", str(text)], ValueError, "names no path"),
+        (["stats", "--tokenizer", f"a={tok}", "--tokenizer", f"a={tok}", "--input", str(text)], ValueError,
+         "two tokenizers are named 'a'"),
+        (["stats", "--tokenizer", tok, "--input", str(empty)], ValueError, "no text in these files"),
+    ]
+    for argv, error, message in cases:
+        with pytest.raises(error, match=message):
+            tokenizer_verb(argv)
+    assert not Path(out).exists()
+    binary = tmp_path / "b.txt"
+    binary.write_bytes(b"\xff\xfe")
+    with pytest.raises(ValueError, match="b.txt is not UTF-8 text"):
+        tokenizer_verb(["encode", "--tokenizer", tok, "--file", str(binary)])
+
+
 @pytest.mark.slow
 def test_extend_the_official_vocabulary(artifact, tmp_path):
     """Grow the real 151,643-token Qwen vocabulary; old ranks stay, HF tokenizers agrees on the result."""
@@ -191,6 +257,7 @@ def test_cli_extend(tmp_path, mixed):
     assert ext.num_base_tokens == mixed.num_base_tokens + 50
     assert list(ext.special_tokens) == list(mixed.special_tokens) and ext.eos_id == ext.num_base_tokens
     assert len(ext.encode(new_text)) < 0.5 * len(mixed.encode(new_text))
-    with pytest.raises(SystemExit, match="--new-tokens"):
-        cli_main(["tokenizer", "train", "--extend", str(tmp_path / "base"), "--input", str(tmp_path / "zh.txt"),
-                  "--out", str(tmp_path / "x")])
+    with pytest.raises(ValueError, match="--extend needs --new-tokens N"):
+        tokenizer_verb(["train", "--extend", str(tmp_path / "base"), "--input", str(tmp_path / "zh.txt"),
+                        "--out", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()
