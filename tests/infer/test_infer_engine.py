@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from infer_helpers import IM_START, ByteTokenizer, hf_twin, tiny_model
+from infer_helpers import IM_END, IM_START, ByteTokenizer, hf_twin, tiny_model
 
 from openqwen.infer.engine import Engine
 from openqwen.tokenizer.chat import chat_prompt_ids
@@ -168,9 +168,29 @@ def test_logprobs_match_the_model(engine):
 def test_chat_uses_chatml_and_chat_stop_ids(engine):
     out = engine.chat([[{"role": "user", "content": "hi"}]], SamplingParams.chat_defaults(max_new_tokens=8, seed=0))[0]
     assert out.prompt_tokens == len(ByteTokenizer().apply_chat_template([{"role": "user", "content": "hi"}]))
-    h = engine.submit_chat([{"role": "user", "content": "hi"}], GREEDY)
-    # the chat stop ids were added to the request
-    assert h.result().finish_reason in ("stop", "length")
+
+
+
+def test_chat_requests_stop_at_the_chat_stop_ids():
+    # the model is forced to answer "ok<|im_end|>" and then more: a chat request ends at <|im_end|>,
+    # a plain one (no chat stop ids) runs on to max_new_tokens
+    model = tiny_model(seed=4)
+    forced = [ord("o"), ord("k"), IM_END, ord("x"), ord("y"), ord("z")]
+    steps = []
+
+    def force(_module, _inputs, logits):
+        logits = torch.zeros_like(logits)
+        logits[..., forced[min(len(steps), len(forced) - 1)]] = 1.0
+        steps.append(1)
+        return logits
+
+    model.lm_head.register_forward_hook(force)
+    engine = Engine(model, ByteTokenizer(), max_batch_size=1, max_seq_len=64, background=False)
+    chat = engine.submit_chat([{"role": "user", "content": "hi"}], GREEDY.replace(max_new_tokens=6)).result()
+    assert chat.finish_reason == "stop" and chat.token_ids == forced[:3] and chat.text == "ok"
+    steps.clear()
+    plain = engine.submit("hi", GREEDY.replace(max_new_tokens=6)).result()
+    assert plain.finish_reason == "length" and plain.token_ids == forced
 
 
 def test_history_is_trimmed_oldest_first():
@@ -319,3 +339,62 @@ def test_background_thread_runs_with_the_callers_thread_count():
     finally:
         engine.close()
     assert seen and set(seen) == {3}
+
+
+def test_sink_receives_every_event_on_the_stepping_thread():
+    model = tiny_model(seed=7)
+    eng = Engine(model, ByteTokenizer(), max_batch_size=2, max_seq_len=64)
+    try:
+        ref = eng.generate(["sink me"], GREEDY)[0]
+        events, threads = [], []
+
+        def sink(ev):
+            events.append(ev)
+            threads.append(threading.current_thread().name)
+
+        handle = eng.submit("sink me", GREEDY, sink=sink)
+        done = handle.result()  # result() works without iterating
+        assert done.token_ids == ref.token_ids and done.text == ref.text
+        assert [t for ev in events for t in ev.token_ids] == ref.token_ids
+        assert "".join(ev.text for ev in events) == ref.text
+        assert [ev.finish_reason for ev in events] == [None] * (len(events) - 1) + ["length"]
+        assert events[-1].completion == done
+        assert set(threads) == {"openqwen-engine"}  # no thread of ours delivered anything
+        assert handle.events.empty()
+        with pytest.raises(RuntimeError, match="sink"):
+            next(iter(handle))
+    finally:
+        eng.close()
+
+
+def test_sink_gets_errors_and_a_raising_sink_cancels_only_its_request():
+    model = tiny_model(seed=6)
+    eng = Engine(model, ByteTokenizer(), max_batch_size=2, max_seq_len=64)
+    try:
+        def broken(*a, **k):
+            raise MemoryError("simulated")
+
+        model.hidden_states = broken
+        got = []
+        handle = eng.submit("abc", GREEDY, sink=got.append)
+        with pytest.raises(RuntimeError, match="simulated"):
+            handle.result()
+        assert [ev.finish_reason for ev in got] == ["error"] and isinstance(got[0].error, MemoryError)
+        del model.hidden_states
+
+        def angry(ev):
+            raise KeyError("consumer gone")
+
+        bad = eng.submit("abc", GREEDY.replace(max_new_tokens=40), sink=angry)
+        good = eng.submit("abc", GREEDY.replace(max_new_tokens=40))
+        assert bad.result().finish_reason == "cancelled"
+        assert good.result().finish_reason == "length" and good.result().completion_tokens == 40
+    finally:
+        eng.close()
+
+
+def test_sink_without_a_background_thread():
+    eng = Engine(tiny_model(seed=7), ByteTokenizer(), max_batch_size=1, max_seq_len=64, background=False)
+    got = []
+    done = eng.submit("x", GREEDY.replace(max_new_tokens=5), sink=got.append).result()
+    assert len(done.token_ids) == 5 and got[-1].completion == done
