@@ -37,8 +37,8 @@ def _load_tokenizer(path: str | None):
     if path is None:
         found = artifact_path("qwen-tiktoken")
         if found is None:
-            raise SystemExit("no --tokenizer given and the qwen.tiktoken artifact is absent; "
-                             "pass --tokenizer PATH (a qwen.tiktoken file or a tokenizer folder)")
+            raise FileNotFoundError("no --tokenizer given and the qwen.tiktoken artifact is absent; "
+                                    "pass --tokenizer PATH (a qwen.tiktoken file or a tokenizer folder)")
         path = str(found)
     from openqwen import QwenTokenizer
 
@@ -58,9 +58,15 @@ def _demo_corpus(args: argparse.Namespace) -> int:
 def _pack(args: argparse.Namespace) -> int:
     from .packing import pack_documents
 
+    if args.seq_len < 2:
+        raise ValueError(f"--seq-len must be at least 2 tokens, got {args.seq_len}")
     tok = _load_tokenizer(args.tokenizer)
     index = pack_documents(Path(args.input), tok, args.out, seq_len=args.seq_len, seed=args.seed,
                            shuffle=not args.no_shuffle)
+    if index["num_sequences"] == 0:
+        raise ValueError(f"--in {args.input} holds no documents to pack ({index['num_documents']} documents, "
+                         f"{index['stats']['errors']} bad lines): give .jsonl[.gz] files with a 'text' field or "
+                         f"text files with text in them, {args.seq_len + 1} tokens or more in all")
     print(f"{index['num_sequences']} sequences x {index['seq_len']} tokens "
           f"({index['num_tokens']} tokens, {index['num_documents']} documents) in {args.out}")
     if index["stats"]["errors"]:
@@ -102,7 +108,7 @@ def _pipeline_config(args: argparse.Namespace):
             try:
                 config.mix.weights[name] = float(value)
             except ValueError:
-                raise SystemExit(f"--weight {item!r}: expected SOURCE=NUMBER, e.g. arithmetic=2")
+                raise ValueError(f"--weight {item!r}: expected SOURCE=NUMBER, e.g. arithmetic=2") from None
     if getattr(args, "stages", None):
         config.stages = args.stages.split(",")
     config.__post_init__()
@@ -125,10 +131,27 @@ def _run(args: argparse.Namespace) -> int:
         summary = run_pipeline(args.input, args.out, _pipeline_config(args), executor)
     finally:
         getattr(executor, "close", lambda: None)()
+    _refuse_unreadable(summary["stages"][0] if summary.get("stages") else None, args.input, summary["output"])
     mb = summary["bytes_in"] / 1e6
     print(f"{summary['docs_in']} documents ({mb:.2f} MB) -> {summary['docs_out']} in {summary['output']} "
           f"({summary['seconds']:.1f} s, {mb / max(summary['seconds'], 1e-9):.2f} MB/s)")
     return 0
+
+
+def _refuse_unreadable(first_stage: dict | None, inputs: list[str], out: str) -> None:
+    """A corpus none of whose lines could be read is bad input, not an empty result."""
+    if not first_stage or first_stage.get("kept", 0) or first_stage.get("added", 0) or not first_stage.get("errors"):
+        return
+    detail = ""
+    try:
+        manifest = sorted(Path(out).parent.glob("01-*/manifest.json"))[0]
+        bad = json.loads(manifest.read_text(encoding="utf-8")).get("error_lines", [])[:1]
+        if bad:
+            detail = f" (first: {bad[0]['file']}:{bad[0]['line']}: {bad[0]['error']})"
+    except (OSError, ValueError, KeyError, IndexError):
+        pass
+    raise ValueError(f"none of the {first_stage['errors']} lines of --in {' '.join(inputs)} is a document{detail}; "
+                     "give .jsonl[.gz] files with one JSON object with a string 'text' field per line, or text files")
 
 
 def _stage(args: argparse.Namespace) -> int:

@@ -186,6 +186,8 @@ class TrainConfig:
                 else:
                     raise FileNotFoundError(f"no recipe at {path} (bundled recipes: {', '.join(list_recipes())})")
             data = yaml.safe_load(p.read_text()) or {}
+            if not isinstance(data, dict):
+                raise ValueError(f"recipe {path} is not a YAML mapping of sections (model, data, optim, ...)")
         cfg = cls.from_dict(data)
         if isinstance(overrides, dict):
             for key, value in overrides.items():
