@@ -22,8 +22,12 @@ def _load(path: str | None):
     return QwenTokenizer.from_pretrained(path)
 
 
-def _check_out_folder(out: str) -> None:
-    """Refuse an --out that cannot be written before spending minutes on training."""
+def _check_paths(inputs: list[Path], out: str) -> None:
+    """Refuse missing inputs and an --out that cannot be written before training starts (the
+    trainer reads inputs lazily, after its progress output has begun)."""
+    from ..data.io import list_input_files
+
+    list_input_files(inputs)
     path = Path(out).expanduser()
     if path.exists() and not path.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder to write the tokenizer into")
@@ -42,7 +46,7 @@ def _train(args: argparse.Namespace) -> int:
             raise ValueError("--vocab-size is for training from bytes; with --extend give --new-tokens N instead")
         if args.num_extra is not None:
             raise ValueError("--num-extra is for training from bytes; --extend keeps the base vocabulary's special tokens")
-        _check_out_folder(args.out)
+        _check_paths(inputs, args.out)
         base = _load(args.extend)
         tok = extend_tokenizer(base, inputs, args.new_tokens, min_frequency=args.min_frequency,
                                show_progress=not args.quiet, max_token_bytes=args.max_token_bytes)
@@ -52,7 +56,7 @@ def _train(args: argparse.Namespace) -> int:
         if args.vocab_size is None:
             raise ValueError("--vocab-size N is required (total ids including the special tokens)")
         specials = default_special_tokens(DEFAULT_NUM_EXTRA if args.num_extra is None else args.num_extra)
-        _check_out_folder(args.out)
+        _check_paths(inputs, args.out)
         tok = train_tokenizer(inputs, args.vocab_size, special_tokens=specials, min_frequency=args.min_frequency,
                               max_token_bytes=args.max_token_bytes, show_progress=not args.quiet)
     out = tok.save_pretrained(Path(args.out).expanduser())

@@ -227,6 +227,22 @@ def test_cli_bad_input_says_what_to_fix(tmp_path, mixed):
         tokenizer_verb(["encode", "--tokenizer", tok, "--file", str(binary)])
 
 
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    """Through the top-level dispatcher: one line on stderr, exit status 2, nothing on stdout."""
+    empty = tmp_path / "empty.txt"
+    empty.write_text("", encoding="utf-8")
+    assert cli_main(["tokenizer", "train", "--input", str(empty), "--vocab-size", "300",
+                     "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [
+        "openqwen tokenizer: error: no training text: the inputs hold no text; give files with text in them "
+        "(.txt/.md/.py, or .jsonl[.gz] with a 'text' field)"]
+    assert cli_main(["tokenizer", "train", "--input", str(tmp_path / "nope"), "--vocab-size", "300",
+                     "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"openqwen tokenizer: error: input {tmp_path / 'nope'} does not exist"]
+
+
 @pytest.mark.slow
 def test_extend_the_official_vocabulary(artifact, tmp_path):
     """Grow the real 151,643-token Qwen vocabulary; old ranks stay, HF tokenizers agrees on the result."""
