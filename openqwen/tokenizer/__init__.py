@@ -15,7 +15,7 @@ Modules, each importing only those above it (no cycles):
 """
 
 from .bpe import QwenTokenizer, StreamDecoder
-from .chat import CHAT_ROLES, DEFAULT_CHAT_WINDOW, DEFAULT_SYSTEM, chat_prompt_ids, render_chatml
+from .chat import CHAT_ROLES, DEFAULT_CHAT_WINDOW, DEFAULT_SYSTEM, ChatWindowError, chat_prompt_ids, render_chatml
 from .formats import derive_merges, load_tiktoken_ranks, read_vocabulary, write_tiktoken_ranks
 from .vocab import (
     ENDOFTEXT,
@@ -30,7 +30,7 @@ from .vocab import (
     token_str_to_bytes,
 )
 
-__all__ = ["CHAT_ROLES", "DEFAULT_CHAT_WINDOW", "DEFAULT_SYSTEM", "ENDOFTEXT", "IM_END", "IM_START", "QWEN_PATTERN",
+__all__ = ["CHAT_ROLES", "ChatWindowError", "DEFAULT_CHAT_WINDOW", "DEFAULT_SYSTEM", "ENDOFTEXT", "IM_END", "IM_START", "QWEN_PATTERN",
            "QwenTokenizer", "StreamDecoder", "TokenizerError", "Vocabulary", "bytes_to_unicode", "chat_prompt_ids",
            "derive_merges", "first_gen_special_tokens", "load_tiktoken_ranks", "read_vocabulary", "render_chatml",
            "token_bytes_to_str", "token_str_to_bytes", "write_tiktoken_ranks"]

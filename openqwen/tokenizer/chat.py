@@ -38,6 +38,20 @@ CHAT_TEMPLATE_JINJA = (
 )
 
 
+class ChatWindowError(TokenizerError):
+    """The system turn and the last message alone need more tokens than the window holds.
+
+    ``needed`` is that shortest prompt's length, ``window`` the limit, so a server can say how far
+    over it is without rendering again.
+    """
+
+    def __init__(self, needed: int, window: int) -> None:
+        super().__init__(f"the conversation needs {needed} tokens even without history; the window is {window}: "
+                         "shorten the last message (or the system prompt)")
+        self.needed = needed
+        self.window = window
+
+
 class ChatMLTokenizer(Protocol):
     """What rendering ChatML needs from a tokenizer."""
 
@@ -137,7 +151,8 @@ def chat_prompt_ids(tokenizer, messages: Sequence[dict], window: int = DEFAULT_C
 
     ``tokenizer`` is anything with ``apply_chat_template(messages, add_generation_prompt=True)``
     (a :class:`~openqwen.tokenizer.QwenTokenizer`, or a test double); it gets the messages checked
-    and reduced to string contents.
+    and reduced to string contents. Raises :class:`ChatWindowError` when even the system turn and
+    the last message do not fit, :class:`TokenizerError` for malformed messages.
     """
     if not isinstance(window, int) or window < 1:
         raise TokenizerError(f"the chat window must be a positive number of tokens, got {window!r}")
@@ -148,10 +163,7 @@ def chat_prompt_ids(tokenizer, messages: Sequence[dict], window: int = DEFAULT_C
     while len(ids) > window:
         droppable = [i for i, m in enumerate(turns[:-1]) if m["role"] != "system"]
         if not droppable:
-            raise TokenizerError(
-                f"the conversation needs {len(ids)} tokens even without history; the window is {window}: "
-                "shorten the last message (or the system prompt)"
-            )
+            raise ChatWindowError(len(ids), window)
         first = droppable[0]
         drop = {first}
         if turns[first]["role"] == "user" and first + 1 < len(turns) - 1 and turns[first + 1]["role"] == "assistant":

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from openqwen.tokenizer import DEFAULT_SYSTEM, TokenizerError
-from openqwen.tokenizer.chat import CHAT_ROLES, chat_prompt_ids, render_chatml
+from openqwen.tokenizer.chat import CHAT_ROLES, ChatWindowError, chat_prompt_ids, render_chatml
 from tokenizer_samples import small_copy
 
 
@@ -150,8 +150,9 @@ def test_chat_prompt_ids_without_system_keeps_the_default_system(byte_tok):
 
 def test_chat_prompt_ids_refuses_what_cannot_fit(byte_tok):
     only_last = byte_tok.apply_chat_template([{"role": "system", "content": "sys"}, {"role": "user", "content": "last"}])
-    with pytest.raises(TokenizerError, match=f"needs {len(only_last)} tokens even without history; the window is 20"):
+    with pytest.raises(ChatWindowError, match=f"needs {len(only_last)} tokens even without history; the window is 20") as e:
         chat_prompt_ids(byte_tok, _conversation(3), window=20)
+    assert (e.value.needed, e.value.window) == (len(only_last), 20)
     with pytest.raises(ValueError, match="shorten the last message"):  # TokenizerError is a ValueError
         chat_prompt_ids(byte_tok, [{"role": "user", "content": "x" * 100}], window=50)
     with pytest.raises(TokenizerError, match="messages is empty"):
