@@ -307,8 +307,20 @@ def _main(args: argparse.Namespace) -> int:
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or key not in names:
-            raise SystemExit(f"error: --set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(sorted(names))}")
-        setattr(dc, key, yaml.safe_load(value))
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(sorted(names))}")
+        parsed, current = yaml.safe_load(value), getattr(dc, key)
+        for kind in (bool, int, float, str):  # a value of the field's kind (an int is a fine float)
+            if isinstance(current, kind):
+                if not isinstance(parsed, kind) and not (kind is float and isinstance(parsed, int)) \
+                        or (kind is not bool and isinstance(parsed, bool)):
+                    what = {bool: "true or false", int: "a whole number", float: "a number", str: "a text"}[kind]
+                    raise ValueError(f"--set {key}={value}: {key} takes {what}, e.g. {key}={current}")
+                break
+        setattr(dc, key, parsed)
+    if dc.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {dc.threads}")
     out = args.out or ("runs/demo-quick" if args.quick else "runs/demo")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--out {out} is a file; pass a folder (it is created when missing)")
     run(out, dc)
     return 0
