@@ -3,8 +3,11 @@
 A checkpoint is a folder ``OUT/checkpoints/step_00000123/`` holding
 
 - ``state.pt``: model and optimiser state (full, unsharded tensors, so any world size can resume
-  from it), the step, the data position and the config;
-- ``rng_rank{R}.pt``: each rank's torch / numpy / python RNG states (dropout draws differ per rank).
+  from it), the same for each of the task's modules (``modules``: name -> model/optimizer state),
+  the step, rank 0's batch-source state (``data``) and the config;
+- ``rng_rank{R}.pt``: each rank's torch / numpy / python RNG states (dropout draws differ per rank);
+- ``source_rank{R}.pt``: each rank's batch-source state (a generated source's stream differs per
+  rank; a row stream's is the same on every rank, so ``data`` continues it on any world size).
 
 It is written into ``step_00000123.tmp/`` and renamed when complete; a rename is atomic, so a
 folder named ``step_*`` is always whole, and a kill in the middle of a save leaves only a ``.tmp``
@@ -114,20 +117,33 @@ def _crash_point(where: str, step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+Trained = dict[str, tuple[nn.Module, torch.optim.Optimizer]]
+"""A task's modules by name, each with its optimiser."""
+
+
 def save_checkpoint(out_dir: str | Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    extra: dict[str, Any], info: DistInfo, keep_last: int = 2) -> Path:
-    """Write checkpoint ``step`` atomically (collective: every rank calls it)."""
+                    extra: dict[str, Any], info: DistInfo, keep_last: int = 2, modules: Trained | None = None,
+                    source_state: dict[str, Any] | None = None) -> Path:
+    """Write checkpoint ``step`` atomically (collective: every rank calls it). ``source_state`` is this
+    rank's batch-source state."""
     root = checkpoint_dir(out_dir)
     final = root / f"step_{step:08d}"
     tmp = root / (final.name + ".tmp")
     model_sd, optim_sd = full_state(model, optimizer)
+    module_sd = {}
+    for name, (module, module_optim) in (modules or {}).items():
+        msd, osd = full_state(module, module_optim)
+        module_sd[name] = {"model": msd, "optimizer": osd}
     if info.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
     _save_file(rng_state(), tmp / f"rng_rank{info.rank}.pt")
+    if source_state is not None:
+        _save_file(source_state, tmp / f"source_rank{info.rank}.pt")
     if info.is_main:
-        _save_file({"model": model_sd, "optimizer": optim_sd, "step": step, **extra}, tmp / "state.pt")
+        _save_file({"model": model_sd, "optimizer": optim_sd, "modules": module_sd, "step": step, **extra},
+                   tmp / "state.pt")
         _crash_point("before-rename", step)
     barrier()
     if info.is_main:
@@ -142,18 +158,34 @@ def save_checkpoint(out_dir: str | Path, step: int, model: nn.Module, optimizer:
     return final
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None,
-                    info: DistInfo) -> dict[str, Any]:
-    """Restore model, optimiser and this rank's RNG from ``path``; returns the rest of the state."""
-    from torch.distributed.checkpoint.state_dict import set_state_dict, set_model_state_dict
+def _restore(module: nn.Module, optimizer: torch.optim.Optimizer | None, model_sd: dict, optim_sd: dict | None) -> None:
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
 
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
     if optimizer is None:
-        set_model_state_dict(model, state["model"], options=_options(cpu_offload=False))
+        set_model_state_dict(module, model_sd, options=_options(cpu_offload=False))
     else:
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+        set_state_dict(module, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd,
                        options=_options(cpu_offload=False))
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                    info: DistInfo, modules: Trained | None = None) -> dict[str, Any]:
+    """Restore model, optimiser, the task's modules and this rank's RNG from ``path``; returns the rest
+    of the state, with this rank's batch-source state as ``data`` (rank 0's when this rank has none)."""
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    saved_modules = state.get("modules", {})
+    modules = modules or {}
+    if set(saved_modules) != set(modules):
+        raise ValueError(f"{path} holds the task modules {sorted(saved_modules) or 'none'}, this run trains "
+                         f"{sorted(modules) or 'none'}: resume with the same task, or start in a new train.out_dir")
+    _restore(model, optimizer, state["model"], state["optimizer"])
+    for name, (module, module_optim) in modules.items():
+        _restore(module, module_optim, saved_modules[name]["model"], saved_modules[name]["optimizer"])
     rng_file = path / f"rng_rank{info.rank}.pt"
     if rng_file.exists():
         set_rng_state(torch.load(rng_file, weights_only=False))
-    return {k: v for k, v in state.items() if k not in ("model", "optimizer")}
+    rest = {k: v for k, v in state.items() if k not in ("model", "optimizer", "modules")}
+    source_file = path / f"source_rank{info.rank}.pt"
+    if source_file.exists():
+        rest["data"] = torch.load(source_file, weights_only=False)
+    return rest

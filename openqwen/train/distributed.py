@@ -8,6 +8,9 @@ outside the model:
   final norm, head). Parameters become DTensors sharded over the ranks; gradients are reduce-scattered.
 - DDP: full replicas, gradients all-reduced.
 
+A task's own modules (a reward head, a value model) are wrapped the same way, each on its own: a
+module with ``layers`` (another Qwen) is sharded block by block, anything else as one unit.
+
 Both average gradients over ranks; the loop scales its loss so the result equals the gradient of
 the token-weighted mean over the global batch, i.e. the single-process gradient.
 """
@@ -86,9 +89,13 @@ def apply_parallel(model: nn.Module, mode: str, info: DistInfo) -> nn.Module:
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh(info.device.type, (dist.get_world_size(),))
-    for block in model.layers:
+    for block in getattr(model, "layers", ()):
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
+    if hasattr(model, "hidden_states"):  # reward/value heads call it instead of forward: gather there too
+        from torch.distributed.fsdp import register_fsdp_forward_method
+
+        register_fsdp_forward_method(model, "hidden_states")
     return model
 
 
@@ -104,6 +111,16 @@ def all_reduce_sum(x: float | int, info: DistInfo) -> float:
                      device=info.device if info.device.type == "cuda" else "cpu")
     dist.all_reduce(t)
     return t.item()
+
+
+def all_reduce_sums(values: list[float], info: DistInfo) -> list[float]:
+    """Element-wise sums over the ranks, in one collective (float64)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return list(values)
+    t = torch.tensor([float(x) for x in values], dtype=torch.float64,
+                     device=info.device if info.device.type == "cuda" else "cpu")
+    dist.all_reduce(t)
+    return t.tolist()
 
 
 def barrier() -> None:

@@ -1,7 +1,8 @@
 """What a run reports: a JSONL log, a console progress bar, TensorBoard when installed, a PNG curve.
 
 Only rank 0 writes. Each JSONL line is one event: ``{"kind": "train", "step", "loss", "lr",
-"grad_norm", "tokens_per_s", "flops_per_s", "mfu", ...}`` or ``{"kind": "val", "step", "val_loss"}``.
+"grad_norm", "tokens", "units", "tokens_per_s", "flops_per_s", "mfu", ...}`` plus the task's own
+metrics by name, or ``{"kind": "val", "step", "val_loss", "val_<metric>" ...}``.
 A resumed run appends to the same file after cutting the lines past the checkpoint's step, so the
 log always reads as one uninterrupted run.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -90,26 +91,32 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_loss_curves(runs: dict[str, list[dict[str, Any]]], out_png: str | Path, title: str = "loss") -> Path:
-    """A PNG with the training (and validation, dashed) loss of each named run against its step."""
+def plot_loss_curves(runs: dict[str, list[dict[str, Any]]], out_png: str | Path, title: str = "loss",
+                     metrics: Sequence[str] = ()) -> Path:
+    """A PNG with the training (and validation, dashed) loss of each named run against its step, and
+    below it one row per task metric in ``metrics`` (its ``val_`` twin dashed, when logged)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 4), squeeze=False)
-    for ax, (name, records) in zip(axes[0], runs.items()):
-        train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train"]
-        val = [(r["step"], r["val_loss"]) for r in records if r.get("kind") == "val"]
-        if train:
-            ax.plot(*zip(*train), label="train", lw=1)
-        if val:
-            ax.plot(*zip(*val), "o--", label="validation")
-        ax.set_title(name)
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss (nats/token)")
-        ax.grid(alpha=0.3)
-        ax.legend()
+    rows = ["loss", *metrics]
+    fig, axes = plt.subplots(len(rows), len(runs), figsize=(5.5 * len(runs), 4 * len(rows)), squeeze=False)
+    for col, (name, records) in enumerate(runs.items()):
+        for row, key in enumerate(rows):
+            ax = axes[row][col]
+            train = [(r["step"], r[key]) for r in records if r.get("kind") == "train" and key in r]
+            val = [(r["step"], r[f"val_{key}"]) for r in records if r.get("kind") == "val" and f"val_{key}" in r]
+            if train:
+                ax.plot(*zip(*train), label="train", lw=1)
+            if val:
+                ax.plot(*zip(*val), "o--", label="validation")
+            ax.set_title(name if row == 0 else f"{name}: {key}")
+            ax.set_xlabel("step")
+            ax.set_ylabel("loss (nats/unit)" if key == "loss" else key)
+            ax.grid(alpha=0.3)
+            if train or val:
+                ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
     out_png = Path(out_png)

@@ -15,13 +15,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from openqwen import Qwen
 from openqwen.train.batches import PackedRows
 from openqwen.train.config import TrainConfig
 from openqwen.train.loop import Trainer
+from openqwen.train.pretrain import build_model
 from openqwen.train.metrics import read_metrics
 
-from train_helpers import nano_config
 
 NANO = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2}
@@ -36,10 +35,21 @@ def make_cfg(out: Path, data: Path, **over) -> TrainConfig:
 
 
 def train(cfg: TrainConfig, data: Path, val=None) -> tuple[Trainer, dict]:
-    torch.manual_seed(cfg.train.seed)
-    model = Qwen(nano_config())
-    trainer = Trainer(cfg, model, PackedRows(data), val_data=val)
+    """The model is built from the config as ``openqwen pretrain`` builds it (preset + model.overrides)."""
+    rows = PackedRows(data)
+    model = build_model(cfg, rows.ds.vocab_size, rows.seq_len)
+    trainer = Trainer(cfg, model, rows, val_data=val)
     return trainer, trainer.fit()
+
+
+def test_the_model_is_built_as_the_config_says(packed_text):
+    cfg = make_cfg(Path("unused"), packed_text, **{"model.dropout": 0.1})
+    model = build_model(cfg, 257, 64)
+    for key, value in NANO.items():
+        assert getattr(model.config, key) == value, key
+    # the vocabulary rounds up to a multiple of 64; the context is the packed rows' length
+    assert (model.config.vocab_size, model.config.seq_length, model.config.dropout) == (320, 64, 0.1)
+    assert model.embed_tokens.weight.shape == (320, 64) and len(model.layers) == 2
 
 
 def test_loss_falls_on_real_text(tmp_path, packed_text):
