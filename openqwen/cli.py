@@ -18,6 +18,7 @@ import argparse
 import importlib
 import os
 import sys
+from typing import NoReturn
 
 # verb modules, in pipeline order (data -> tokenizer -> train -> infer/serve -> agent -> eval)
 COMMAND_MODULES = [
@@ -47,8 +48,16 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 DEBUG_ENV = "OPENQWEN_DEBUG"
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse's parser with a bad flag answered in one line that points at ``--help`` (argparse
+    prints the whole usage block first); exit status 2 as argparse's."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="openqwen",
         description="The Qwen recipe end to end: data, tokenizer, pretraining, SFT, inference, serving, "
         "evaluation. Run `openqwen VERB --help` for each verb.",

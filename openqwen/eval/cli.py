@@ -121,6 +121,9 @@ def _run_contamination(args: argparse.Namespace) -> int:
 
     from .contamination import markdown, report  # noqa: PLC0415
 
+    for path in args.train:  # before the evaluation sets are read: a typo answers at once
+        if not path.startswith("@") and not Path(path).expanduser().exists():
+            raise FileNotFoundError(f"--train {path} does not exist; pass training data files or folders")
     data = {}
     for kv in args.data:
         if "=" not in kv:

@@ -8,8 +8,8 @@ and returns a JSON-ready result::
      "counts": {"total": 1140, "correct": 490, ...}, "settings": {...}, "wall_time_s": 812.3,
      "breakdown": {...per subject...}, "details": [...per item...]}
 
-Multiple choice and perplexity read logits from the model directly; generation tasks (code, math)
-go through :class:`openqwen.infer.engine.Engine`, which batches them.
+Every task runs through :class:`openqwen.infer.engine.Engine`: multiple choice and perplexity score
+given tokens with ``Engine.score``; generation tasks (code, math) generate, batched.
 """
 
 from __future__ import annotations
@@ -215,9 +215,17 @@ def _run_mc(model, tok, cfg: EvalConfig) -> dict[str, Any]:
     subset = mc.select(rest, cfg.limit, cfg.per_subject)
     if not subset:
         raise ValueError("no questions left to evaluate (check --limit / --per-subject / --shots)")
-    res = mc.evaluate_mc(model, tok, subset, shots, cfg.mode, cfg.batch_size, examples, cfg.progress)
+    res = mc.evaluate_mc(_scoring_engine(model, tok), subset, shots, cfg.mode, cfg.batch_size, examples,
+                         cfg.progress)
     res["counts"]["dropped_header_rows"] = junk
     return res
+
+
+def _scoring_engine(model, tok, max_seq_len: int | None = None):
+    """An engine that only scores: no background thread, and no generation KV cache is ever allocated."""
+    from ..infer.engine import Engine  # noqa: PLC0415
+
+    return Engine(model, tok, max_batch_size=1, max_seq_len=max_seq_len, background=False)
 
 
 def _run_code(model, tok, cfg: EvalConfig) -> dict[str, Any]:
@@ -305,7 +313,8 @@ def _run_perplexity(model, tok, cfg: EvalConfig) -> dict[str, Any]:
     ids: list[int] = []
     for t in texts:  # documents joined by <|endoftext|>, as in pretraining
         ids += tok.encode(t) + [tok.eos_id]
-    rows = {str(L): perplexity(model, ids, L, cfg.max_windows, cfg.progress) for L in cfg.context_lengths}
+    engine = _scoring_engine(model, tok, max_seq_len=max(cfg.context_lengths))
+    rows = {str(L): perplexity(engine, ids, L, cfg.max_windows, cfg.progress) for L in cfg.context_lengths}
     first = rows[str(cfg.context_lengths[0])]
     return {"metrics": {"perplexity": first["perplexity"],
                         **{f"perplexity@{L}": r["perplexity"] for L, r in rows.items()}},
@@ -322,6 +331,8 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None) -> dict[
         raise ValueError(f"unknown task {cfg.task!r}; choose one of: {', '.join(TASKS)}")
     if cfg.mode not in ("base", "chat"):
         raise ValueError(f"--mode must be base or chat, got {cfg.mode!r}")
+    if cfg.task != "math401":  # generated, no file
+        task_data_path(cfg.task, cfg.data)  # a missing task file is reported before the (slow) model load
     t0 = time.perf_counter()
     if model is None or tokenizer is None:
         m, t = load_model_and_tokenizer(cfg.model, cfg.dtype, cfg.tokenizer)

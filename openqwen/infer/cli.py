@@ -93,11 +93,11 @@ def _params_from_args(args: argparse.Namespace):
 def load_engine_from_args(args: argparse.Namespace, **engine_kwargs: Any):
     """The engine for the flags of :func:`openqwen.infer.loading.add_model_arguments` (``generate``,
     ``chat`` and ``serve`` load through this)."""
-    from .engine import Engine  # noqa: PLC0415
     from .loading import load_model_and_tokenizer, set_threads  # noqa: PLC0415
 
     set_threads(args.threads)
     model, tokenizer = load_model_and_tokenizer(args.model, args.dtype, args.tokenizer)
+    from .engine import Engine  # noqa: PLC0415
     engine_kwargs.setdefault("name", Path(args.model).name)
     return Engine(model, tokenizer, **engine_kwargs)
 

@@ -1,155 +1,27 @@
-"""Checkpoint formats beyond the Qwen2 layout: first-generation folders and GGUF files.
+"""GGUF files: dequantisers, tiny models, the header reader, metadata and errors.
 
-References are independent of the code under test: first-generation folders are assembled here by
-hand from the Qwen2-layout names and checked against transformers' Qwen2ForCausalLM; GGUF tensors are
-written with the ``gguf`` package's own writer and quantisers and compared with its reference
-dequantisers.
+References are independent of the code under test: GGUF tensors are written with the ``gguf``
+package's own writer and quantisers and compared with its reference dequantisers, logits with
+transformers' Qwen2ForCausalLM on those dequantised weights.
 """
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from openqwen import Qwen, QwenConfig
-from openqwen.checkpoint import CheckpointError, hf_state_from_model, load_model, save_model
+from openqwen.checkpoint import CheckpointError, hf_state_from_model, load_model
 from openqwen.checkpoint.gguf import dequantize
 from openqwen.checkpoint.gguf_file import GGUFFile
-from openqwen.checkpoint.v1 import save_v1
 
 gguf = pytest.importorskip("gguf")
 transformers = pytest.importorskip("transformers")
 Q = gguf.GGMLQuantizationType
 
-from hf_reference import randomise  # noqa: E402  (after the importorskips)
-
-
-def hf_logits(folder, ids: torch.Tensor) -> torch.Tensor:
-    ref = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
-                                                            attn_implementation="eager").eval()
-    with torch.no_grad():
-        return ref(ids).logits
-
-
-# ------------------------------------------------------------------------------ first generation
-V1_CONFIG = dict(vocab_size=101, hidden_size=64, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
-                 tie_word_embeddings=False, seq_length=48, max_position_embeddings=256)
-
-
-def v1_tensors_by_hand(model: Qwen) -> dict[str, torch.Tensor]:
-    """First-generation names built from the Qwen2-layout tensors (not from openqwen's v1 code)."""
-    hf = {k: v.detach().clone() for k, v in hf_state_from_model(model).items()}
-    out = {"transformer.wte.weight": hf["model.embed_tokens.weight"], "transformer.ln_f.weight": hf["model.norm.weight"],
-           "lm_head.weight": hf["lm_head.weight"]}
-    for i in range(model.config.num_hidden_layers):
-        p, h = f"transformer.h.{i}.", f"model.layers.{i}."
-        out[p + "ln_1.weight"] = hf[h + "input_layernorm.weight"]
-        out[p + "ln_2.weight"] = hf[h + "post_attention_layernorm.weight"]
-        out[p + "attn.c_attn.weight"] = torch.cat([hf[h + f"self_attn.{n}_proj.weight"] for n in "qkv"])
-        out[p + "attn.c_attn.bias"] = torch.cat([hf[h + f"self_attn.{n}_proj.bias"] for n in "qkv"])
-        out[p + "attn.c_proj.weight"] = hf[h + "self_attn.o_proj.weight"]
-        out[p + "mlp.w1.weight"] = hf[h + "mlp.up_proj.weight"]  # w1: up
-        out[p + "mlp.w2.weight"] = hf[h + "mlp.gate_proj.weight"]  # w2: gate (SiLU applied to it)
-        out[p + "mlp.c_proj.weight"] = hf[h + "mlp.down_proj.weight"]
-    return out
-
-
-def v1_config_json(c: QwenConfig, style: str) -> dict:
-    """config.json as the September (v1.1) or the August 2023 release spelled it."""
-    common = {"architectures": ["QWenLMHeadModel"], "model_type": "qwen", "kv_channels": c.head_dim,
-              "rotary_emb_base": c.rope_theta, "rotary_pct": 1.0, "layer_norm_epsilon": c.rms_norm_eps,
-              "seq_length": c.seq_length, "use_dynamic_ntk": True, "use_logn_attn": True, "no_bias": True,
-              "tie_word_embeddings": False, "use_flash_attn": "auto", "bf16": False}
-    if style == "v1.1":
-        return {**common, "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
-                "num_attention_heads": c.num_attention_heads, "num_hidden_layers": c.num_hidden_layers,
-                "intermediate_size": 2 * c.intermediate_size, "max_position_embeddings": c.max_position_embeddings}
-    return {**common, "vocab_size": c.vocab_size - 7, "padded_vocab_size": c.vocab_size, "n_embd": c.hidden_size,
-            "n_head": c.num_attention_heads, "n_layer": c.num_hidden_layers,
-            "ffn_hidden_size": 2 * c.intermediate_size, "n_positions": c.max_position_embeddings,
-            "embd_pdrop": 0.0, "attn_pdrop": 0.0, "resid_pdrop": 0.1, "params_dtype": "torch.bfloat16"}
-
-
-def write_v1(folder, model: Qwen, style: str, fmt: str) -> None:
-    folder.mkdir()
-    tensors = {k: v.contiguous() for k, v in v1_tensors_by_hand(model).items()}
-    (folder / "config.json").write_text(json.dumps(v1_config_json(model.config, style)))
-    if fmt == "safetensors":
-        save_file(tensors, str(folder / "model.safetensors"))
-    else:  # two .bin shards with an index, as the release shipped
-        names = sorted(tensors)
-        shards = {"pytorch_model-00001-of-00002.bin": names[: len(names) // 2],
-                  "pytorch_model-00002-of-00002.bin": names[len(names) // 2 :]}
-        for i, (shard, keys) in enumerate(shards.items()):  # the second in the pre-zipfile pickle format
-            torch.save({k: tensors[k] for k in keys}, folder / shard, _use_new_zipfile_serialization=i == 0)
-        index = {"weight_map": {k: shard for shard, keys in shards.items() for k in keys}}
-        (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index))
-
-
-@pytest.mark.parametrize("style,fmt", [("v1.1", "safetensors"), ("aug2023", "bin")])
-def test_first_generation_folder_is_the_same_function_as_its_qwen2_twin(tmp_path, style, fmt):
-    torch.manual_seed(0)
-    model = randomise(Qwen(QwenConfig(**V1_CONFIG)))
-    save_model(model, tmp_path / "qwen2")
-    write_v1(tmp_path / "v1", model, style, fmt)
-
-    with pytest.warns(UserWarning, match=r"use_dynamic_ntk=True, use_logn_attn=True.*seq_length=48"):
-        loaded = load_model(tmp_path / "v1")
-    c = loaded.config
-    assert (c.intermediate_size, c.num_key_value_heads, c.vocab_size) == (80, 4, 101)  # half of the stored 160
-    assert (c.seq_length, c.use_dynamic_ntk, c.use_logn_attn) == (48, False, False)
-    ids = torch.randint(0, 101, (2, 13), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        ours = loaded(ids)
-        twin = load_model(tmp_path / "qwen2")(ids)
-    torch.testing.assert_close(ours, twin, rtol=0, atol=1e-6)
-    torch.testing.assert_close(ours, hf_logits(tmp_path / "qwen2", ids), rtol=0, atol=1e-4)
-
-
-def test_first_generation_export_round_trip(tmp_path):
-    torch.manual_seed(2)
-    model = randomise(Qwen(QwenConfig(**V1_CONFIG)), seed=2)
-    save_v1(model, tmp_path / "v1")
-    cfg = json.loads((tmp_path / "v1" / "config.json").read_text())
-    assert cfg["architectures"] == ["QWenLMHeadModel"] and cfg["intermediate_size"] == 160
-    ids = torch.randint(0, 101, (1, 9))
-    with torch.no_grad():
-        torch.testing.assert_close(load_model(tmp_path / "v1")(ids), model(ids), rtol=0, atol=0)
-    gqa = Qwen(QwenConfig(**{**V1_CONFIG, "num_key_value_heads": 2}))
-    with pytest.raises(CheckpointError, match="grouped-query"):
-        save_v1(gqa, tmp_path / "gqa")
-
-
-def test_first_generation_errors_name_the_problem(tmp_path):
-    model = randomise(Qwen(QwenConfig(**V1_CONFIG)))
-    write_v1(tmp_path / "v1", model, "v1.1", "safetensors")
-    tensors = v1_tensors_by_hand(model)
-
-    missing = {k: v.contiguous() for k, v in tensors.items() if k != "transformer.h.1.mlp.w2.weight"}
-    save_file(missing, str(tmp_path / "v1" / "model.safetensors"))
-    with pytest.raises(CheckpointError, match=r"transformer\.h\.1\.mlp\.w2\.weight"):
-        load_model(tmp_path / "v1")
-
-    extra = {**{k: v.contiguous() for k, v in tensors.items()}, "transformer.h.0.mlp.c_proj.bias": torch.zeros(64)}
-    save_file(extra, str(tmp_path / "v1" / "model.safetensors"))
-    with pytest.raises(CheckpointError, match=r"no_bias.*transformer\.h\.0\.mlp\.c_proj\.bias"):
-        load_model(tmp_path / "v1")
-
-    bad = {k: v.contiguous() for k, v in tensors.items()}
-    bad["transformer.h.0.attn.c_proj.weight"] = torch.zeros(64, 32)
-    save_file(bad, str(tmp_path / "v1" / "model.safetensors"))
-    with pytest.raises(CheckpointError, match=r"layers\.0\.self_attn\.o_proj\.weight.*\(64, 32\)"):
-        load_model(tmp_path / "v1")
-
-    cfg = v1_config_json(model.config, "v1.1")
-    del cfg["num_hidden_layers"]
-    (tmp_path / "v1" / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match="num_hidden_layers.*n_layer"):
-        load_model(tmp_path / "v1")
+from checkpoint_helpers import V1_CONFIG, v1_tensors_by_hand  # noqa: E402  (after the importorskips)
+from hf_reference import randomise  # noqa: E402
 
 
 # ------------------------------------------------------------------------------ GGUF dequantising
@@ -209,8 +81,11 @@ LAYER_TYPES = {"attn_q.weight": ("self_attn.q_proj.weight", "Q8_0"), "attn_k.wei
                "attn_norm.weight": ("input_layernorm.weight", "F32"), "ffn_norm.weight": ("post_attention_layernorm.weight", "F32")}
 
 
-def write_gguf(path, model: Qwen, all_f32: bool = False, arch: str = "qwen2", bad_shape: str | None = None) -> dict:
-    """Write ``model`` with GGUFWriter; return the dequantised reference weights under Qwen2 names."""
+def write_gguf(path, model: Qwen, all_f32: bool = False, arch: str = "qwen2", bad_shape: str | None = None,
+               metadata=None, eps: bool = True) -> dict:
+    """Write ``model`` with GGUFWriter; return the dequantised reference weights under Qwen2 names.
+
+    ``metadata``: called with the writer to add fields; ``eps=False`` leaves out the RMSNorm epsilon."""
     c = model.config
     hf = {k: v.detach().float().numpy() for k, v in hf_state_from_model(model).items()}
     names = {"token_embd.weight": ("model.embed_tokens.weight", "Q8_0"), "output_norm.weight": ("model.norm.weight", "F32")}
@@ -227,7 +102,10 @@ def write_gguf(path, model: Qwen, all_f32: bool = False, arch: str = "qwen2", ba
     w.add_head_count(c.num_attention_heads)
     w.add_head_count_kv(c.num_key_value_heads)
     w.add_rope_freq_base(c.rope_theta)
-    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    if eps:
+        w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    if metadata is not None:
+        metadata(w)
     w.add_token_list([f"tok{i}" for i in range(c.vocab_size)])
     reference = {}
     for k, (name, qtype) in enumerate(names.items()):
@@ -368,3 +246,31 @@ def test_first_generation_gguf_is_the_same_function(tmp_path):
     ids = torch.randint(0, 101, (2, 10))
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids), model(ids), rtol=0, atol=0)
+
+
+GGUF_REFUSED = {
+    "yarn": (lambda w: w.add_rope_scaling_type(gguf.RopeScalingType.YARN), "RoPE scaling 'yarn'"),
+    "linear": (lambda w: w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR), "RoPE scaling 'linear'"),
+    "partial-rotary": (lambda w: w.add_rope_dimension_count(32), "RoPE rotates 32 of 64 head dims"),
+    "value-width": (lambda w: w.add_value_length(32), "value heads of 32 dims differ from key heads of 64"),
+}
+
+
+@pytest.mark.parametrize("name", GGUF_REFUSED)
+def test_gguf_metadata_that_openqwen_cannot_honour_is_refused(tmp_path, name):
+    edit, message = GGUF_REFUSED[name]
+    write_gguf(tmp_path / "m.gguf", Qwen(QwenConfig(**GGUF_CONFIG)), all_f32=True, metadata=edit)
+    with pytest.raises(CheckpointError, match=message):
+        load_model(tmp_path / "m.gguf")
+
+
+def test_gguf_metadata_is_read_not_defaulted(tmp_path):
+    model = randomise(Qwen(QwenConfig(**{**GGUF_CONFIG, "rms_norm_eps": 1e-5, "rope_theta": 31337.0})), seed=8)
+    write_gguf(tmp_path / "m.gguf", model, all_f32=True,
+               metadata=lambda w: (w.add_rope_dimension_count(64), w.add_rope_scaling_type(gguf.RopeScalingType.NONE)))
+    c = load_model(tmp_path / "m.gguf").config
+    # GGUF stores both as float32
+    assert (c.rms_norm_eps, c.rope_theta, c.head_dim, c.max_position_embeddings) == (float(np.float32(1e-5)), 31337.0, 64, 128)
+    write_gguf(tmp_path / "no-eps.gguf", model, all_f32=True, eps=False)
+    with pytest.raises(CheckpointError, match="lacks the metadata field 'qwen2.attention.layer_norm_rms_epsilon'"):
+        load_model(tmp_path / "no-eps.gguf")
