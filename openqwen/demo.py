@@ -84,50 +84,59 @@ def arithmetic_accuracy(engine: Any, n: int) -> tuple[float, list[tuple[str, str
     return sum(extract_int(text) == v for _, text, v in rows) / len(rows), rows
 
 
-def evaluate(model_dir: Path, label: str) -> dict[str, Any]:
-    """Samples (chat and raw text) and held-out arithmetic accuracy of the model in ``model_dir``."""
+def evaluate(model_dir: Path, label: str, questions: int) -> dict[str, Any]:
+    """Samples (chat and raw text) and the accuracy on ``questions`` held-out arithmetic questions of
+    the model in ``model_dir``."""
     from openqwen.infer.engine import Engine
     from openqwen.infer.sampling import SamplingParams
 
     engine = Engine.from_pretrained(model_dir, max_batch_size=32, max_seq_len=256)
     try:
-        acc, rows = arithmetic_accuracy(engine, EVAL_QUESTIONS[0])
+        acc, rows = arithmetic_accuracy(engine, questions)
         chat = engine.chat([[{"role": "user", "content": p}] for p in SAMPLE_PROMPTS],
                            SamplingParams(greedy=True, max_new_tokens=24))
         raw = engine.generate(BASE_PROMPTS, SamplingParams(greedy=True, max_new_tokens=32))
     finally:
         engine.close()
     _log(f"{label}: held-out arithmetic accuracy {acc:.0%}")
-    return {"accuracy": acc, "arithmetic_examples": rows[:5],
+    return {"accuracy": acc, "arithmetic": rows,
             "chat": [(p, c.text) for p, c in zip(SAMPLE_PROMPTS, chat)],
             "raw": [(p, c.text) for p, c in zip(BASE_PROMPTS, raw)]}
 
 
-EVAL_QUESTIONS = [100]  # set by run() from the config (the engine helper reads it)
+def pretrain_config(dc: DemoConfig, out: Path, num_sequences: int) -> Any:
+    """The demo's pretraining run: the nano recipe at the demo's sizes."""
+    from openqwen.train.config import TrainConfig
+
+    return TrainConfig.load("nano-pretrain.yaml", {
+        "model.preset": dc.preset, "data.path": str(out / "packed"), "data.tokenizer": str(out / "tokenizer"),
+        "data.val_sequences": min(16, num_sequences // 10 or 1),
+        "train.out_dir": str(out / "pretrain"), "train.max_steps": dc.pretrain_steps,
+        "train.batch_size": dc.pretrain_batch, "optim.lr": dc.pretrain_lr,
+        "optim.warmup_steps": max(1, dc.pretrain_steps // 20),
+        "train.eval_every": max(1, dc.pretrain_steps // 5), "train.save_every": max(1, dc.pretrain_steps // 5),
+        "train.threads": dc.threads})
 
 
-def seconds_per_step(dc: DemoConfig, vocab_size: int) -> float:
-    """Time of one pretraining step of the demo's model shape (median of 3 after a warm-up step)."""
+def seconds_per_step(cfg: Any, vocab_size: int, steps: int = 4) -> float:
+    """Seconds of one ``Trainer.train_step`` of the pretraining run ``cfg`` describes, on its data
+    (the median of the steps after a warm-up one), in a trainer made for the measurement and dropped."""
     import statistics
 
     import torch
 
-    from openqwen.config import get_preset
-    from openqwen.model import Qwen
-    from openqwen.train.config import OptimSection
-    from openqwen.train.optim import build_optimizer
-    from openqwen.train.tasks import NextTokenTask
+    from openqwen.train.batches import PackedRows
+    from openqwen.train.loop import Trainer
+    from openqwen.train.pretrain import build_model
 
-    model = Qwen(get_preset(dc.preset, vocab_size=-(-vocab_size // 64) * 64, seq_length=dc.seq_len))
-    opt, task = build_optimizer(model, OptimSection()), NextTokenTask()
-    ids = torch.randint(0, vocab_size, (dc.pretrain_batch, dc.seq_len))
+    rows = PackedRows(cfg.data.path)
+    trainer = Trainer(cfg, build_model(cfg, vocab_size, rows.seq_len), rows, name="timing")
     times = []
-    for _ in range(4):
+    for _ in range(steps):
         t0 = time.perf_counter()
-        loss, _ = task.loss(model, {"input_ids": ids, "labels": ids})
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        trainer.train_step()
+        if trainer.info.device.type == "cuda":
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return statistics.median(times[1:])
 
@@ -164,7 +173,7 @@ def write_report(out: Path, dc: DemoConfig, timings: dict[str, float], info: dic
               f"- before SFT (pretrained model): **{before['accuracy']:.0%}**",
               f"- after SFT: **{after['accuracy']:.0%}**", "",
               "| question | before SFT | after SFT |", "|---|---|---|"]
-    for (q, b, v), (_, a, _) in zip(before["arithmetic_examples"], after["arithmetic_examples"]):
+    for (q, b, v), (_, a, _) in zip(before["arithmetic"][:5], after["arithmetic"][:5]):
         lines.append(f"| {q} (= {v}) | {_md_escape(b)} | {_md_escape(a)} |")
     lines += ["", "## Chat samples (greedy)", "", "| prompt | before SFT | after SFT |", "|---|---|---|"]
     for (p, b), (_, a) in zip(before["chat"], after["chat"]):
@@ -192,7 +201,6 @@ def run(out: str | Path, dc: DemoConfig) -> dict[str, Any]:
     from openqwen.train.config import TrainConfig
 
     torch.set_num_threads(dc.threads)
-    EVAL_QUESTIONS[0] = dc.eval_questions
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -235,27 +243,21 @@ def run(out: str | Path, dc: DemoConfig) -> dict[str, Any]:
     with stage("pack"):
         index = pack_documents(clean, tokenizer, out / "packed", seq_len=dc.seq_len, progress=False)
         info["pack"] = f"{index['num_tokens']:,} tokens in {index['num_sequences']} sequences of {dc.seq_len}"
+    vocab_size = max(index.get("vocab_size") or 0, tokenizer.vocab_size)  # what pretrain.run sizes the model for
     if dc.time_budget_s is not None:
-        step_s = seconds_per_step(dc, tokenizer.vocab_size)
+        step_s = seconds_per_step(pretrain_config(dc, out, index["num_sequences"]), vocab_size)
         steps = fit_budget(dc, sum(timings.values()), step_s)
         if steps != (dc.pretrain_steps, dc.sft_steps):
             _log(f"{step_s:.2f} s per step here: {steps[0]} pretraining and {steps[1]} SFT steps fit the "
                  f"{dc.time_budget_s / 60:.0f}-minute budget (configured {dc.pretrain_steps} and {dc.sft_steps})")
         dc.pretrain_steps, dc.sft_steps = steps
     with stage("pretrain"):
-        cfg = TrainConfig.load("nano-pretrain.yaml", {
-            "model.preset": dc.preset, "data.path": str(out / "packed"), "data.tokenizer": str(tok_dir),
-            "data.val_sequences": min(16, index["num_sequences"] // 10 or 1),
-            "train.out_dir": str(out / "pretrain"), "train.max_steps": dc.pretrain_steps,
-            "train.batch_size": dc.pretrain_batch, "optim.lr": dc.pretrain_lr,
-            "optim.warmup_steps": max(1, dc.pretrain_steps // 20),
-            "train.eval_every": max(1, dc.pretrain_steps // 5), "train.save_every": max(1, dc.pretrain_steps // 5),
-            "train.threads": dc.threads})
+        cfg = pretrain_config(dc, out, index["num_sequences"])
         res = pretrain.run(cfg)
         info["pretrain"] = (f"{dc.pretrain_steps} steps, loss {res['final_loss']:.2f}, val {res['val_loss']:.2f}, "
                             f"{res['tokens_per_s'] or 0:.0f} tok/s")
     with stage("eval before SFT"):
-        before = evaluate(out / "pretrain", "before SFT")
+        before = evaluate(out / "pretrain", "before SFT", dc.eval_questions)
     with stage("sft"):
         cfg = TrainConfig.load("nano-sft.yaml", {
             "model.init_from": str(out / "pretrain"), "train.out_dir": str(out / "sft"),
@@ -266,9 +268,10 @@ def run(out: str | Path, dc: DemoConfig) -> dict[str, Any]:
         res = sft.run(cfg)
         info["sft"] = f"{dc.sft_steps} steps on {res['conversations']} chats, loss {res['final_loss']:.2f}"
     with stage("eval after SFT"):
-        after = evaluate(out / "sft", "after SFT")
+        after = evaluate(out / "sft", "after SFT", dc.eval_questions)
     report = write_report(out, dc, timings, info, before, after)
     result = {"report": str(report), "accuracy_before": before["accuracy"], "accuracy_after": after["accuracy"],
+              "arithmetic_before": before["arithmetic"], "arithmetic_after": after["arithmetic"],
               "seconds": sum(timings.values()), "timings": timings, "chat_command": f"openqwen chat --model {out / 'sft'}"}
     (out / "demo.json").write_text(json.dumps(result, indent=2) + "\n")
     _log(f"report: {report}")
