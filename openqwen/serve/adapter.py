@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..infer.sampling import SamplingParams
-from ..tokenizer.chat import chat_prompt_ids
+from ..tokenizer.chat import ChatWindowError, chat_prompt_ids
 from . import protocol as P
 from .errors import APIError
 
@@ -95,13 +95,17 @@ class RequestAdapter:
         User text is encoded as plain text: '<|im_end|>' typed by a user cannot forge a turn boundary.
         """
         messages = self.chat_messages(req)
-        reserve = max_tokens if max_tokens is not None else 1
+        window = self.context - (max_tokens if max_tokens is not None else 1)
         try:
-            return chat_prompt_ids(self.tokenizer, messages, self.context - reserve)
-        except ValueError:  # even the system prompt and the last message alone leave no room
-            kept = [m for m in messages[:-1] if m["role"] == "system"] + messages[-1:]
-            shortest = len(self.tokenizer.apply_chat_template(kept, add_generation_prompt=True))
-            raise _context_exceeded(self.context, "messages", shortest, max_tokens) from None
+            if window >= 1:
+                return chat_prompt_ids(self.tokenizer, messages, window)
+            # max_tokens alone fills the context: say how long the (trimmed) messages are
+            shortest = len(chat_prompt_ids(self.tokenizer, messages, self.context - 1))
+        except ChatWindowError as e:  # even the system prompt and the last message alone leave no room
+            shortest = e.needed
+        except ValueError as e:  # TokenizerError: a message the chat template cannot render
+            raise APIError(400, f"messages: {e}.", param="messages") from None
+        raise _context_exceeded(self.context, "messages", shortest, max_tokens)
 
     def completion_prompts(self, req: P.CompletionRequest) -> list[list[int]]:
         """The token ids of each prompt (OpenAI's four forms: text, texts, ids, lists of ids)."""
