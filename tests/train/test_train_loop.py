@@ -15,10 +15,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from openqwen.train.batches import PackedRows
+from openqwen.train.batches import IGNORE_INDEX, PackedRows
 from openqwen.train.config import TrainConfig
 from openqwen.train.loop import Trainer
 from openqwen.train.pretrain import build_model
+from openqwen.train.sources import BatchStream
+from openqwen.train.tasks import NextTokenTask
 from openqwen.train.metrics import read_metrics
 
 
@@ -63,10 +65,33 @@ def test_loss_falls_on_real_text(tmp_path, packed_text):
     assert losses[0] > 5.0  # ~ln(257) at init
     assert sum(losses[-5:]) / 5 < 3.3  # bytes of Python source: well below the uniform 5.55 nats
     assert len(vals) == 2 and vals[-1] < 3.3 and vals[-1] < vals[0] + 0.05
-    first = recs[0]
-    for key in ("lr", "grad_norm", "tokens_per_s", "flops_per_s", "mfu"):
-        assert first[key] > 0
+    # throughput counts, against the batch shape and the FLOP formula written out here
+    c = trainer.model.config
+    flops_per_token = 6 * sum(p.numel() for p in trainer.model.parameters()) + 12 * 2 * 4 * 16 * 64
+    stream = BatchStream(rows, 8, cfg.data.seed)
+    for rec in (r for r in recs if r["kind"] == "train"):
+        labels = stream.next()["labels"]
+        assert rec["tokens"] == 8 * 64 and rec["units"] == int((labels[:, 1:] != IGNORE_INDEX).sum())
+        assert rec["tokens_per_s"] == pytest.approx(rec["tokens"] / rec["step_time_s"])
+        assert rec["flops_per_s"] == pytest.approx(flops_per_token * rec["tokens"] / rec["step_time_s"])
+        assert rec["mfu"] == pytest.approx(rec["flops_per_s"] / 1e10)
+    assert (c.num_hidden_layers, c.num_attention_heads, c.head_dim) == (2, 4, 16)
+    assert recs[0]["lr"] == pytest.approx(3e-3 / 2)  # the first warm-up step of 2
     assert (tmp_path / "loss.png").stat().st_size > 1000
+
+
+class _NaNTask(NextTokenTask):
+    def loss(self, model, batch, modules=None):
+        loss, metrics = super().loss(model, batch, modules)
+        return loss * float("nan"), metrics
+
+
+def test_a_nan_loss_stops_the_run_and_says_what_to_change(tmp_path, packed_text):
+    rows = PackedRows(packed_text)
+    trainer = Trainer(make_cfg(tmp_path, packed_text), build_model(make_cfg(tmp_path, packed_text), 257, 64), rows,
+                      task=_NaNTask())
+    with pytest.raises(FloatingPointError, match="loss became nan at step 1; lower optim.lr or raise warmup_steps"):
+        trainer.fit()
 
 
 def test_grad_accumulation_equals_a_bigger_batch(tmp_path, packed_text):
