@@ -58,7 +58,8 @@ class Task:
         return int(batch["input_ids"].numel())
 
     def flops(self, config: QwenConfig, batch: dict[str, torch.Tensor]) -> float:
-        """Training FLOPs (forward and backward) of ``batch`` (MFU)."""
+        """Training FLOPs (forward and backward) of ``batch`` (MFU): the model's, by default; a task
+        whose modules cost as much (a value model) adds theirs."""
         return config.flops_per_token(int(batch["input_ids"].shape[-1])) * self.tokens(batch)
 
 
