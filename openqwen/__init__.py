@@ -1,7 +1,12 @@
 """openqwen: the Qwen system (arXiv 2309.16609) in readable Python.
 
-The layout follows the data: ``data`` -> ``tokenizer`` -> ``model`` -> ``train`` -> ``infer`` /
-``serve`` -> ``agent`` -> ``eval``. The main objects are importable from here.
+The layout follows the data: ``data`` -> ``tokenizer`` -> ``model`` (+ ``checkpoint``: loading and
+saving) -> ``train`` -> ``infer`` / ``serve`` -> ``eval``. The main objects are importable from here,
+loading included::
+
+    import openqwen
+    model = openqwen.load_model("path/to/Qwen2.5-0.5B-Instruct")   # or a .gguf file, a training output
+    openqwen.save_model(model, "out/")
 """
 
 from typing import TYPE_CHECKING
