@@ -1,6 +1,6 @@
-"""Multiple-choice scoring from next-token logits: a model that always answers A scores exactly the
-share of A answers (base k-shot and chat 0-shot), and the shared-prefix KV reuse gives the same
-logits as plain full forwards."""
+"""Multiple-choice scoring from next-token log-probabilities: a model that always answers A scores
+exactly the share of A answers (base k-shot and chat 0-shot), and the letters' log-probabilities
+(through Engine.score, shared prefixes reused) equal plain full forwards."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from torch import nn
 
 from openqwen import Qwen, QwenConfig, QwenTokenizer
 from openqwen.eval.tasks import multiple_choice as mc
+from openqwen.infer.engine import Engine
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +30,10 @@ def tiny_model(vocab: int = 151936, seed: int = 0) -> Qwen:
     return Qwen(QwenConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=2, seq_length=512,
                            max_position_embeddings=4096)).eval()
+
+
+def scorer(model: Qwen, tokenizer) -> Engine:
+    return Engine(model, tokenizer, max_batch_size=1, background=False)
 
 
 def always(model: Qwen, token_id: int) -> Qwen:
@@ -63,7 +68,7 @@ def test_always_a_scores_the_share_of_a(tmp_path, tokenizer, mode, shots):
     examples, rest = mc.split_shots(items, shots)
     letter = mc.letter_token_ids(tokenizer, leading_space=(mode == "base"))[0]
     model = always(tiny_model(), letter)
-    res = mc.evaluate_mc(model, tokenizer, rest, shots, mode, batch_size=3, examples=examples)
+    res = mc.evaluate_mc(scorer(model, tokenizer), rest, shots, mode, batch_size=3, examples=examples)
     share_a = sum(it.answer == "A" for it in rest) / len(rest)
     assert res["metrics"]["accuracy"] == pytest.approx(share_a)
     assert res["counts"]["total"] == len(rest) == len(answers) - 2 * shots
@@ -77,21 +82,25 @@ def test_always_a_on_the_mmlu_artifact(artifact, tokenizer):
     subset = mc.select(rest, per_subject=1)
     assert len(subset) == 57
     model = always(tiny_model(), mc.letter_token_ids(tokenizer, True)[0])
-    res = mc.evaluate_mc(model, tokenizer, subset, 1, "base", batch_size=8, examples=examples)
+    res = mc.evaluate_mc(scorer(model, tokenizer), subset, 1, "base", batch_size=8, examples=examples)
     assert res["metrics"]["accuracy"] == pytest.approx(sum(it.answer == "A" for it in subset) / 57)
     assert res["counts"]["subjects"] == 57
 
 
-def test_shared_prefix_cache_matches_full_forward():
+class _Vocab300:
+    vocab_size = 300
+
+
+def test_letter_logprobs_match_full_forwards():
     model = tiny_model(vocab=300, seed=1)
     g = torch.Generator().manual_seed(0)
     shared = torch.randint(0, 300, (23,), generator=g).tolist()
     prompts = [shared + torch.randint(0, 300, (n,), generator=g).tolist() for n in (1, 5, 9, 2, 7)]
     cands = [3, 17, 42, 299]
-    got = mc.last_token_scores(model, prompts, cands, batch_size=2)
+    got = mc.letter_logprobs(scorer(model, _Vocab300()), prompts, cands, batch_size=2)
     with torch.no_grad():
-        want = torch.stack([model(torch.tensor([p]))[0, -1, cands] for p in prompts])
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        want = torch.stack([torch.log_softmax(model(torch.tensor([p]))[0, -1], -1)[cands] for p in prompts])
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
 def test_bad_rows_say_what_to_fix(tmp_path):

@@ -10,8 +10,15 @@ import torch
 
 from openqwen import Qwen, QwenConfig, save_model
 from openqwen.eval.tasks.perplexity import perplexity, read_texts
+from openqwen.infer import score
+from openqwen.infer.engine import Engine
 
 transformers = pytest.importorskip("transformers")
+
+
+class _Vocab:
+    def __init__(self, n: int) -> None:
+        self.vocab_size = n
 
 
 def test_perplexity_matches_transformers_loss(tmp_path):
@@ -23,7 +30,7 @@ def test_perplexity_matches_transformers_loss(tmp_path):
     hf = transformers.Qwen2ForCausalLM.from_pretrained(tmp_path / "m", torch_dtype=torch.float32).eval()
     ids = torch.randint(0, 211, (1000,), generator=torch.Generator().manual_seed(1)).tolist()
     for L in (16, 100):
-        got = perplexity(model, ids, L, max_windows=5)
+        got = perplexity(Engine(model, _Vocab(211), background=False), ids, L, max_windows=5)
         losses = []
         with torch.no_grad():
             for w in range(5):
@@ -33,18 +40,21 @@ def test_perplexity_matches_transformers_loss(tmp_path):
         assert got["perplexity"] == pytest.approx(math.exp(sum(losses) / len(losses)), rel=1e-4)
 
 
-def test_perplexity_chunked_head_and_errors():
+def test_perplexity_chunked_head_and_errors(monkeypatch):
     torch.manual_seed(0)
     model = Qwen(QwenConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                             num_attention_heads=2, seq_length=64, max_position_embeddings=256)).eval()
-    from openqwen.eval.tasks.perplexity import window_nll
-
-    w = torch.randint(0, 50, (70,))
-    a, n = window_nll(model, w, chunk=7)
-    b, _ = window_nll(model, w, chunk=4096)
-    assert n == 69 and a == pytest.approx(b, rel=1e-5)
+    engine = Engine(model, _Vocab(50), max_seq_len=128, background=False)
+    w = torch.randint(0, 50, (140,)).tolist()
+    whole = perplexity(engine, w, 70)
+    monkeypatch.setattr(score, "HEAD_CHUNK", 7)  # the output head in chunks of 7 positions
+    chunked = perplexity(engine, w, 70)
+    assert chunked["tokens"] == whole["tokens"] == 2 * 69
+    assert chunked["mean_nll"] == pytest.approx(whole["mean_nll"], rel=1e-6)
     with pytest.raises(ValueError, match="fewer than one window"):
-        perplexity(model, list(range(10)), 64)
+        perplexity(engine, list(range(10)), 64)
+    with pytest.raises(ValueError, match="context holds 128"):
+        perplexity(engine, w, 140)
 
 
 def test_read_texts_zip_and_jsonl(tmp_path, artifact):

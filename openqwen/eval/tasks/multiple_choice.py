@@ -1,7 +1,7 @@
-"""Multiple-choice benchmarks (MMLU, C-Eval, CMMLU) scored from next-token logits.
+"""Multiple-choice benchmarks (MMLU, C-Eval, CMMLU) scored from next-token log-probabilities.
 
 The model is never asked to *generate* an answer: after the prompt it is asked for one next token,
-and the answer is the letter (A-D) whose token has the highest logit. This is how the report's
+and the answer is the letter (A-D) whose token is the most likely. This is how the report's
 MMLU / C-Eval numbers are produced, and it makes scoring deterministic and cheap.
 
 * base mode: ``k``-shot prompt (the report: MMLU 5-shot, C-Eval 5-shot). The shots are the first
@@ -10,8 +10,10 @@ MMLU / C-Eval numbers are produced, and it makes scoring deterministic and cheap
 * chat mode: a 0-shot ChatML conversation (the report's Table 5), letters scored at the first
   position of the assistant's reply.
 
-Every prompt of one subject shares its leading tokens (header, shots, system prompt); they are run
-through the model once per subject and their KV cache is copied into each batch.
+Scoring goes through :meth:`openqwen.infer.engine.Engine.score`: each question is a prompt with four
+one-token continuations, so the question runs once for its four letters, and the leading tokens that
+every prompt of a subject shares (header, shots, system prompt) run once and their keys/values are
+reused by every batch.
 """
 
 from __future__ import annotations
@@ -202,62 +204,29 @@ def letter_token_ids(tokenizer: Any, leading_space: bool) -> list[int]:
 
 
 # ------------------------------------------------------------------------------------- scoring
-def _common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
-    first = seqs[0]
-    n = min(len(s) for s in seqs) - 1  # every row keeps at least one token of its own
-    for i in range(max(n, 0)):
-        if any(s[i] != first[i] for s in seqs):
-            return i
-    return max(n, 0)
-
-
-@torch.no_grad()
-def last_token_scores(model: Any, prompts: Sequence[Sequence[int]], candidate_ids: Sequence[int],
-                      batch_size: int = 8, progress: Any = None) -> torch.Tensor:
-    """Logits [N, len(candidate_ids)] of the candidates at the next position after each prompt.
-
-    The common token prefix of all prompts is run once and its KV cache reused by every batch;
-    the rest is run right-padded (padding sits after a row's last real token, so it cannot affect
-    it) and only the last real position of each row goes through the output head.
-    """
-    if not prompts:
-        return torch.empty(0, len(candidate_ids))
-    device = model.embed_tokens.weight.device
-    P = _common_prefix_len(prompts)
-    prefix_cache = None
-    if P > 0:
-        prefix_cache = model.new_cache(1, P)
-        model.hidden_states(torch.tensor([list(prompts[0][:P])], device=device), cache=prefix_cache)
-    cand = torch.tensor(list(candidate_ids), device=device)
+def letter_logprobs(engine: Any, prompts: Sequence[Sequence[int]], letter_ids: Sequence[int],
+                    batch_size: int = 8, progress: Any = None) -> torch.Tensor:
+    """log p(letter | prompt) [N, len(letter_ids)]: each letter as the next token after each prompt,
+    ``batch_size`` prompts per forward."""
     out = []
     for start in range(0, len(prompts), batch_size):
-        rows = [list(p[P:]) for p in prompts[start:start + batch_size]]
-        B, T = len(rows), max(len(r) for r in rows)
-        ids = torch.zeros(B, T, dtype=torch.long, device=device)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
-        last = torch.tensor([len(r) - 1 for r in rows], device=device)
-        cache = None
-        if prefix_cache is not None:
-            cache = model.new_cache(B, P + T)
-            for layer in range(len(cache.keys)):
-                cache.keys[layer][:, :, :P] = prefix_cache.keys[layer][:, :, :P]
-                cache.values[layer][:, :, :P] = prefix_cache.values[layer][:, :, :P]
-            cache.lengths[:] = P
-        h = model.hidden_states(ids, cache=cache)  # [B, T, d]
-        h_last = h[torch.arange(B, device=device), last]
-        out.append(model.lm_head(h_last)[:, cand].float().cpu())
+        chunk = [list(p) for p in prompts[start:start + batch_size]]
+        results = engine.score([p for p in chunk for _ in letter_ids], [[t] for _ in chunk for t in letter_ids],
+                               batch_size=batch_size)
+        out.append(torch.tensor([r.total for r in results]).view(len(chunk), len(letter_ids)))
         if progress is not None:
-            progress.update(B)
-    return torch.cat(out)
+            progress.update(len(chunk))
+    return torch.cat(out) if out else torch.empty(0, len(letter_ids))
 
 
-def evaluate_mc(model: Any, tokenizer: Any, items: Sequence[MCItem], shots: int, mode: str = "base",
+def evaluate_mc(engine: Any, items: Sequence[MCItem], shots: int, mode: str = "base",
                 batch_size: int = 8, examples: dict[str, list[MCItem]] | None = None,
                 progress: bool = False) -> dict[str, Any]:
-    """Accuracy of ``model`` on ``items``; ``examples`` maps subject -> shot questions."""
+    """Accuracy of ``engine``'s model (an :class:`openqwen.infer.engine.Engine`) on ``items``;
+    ``examples`` maps subject -> shot questions."""
     if mode not in ("base", "chat"):
         raise ValueError(f"mode must be 'base' or 'chat', got {mode!r}")
+    tokenizer = engine.tokenizer
     examples = examples or {}
     zh = is_chinese(items)
     letters = letter_token_ids(tokenizer, leading_space=(mode == "base" and not zh))
@@ -281,13 +250,13 @@ def evaluate_mc(model: Any, tokenizer: Any, items: Sequence[MCItem], shots: int,
         else:
             prompts = [tokenizer.apply_chat_template(chat_messages(it, ex, zh), add_generation_prompt=True)
                        for it in its]
-        scores = last_token_scores(model, prompts, letters, batch_size, bar)
+        scores = letter_logprobs(engine, prompts, letters, batch_size, bar)
         preds = [LETTERS[i] for i in scores.argmax(-1).tolist()]
         correct = sum(p == it.answer for p, it in zip(preds, its))
         per_subject[subject] = {"accuracy": correct / len(its), "correct": correct, "total": len(its)}
         for it, p, s in zip(its, preds, scores.tolist()):
             details.append({"id": it.id, "subject": subject, "answer": it.answer, "prediction": p,
-                            "correct": p == it.answer, "letter_logits": [round(x, 4) for x in s]})
+                            "correct": p == it.answer, "letter_logprobs": [round(x, 4) for x in s]})
     if bar is not None:
         bar.close()
     n = len(details)

@@ -6,8 +6,10 @@ negative log-likelihood over all predicted tokens of all windows. Comparing seve
 same text shows whether a model keeps using longer context (perplexity falls) or breaks past its
 training length (perplexity explodes).
 
-Logits are never materialised for a whole window: hidden states go through the output head in
-chunks, so a 16K window of a 152K-vocabulary model needs a few hundred MB, not 10 GB.
+Each window is one row of :meth:`openqwen.infer.engine.Engine.score` (prompt: its first token,
+continuation: the rest), whose output head runs in chunks of positions, so a 16K window of a
+152K-vocabulary model needs a few hundred MB of logits, not 10 GB. The engine's ``max_seq_len`` must
+hold the longest window.
 """
 
 from __future__ import annotations
@@ -18,9 +20,6 @@ import math
 import zipfile
 from pathlib import Path
 from typing import Any, Sequence
-
-import torch
-import torch.nn.functional as F
 
 from .multiple_choice import TaskDataError
 
@@ -51,21 +50,10 @@ def read_texts(path: str | Path) -> list[str]:
     return [path.read_text(encoding="utf-8", errors="replace")]
 
 
-@torch.no_grad()
-def window_nll(model: Any, window: torch.Tensor, chunk: int = 1024) -> tuple[float, int]:
-    """Summed NLL (nats) of tokens 1..L-1 of ``window`` [L] given their prefixes, and their count."""
-    h = model.hidden_states(window[None])[0]  # [L, d]
-    targets = window[1:]
-    total = 0.0
-    for s in range(0, len(targets), chunk):
-        logits = model.lm_head(h[s : s + chunk][: len(targets) - s]).float()
-        total += F.cross_entropy(logits, targets[s : s + chunk], reduction="sum").item()
-    return total, len(targets)
-
-
-def perplexity(model: Any, token_ids: Sequence[int], context_length: int, max_windows: int | None = None,
+def perplexity(engine: Any, token_ids: Sequence[int], context_length: int, max_windows: int | None = None,
                progress: bool = False) -> dict[str, Any]:
-    """Perplexity over non-overlapping windows of ``context_length`` tokens of ``token_ids``."""
+    """Perplexity of ``engine``'s model (an :class:`openqwen.infer.engine.Engine`) over non-overlapping
+    windows of ``context_length`` tokens of ``token_ids``."""
     if context_length < 2:
         raise ValueError(f"context_length must be at least 2, got {context_length}")
     n_windows = len(token_ids) // context_length
@@ -73,8 +61,7 @@ def perplexity(model: Any, token_ids: Sequence[int], context_length: int, max_wi
         n_windows = min(n_windows, max_windows)
     if n_windows == 0:
         raise ValueError(f"the text has {len(token_ids)} tokens, fewer than one window of {context_length}")
-    device = model.embed_tokens.weight.device
-    ids = torch.tensor(list(token_ids[: n_windows * context_length]), dtype=torch.long, device=device)
+    ids = [int(t) for t in token_ids[: n_windows * context_length]]
     it = range(n_windows)
     if progress:
         from tqdm import tqdm  # noqa: PLC0415
@@ -82,9 +69,10 @@ def perplexity(model: Any, token_ids: Sequence[int], context_length: int, max_wi
         it = tqdm(it, desc=f"perplexity @{context_length}", unit="window")
     nll, count = 0.0, 0
     for w in it:
-        s, c = window_nll(model, ids[w * context_length : (w + 1) * context_length])
-        nll += s
-        count += c
+        window = ids[w * context_length : (w + 1) * context_length]
+        (scored,) = engine.score([window[:1]], [window[1:]])
+        nll -= scored.total
+        count += scored.num_tokens
     mean = nll / count
     return {"perplexity": math.exp(mean), "mean_nll": mean, "tokens": count, "windows": n_windows,
             "context_length": context_length}
