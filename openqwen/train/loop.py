@@ -354,9 +354,9 @@ class Trainer:
                     self.save()
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{stats['lr']:.2e}",
-                                    tok_s=f"{rec['tokens_per_s']:.0f}", mfu=f"{rec['mfu']:.1%}",
-                                    **{n: f"{stats[n]:.3g}" for n in self.metric_names})
+                    bar.set_postfix({"loss": f"{stats['loss']:.3f}", "lr": f"{stats['lr']:.2e}",
+                                     "tok_s": f"{rec['tokens_per_s']:.0f}", "mfu": f"{rec['mfu']:.1%}",
+                                     **{n: f"{stats[n]:.3g}" for n in self.metric_names}})
         finally:
             if bar is not None:
                 bar.close()

@@ -28,8 +28,9 @@ from train_helpers import nano_config
 TOY = Path(__file__).with_name("toy_tasks.py")
 
 
-def test_head_task_learns_and_logs_its_metrics(tmp_path, packed_text):
-    cfg = head_config(tmp_path, packed_text, steps=40, **{"model.dropout": 0.0, "train.save_every": 0})
+def test_head_task_learns_and_logs_its_metrics(tmp_path, packed_text, capsys):
+    cfg = head_config(tmp_path, packed_text, steps=40, **{"model.dropout": 0.0, "train.save_every": 0,
+                                                          "train.progress": True})
     trainer = head_trainer(cfg, packed_text)
     head = trainer.modules["head"]
     assert any(p is head.weight for g in trainer.module_optimizers["head"].param_groups for p in g["params"])
@@ -47,6 +48,8 @@ def test_head_task_learns_and_logs_its_metrics(tmp_path, packed_text):
         assert rec["units"] == 8 and rec["tokens"] == 8 * 64
         assert 0 <= rec["within_half"] * 8 == round(rec["within_half"] * 8)  # a count of rows out of 8
     assert recs[-1]["within_half"] > recs[0]["within_half"]
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()[-1]  # the progress bar's last state
+    assert "40/40" in bar and f"target_mean={recs[-1]['target_mean']:.3g}" in bar and "within_half=" in bar
     # the loss plot has a row for each metric: 400 px per row at the default size
     import matplotlib.image
 
