@@ -69,7 +69,7 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> QwenConfi
         method = hf["quantization_config"].get("quant_method", "?")
         raise CheckpointError(f"{source}: quantised weights ({method}) are not supported; give a dense checkpoint")
     act = hf.get("hidden_act", "silu")
-    if act != "silu":
+    if act not in ("silu", "swish"):  # transformers' two names of one function
         raise CheckpointError(f"{source}: hidden_act {act!r} is not supported (Qwen's SwiGLU uses 'silu')")
     layers = int(need("num_hidden_layers"))
     _refuse_sliding_window(hf, layers, source)
