@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from openqwen.infer.loading import DTYPE_CHOICES
+
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = [
     "def fibonacci(n):", "import os\n\ndef list_files(path):", "class Stack:\n    def __init__(self):",
@@ -222,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(gguf) if gguf else "nano",
                    help="model folder or .gguf (default: the Qwen2.5-Coder-0.5B GGUF artifact), or 'nano'")
-    p.add_argument("--dtypes", nargs="+", default=["int8", "fp32"], choices=["fp32", "bf16", "int8"],
+    p.add_argument("--dtypes", nargs="+", default=["int8", "fp32"], choices=DTYPE_CHOICES,
                    help="precisions to measure, one model load each (default: int8 fp32)")
     p.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--max-tokens", type=int, default=32)
