@@ -96,8 +96,11 @@ def load_engine_from_args(args: argparse.Namespace, **engine_kwargs: Any):
     from .loading import load_model_and_tokenizer, set_threads  # noqa: PLC0415
 
     set_threads(args.threads)
+    # what Engine.from_pretrained does, with the engine (torch) imported only once the model is
+    # known to exist: a mistyped path answers at once
     model, tokenizer = load_model_and_tokenizer(args.model, args.dtype, args.tokenizer)
     from .engine import Engine  # noqa: PLC0415
+
     engine_kwargs.setdefault("name", Path(args.model).name)
     return Engine(model, tokenizer, **engine_kwargs)
 
