@@ -197,6 +197,14 @@ def _load_partial(path: str | None, prompts: list[list[int]]) -> dict[int, Any]:
     return done
 
 
+def _chat_ids(tok: Any, messages: list[dict], model: Any, max_new_tokens: int) -> list[int]:
+    """ChatML prompt ids through the package's one chat-prompt path (the server and the chat CLI use
+    it too): history trimmed oldest turn first to leave ``max_new_tokens`` of the model's context."""
+    from ..tokenizer.chat import chat_prompt_ids  # noqa: PLC0415
+
+    return chat_prompt_ids(tok, messages, max(1, model.config.max_position_embeddings - max_new_tokens))
+
+
 def _truncate_at_stop(text: str, stop: list[str]) -> str:
     for s in stop:
         i = text.find(s)
@@ -243,7 +251,8 @@ def _run_code(model, tok, cfg: EvalConfig) -> dict[str, Any]:
     chat = cfg.mode == "chat"
     if chat:
         prefix = tok.encode(code.CHAT_RESPONSE_PREFIX)
-        prompts = [tok.apply_chat_template([{"role": "user", "content": p.instruction}], add_generation_prompt=True)
+        max_new = cfg.max_new_tokens or 512
+        prompts = [_chat_ids(tok, [{"role": "user", "content": p.instruction}], model, max_new + len(prefix))
                    + prefix for p in problems]
         stop = code.CHAT_STOP
     else:
@@ -281,7 +290,7 @@ def _run_math(model, tok, cfg: EvalConfig) -> dict[str, Any]:
         examples, problems = problems[:shots], problems[shots:]
         rel_tol, max_new = 1e-4, cfg.max_new_tokens or 512
         if chat:
-            prompts = [tok.apply_chat_template(m.gsm8k_chat_messages(p)) for p in problems[: cfg.limit]]
+            prompts = [_chat_ids(tok, m.gsm8k_chat_messages(p), model, max_new) for p in problems[: cfg.limit]]
         else:
             prompts = [tok.encode(m.gsm8k_base_prompt(p, examples)) for p in problems[: cfg.limit]]
         stop = [] if chat else ["\n\nQuestion:", "Question:"]
@@ -291,7 +300,7 @@ def _run_math(model, tok, cfg: EvalConfig) -> dict[str, Any]:
         examples = m.generate_math401(shots, seed=cfg.seed + 10_000) if shots else []
         ex = "".join(f"{e.question}{_fmt(e.answer)}\n" for e in examples)
         if chat:
-            prompts = [tok.apply_chat_template(m.math401_chat_messages(p)) for p in problems[: cfg.limit]]
+            prompts = [_chat_ids(tok, m.math401_chat_messages(p), model, max_new) for p in problems[: cfg.limit]]
         else:
             prompts = [tok.encode(ex + p.question) for p in problems[: cfg.limit]]
         stop = [] if chat else ["\n"]
