@@ -76,7 +76,7 @@ def add_parser(subparsers: Any) -> None:
     )
     _add_model_args(chat)
     chat.add_argument("--system", default=None, help="system prompt [You are a helpful assistant.]")
-    chat.add_argument("--window", type=int, default=6144, help="history window in tokens [6144]")
+    chat.add_argument("--window", type=positive_int, default=6144, help="history window in tokens [6144]")
     _add_sampling_args(chat)
     chat.set_defaults(func=run_chat)
 
