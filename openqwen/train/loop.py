@@ -89,9 +89,10 @@ def is_batch_source(data: Any) -> bool:
 
 
 def task_modules(task: Task, model: nn.Module) -> dict[str, nn.Module]:
-    """The task's modules, checked: usable names, something to train, no parameter shared with the model."""
+    """The task's modules, checked: usable names, something to train, no parameter shared with the model
+    or another module."""
     modules = dict(task.modules())
-    model_params = {id(p) for p in model.parameters()}
+    taken = {id(p) for p in model.parameters()}
     for name, module in modules.items():
         if not name.isidentifier() or name == "model":
             raise ValueError(f"task module name {name!r}: use a Python identifier other than 'model' "
@@ -99,9 +100,11 @@ def task_modules(task: Task, model: nn.Module) -> dict[str, nn.Module]:
         if not any(p.requires_grad for p in module.parameters()):
             raise ValueError(f"task module {name!r} has no trainable parameters; task modules are trained, "
                              "keep frozen models (a PPO reference) on the task itself")
-        if any(id(p) in model_params for p in module.parameters()):
-            raise ValueError(f"task module {name!r} shares parameters with the model; a module's tensors must be "
-                             "its own (they are optimised, checkpointed and exported separately)")
+        if any(id(p) in taken for p in module.parameters()):
+            raise ValueError(f"task module {name!r} shares parameters with the model or another task module; "
+                             "a module's tensors must be its own (they are optimised, checkpointed and exported "
+                             "separately)")
+        taken.update(id(p) for p in module.parameters())
     return modules
 
 

@@ -117,8 +117,10 @@ def test_task_modules_are_checked(tmp_path, packed_text):
     torch.manual_seed(0)
     model = Qwen(nano_config())
     rows = RowsWithTarget(PackedRows(packed_text))
+    shared = nn.Linear(64, 1)
     cases = [({"model": nn.Linear(64, 1)}, "task module name 'model'"),
              ({"tied": nn.ModuleList([model.norm])}, "'tied' shares parameters with the model"),
+             ({"a": shared, "b": nn.Sequential(shared)}, "'b' shares parameters with the model or another"),
              ({"frozen": nn.Linear(64, 1).requires_grad_(False)}, "'frozen' has no trainable parameters")]
     for modules, message in cases:
         with pytest.raises(ValueError, match=message):
