@@ -39,8 +39,8 @@ import torch
 
 from ..model import Qwen
 from ..tokenizer.chat import DEFAULT_CHAT_WINDOW, chat_prompt_ids
-from .loading import load_for_inference
-from .requests import Completion, EventSink, Request, RequestHandle, StreamEvent
+from .loading import load_model_and_tokenizer
+from .requests import Completion, EventSink, Request, RequestHandle, StreamEvent, params_list, wait_all
 from .runner import ModelRunner
 from .sampling import SamplingParams
 from .scheduler import Scheduler
@@ -93,11 +93,8 @@ class Engine:
     def from_pretrained(cls, path: str | Path, dtype: str = "fp32", tokenizer_path: str | Path | None = None,
                         **kwargs: Any) -> "Engine":
         """Load model + tokenizer from a model folder or .gguf file. dtype: fp32 | bf16 | int8
-        (int8: weight-only int8 linears for fast CPU decode, see :mod:`openqwen.infer.quant`)."""
-        from ..tokenizer import QwenTokenizer  # noqa: PLC0415
-
-        model = load_for_inference(path, dtype)
-        tokenizer = QwenTokenizer.from_pretrained(tokenizer_path or path)
+        (int8: weight-only int8 linears for fast CPU decode, see :mod:`openqwen.infer.loading`)."""
+        model, tokenizer = load_model_and_tokenizer(path, dtype, tokenizer_path)
         kwargs.setdefault("name", Path(path).name)
         return cls(model, tokenizer, **kwargs)
 
@@ -143,8 +140,8 @@ class Engine:
         """Generate for every prompt (text or token ids); returns Completions in prompt order."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]  # type: ignore[list-item]
-        plist = _params_list(params, len(prompts))
-        return _results([self.submit(p, sp) for p, sp in zip(prompts, plist)], progress)
+        plist = params_list(params, len(prompts))
+        return wait_all([self.submit(p, sp) for p, sp in zip(prompts, plist)], progress)
 
     def chat(self, messages_list: Sequence[Sequence[dict]] | Sequence[dict],
              params: SamplingParams | Sequence[SamplingParams] | None = None,
@@ -153,8 +150,8 @@ class Engine:
         when params is None; stops at the chat stop ids; history trimmed oldest-first to ``window``."""
         if messages_list and isinstance(messages_list[0], dict):
             messages_list = [messages_list]  # type: ignore[list-item]
-        plist = _params_list(params if params is not None else SamplingParams.chat_defaults(), len(messages_list))
-        return _results([self.submit_chat(m, sp, window) for m, sp in zip(messages_list, plist)], progress)
+        plist = params_list(params if params is not None else SamplingParams.chat_defaults(), len(messages_list))
+        return wait_all([self.submit_chat(m, sp, window) for m, sp in zip(messages_list, plist)], progress)
 
     def submit_chat(self, messages: Sequence[dict], params: SamplingParams | None = None,
                     window: int = DEFAULT_CHAT_WINDOW, sink: EventSink | None = None) -> RequestHandle:
@@ -257,12 +254,12 @@ class Engine:
         """Admit waiting requests into free slots (prefill), then decode one token for every active one."""
         with self._step_lock:
             runner, scheduler = self._runner, self._scheduler
+            runner.check_mode()  # two attribute reads: dropout must not start mid-request either
             runner.prepare()
             for r in scheduler.cancelled():  # a disconnected client frees its slot at once
                 r.finish("cancelled")
             if scheduler.waiting:
-                runner.check_mode()
-                self._check_weights()
+                self._check_weights()  # before admission: prefix reuse must not cross a weight change
                 admitted, dropped = scheduler.admit()
                 for r in dropped:
                     r.finish("cancelled")
@@ -299,21 +296,3 @@ class Engine:
         if r.accept(logits, token) is not None:
             self._scheduler.release(r)
 
-
-def _params_list(params: SamplingParams | Sequence[SamplingParams] | None, n: int) -> list[SamplingParams]:
-    if params is None:
-        return [SamplingParams()] * n
-    if isinstance(params, SamplingParams):
-        return [params] * n
-    params = list(params)
-    if len(params) != n:
-        raise ValueError(f"got {len(params)} SamplingParams for {n} prompts")
-    return params
-
-
-def _results(handles: list[RequestHandle], progress: bool) -> list[Completion]:
-    if not progress:
-        return [h.result() for h in handles]
-    from tqdm import tqdm  # noqa: PLC0415
-
-    return [h.result() for h in tqdm(handles, desc="generating", unit="req")]

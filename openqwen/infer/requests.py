@@ -255,3 +255,24 @@ def holdback(text: str, stops: Sequence[str]) -> int:
 
 def _tail(values: list[float] | None, n: int) -> list[float] | None:
     return None if values is None else values[len(values) - n:]
+
+
+def params_list(params: SamplingParams | Sequence[SamplingParams] | None, n: int) -> list[SamplingParams]:
+    """One SamplingParams per request (one given for all, or one each)."""
+    if params is None:
+        return [SamplingParams()] * n
+    if isinstance(params, SamplingParams):
+        return [params] * n
+    params = list(params)
+    if len(params) != n:
+        raise ValueError(f"got {len(params)} SamplingParams for {n} prompts")
+    return params
+
+
+def wait_all(handles: list[RequestHandle], progress: bool) -> list[Completion]:
+    """The Completions of ``handles`` in order (with a progress bar when asked)."""
+    if not progress:
+        return [h.result() for h in handles]
+    from tqdm import tqdm  # noqa: PLC0415
+
+    return [h.result() for h in tqdm(handles, desc="generating", unit="req")]
