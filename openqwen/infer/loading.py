@@ -5,7 +5,7 @@
 flags from :func:`add_model_arguments`, so they accept the same precisions under the same names:
 
 - ``fp32``: as stored, computed in float32;
-- ``bf16``: weights and activations in bfloat16 (half the memory);
+- ``bf16``: the linears' weights in bfloat16 (half the bytes to read per token), computed in float32;
 - ``int8``: weight-only int8 linears on float32 activations (the fastest CPU decode).
 
 ``float32`` and ``bfloat16`` are accepted as spellings of the first two.
@@ -27,8 +27,8 @@ DTYPE_CHOICES = ("fp32", "bf16", "int8")
 
 _DTYPE_SPELLINGS = {"float32": "fp32", "bfloat16": "bf16"}
 
-DTYPE_HELP = ("precision: fp32 (default), bf16 (half the memory), or int8 (weight-only int8 linears: the "
-              "fastest CPU decode, slightly different numbers)")
+DTYPE_HELP = ("precision: fp32 (default), bf16 (bf16 weights, fp32 compute: half the weight memory), or int8 "
+              "(weight-only int8 linears: the fastest CPU decode, slightly different numbers)")
 
 
 def normalise_dtype(name: str) -> str:
