@@ -57,7 +57,8 @@ def test_load_for_inference_precisions(saved):
         torch.testing.assert_close(fp32(ids), want, atol=1e-5, rtol=1e-5)
         int8 = load_for_inference(path, "int8")
         assert any(isinstance(m, Int8Linear) for m in int8.modules())
-        torch.testing.assert_close(int8(ids), want, atol=0.1, rtol=0.05)  # the same function, rounded
+        err = (int8(ids) - want).abs().max() / want.abs().max()
+        assert err < 0.03  # the same function, weights rounded to 8 bits
         bf16 = load_for_inference(path, "bf16")  # bf16 weights in the linears, fp32 compute
         assert all(m.weight.dtype == torch.bfloat16 for m in bf16.modules() if isinstance(m, BF16Linear))
         assert any(isinstance(m, BF16Linear) for m in bf16.modules())
