@@ -102,13 +102,29 @@ class GeneratedBatches:
     ``make`` must draw all of its randomness from the ``torch.Generator`` it is given (for rollouts:
     pass it to the sampler); anything else it reads (the model's weights, a fixed pool of prompts)
     is restored by the checkpoint already. Then the batches after a resume are the batches of the
-    uninterrupted run. The generator is seeded from ``(seed, rank)``.
+    uninterrupted run. The generator is seeded from ``(seed, rank)``; ``rank=None`` takes the
+    process's rank in the process group at the first batch (the Trainer joins the group), 0 alone.
     """
 
-    def __init__(self, make: Callable[[torch.Generator], dict[str, torch.Tensor]], seed: int, rank: int = 0) -> None:
-        self.make, self.seed, self.rank = make, seed, rank
-        self.generator = torch.Generator().manual_seed(rank_seed(seed, rank))
+    def __init__(self, make: Callable[[torch.Generator], dict[str, torch.Tensor]], seed: int,
+                 rank: int | None = None) -> None:
+        self.make, self.seed, self._rank = make, seed, rank
+        self._generator: torch.Generator | None = None
         self.batches = 0  # batches made by this rank
+
+    @property
+    def rank(self) -> int:
+        if self._rank is None:
+            import torch.distributed as dist
+
+            self._rank = dist.get_rank() if dist.is_initialized() else 0
+        return self._rank
+
+    @property
+    def generator(self) -> torch.Generator:
+        if self._generator is None:
+            self._generator = torch.Generator().manual_seed(rank_seed(self.seed, self.rank))
+        return self._generator
 
     def next(self) -> dict[str, torch.Tensor]:
         batch = self.make(self.generator)

@@ -1,8 +1,10 @@
 """FSDP2 and DDP on two gloo processes give the single-process result (same global batch), for the
-plain next-token task and for a task with a module of its own (a scalar head)."""
+plain next-token task and for a task with a module of its own (a scalar head); batches made on the
+fly come in one stream per rank, and an interrupted two-process run draws the same ones."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -18,7 +20,7 @@ from openqwen.train.export import load_module
 from openqwen.train.loop import Trainer
 from openqwen.train.metrics import read_metrics
 
-from toy_tasks import RowsWithTarget, ScalarHeadTask
+from toy_tasks import RowsWithTarget, ScalarHeadTask, pool_source
 from train_helpers import nano_config
 
 STEPS = 4
@@ -62,6 +64,16 @@ def _worker(rank: int, world: int, port: int, data: str, out: str) -> None:
                 _run(_cfg(run_dir, Path(data), 2, mode, **{"train.stop_after": 2}), Path(data), info, task == "head")
             trainer = _run(_cfg(run_dir, Path(data), 2, mode), Path(data), info, task == "head")
             trainer.export(run_dir / "model")
+    # batches made on the fly, one stream per rank: an interrupted run draws what an uninterrupted one does
+    for run, stops in (("whole", [None]), ("interrupted", [2, None])):
+        drawn: list = []
+        for stop in stops:
+            torch.manual_seed(0)
+            cfg = _cfg(Path(out) / f"generated-{run}", Path(data), 2, "fsdp", **{"train.stop_after": stop})
+            trainer = Trainer(cfg, Qwen(nano_config()), pool_source(Path(data), 2, seed=3, drawn=drawn), info=info)
+            trainer.fit()
+        trainer.export(Path(out) / f"generated-{run}" / "model")
+        (Path(out) / f"generated-{run}" / f"drawn{rank}.json").write_text(json.dumps(drawn))
     torch.distributed.destroy_process_group()
 
 
@@ -95,3 +107,9 @@ def test_fsdp2_and_ddp_on_two_processes_match_one_process(tmp_path, packed_text)
                 assert len(got) == STEPS
                 torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=f"{run} {key}")
     assert (tmp_path / "fsdp-plain" / "checkpoints" / "step_00000002").is_dir()
+    whole, interrupted = tmp_path / "generated-whole", tmp_path / "generated-interrupted"
+    drawn = {(run, r): json.loads((run / f"drawn{r}.json").read_text()) for run in (whole, interrupted) for r in (0, 1)}
+    assert len(drawn[whole, 0]) == STEPS * 2 and drawn[whole, 0] != drawn[whole, 1]  # each rank its own stream
+    assert drawn[interrupted, 0] == drawn[whole, 0] and drawn[interrupted, 1] == drawn[whole, 1]
+    a, b = load_model(whole / "model").state_dict(), load_model(interrupted / "model").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -83,7 +83,8 @@ def head_trainer(cfg: TrainConfig, data: Path) -> Trainer:
                    name="head")
 
 
-def pool_source(data: Path, batch_size: int, seed: int, drawn: list | None = None, rank: int = 0) -> GeneratedBatches:
+def pool_source(data: Path, batch_size: int, seed: int, drawn: list | None = None,
+                rank: int | None = None) -> GeneratedBatches:
     """Batches of ``batch_size`` rows drawn at random from the packed rows; ``drawn`` collects each
     batch's row indices (what the tests compare)."""
     rows = PackedRows(data)
