@@ -30,14 +30,20 @@ MODULES_DIR = "modules"
 
 
 def _strict_load(module: nn.Module, state: dict[str, torch.Tensor], what: str, **kwargs: Any) -> None:
-    expected = set(module.state_dict())
+    """``load_state_dict(strict=True)`` whose refusals are a ``ValueError`` naming the misfits."""
+    own = module.state_dict()
+    expected = set(own)
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    misshapen = [f"{k} {tuple(state[k].shape)} (expected {tuple(own[k].shape)})"
+                 for k in sorted(expected & set(state)) if state[k].shape != own[k].shape]
+    if misshapen:
+        raise ValueError(f"{what} do not match: shapes differ: {', '.join(misshapen[:8])}")
     if missing or unexpected:
         detail = "; ".join(part for part in (
             f"missing {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}" if missing else "",
             f"unexpected {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}" if unexpected else "",
         ) if part)
-        raise ValueError(f"{what} does not match: {detail}")
+        raise ValueError(f"{what} do not match: {detail}")
     module.load_state_dict(state, strict=True, **kwargs)
 
 

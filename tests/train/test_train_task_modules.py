@@ -91,6 +91,9 @@ def test_head_task_resumes_bitwise_after_a_kill_and_exports_strictly(tmp_path, p
         load_module(ref_dir, "head", nn.Linear(64, 1, bias=False))
     with pytest.raises(ValueError, match="missing 0.bias, 0.weight; unexpected bias, weight"):
         load_module(ref_dir, "head", nn.Sequential(nn.Linear(64, 1)))
+    with pytest.raises(ValueError, match=r"shapes differ: bias \(1,\) \(expected \(2,\)\), weight \(1, 64\) "
+                                         r"\(expected \(2, 64\)\)"):
+        load_module(ref_dir, "head", nn.Linear(64, 2))
     with pytest.raises(FileNotFoundError, match="no exported module 'value'"):
         load_module(ref_dir, "value", nn.Linear(64, 1))
 
