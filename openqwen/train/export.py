@@ -2,10 +2,11 @@
 
 The model goes to ``PATH`` in the Hugging Face Qwen2 layout (``config.json``, ``model.safetensors``;
 LoRA adapters merged into the weights they adapt). Each module of the task goes to
-``PATH/modules/<name>.safetensors`` with its own parameter names (a folder of its own: loaders that
-read every ``*.safetensors`` of a model folder, ours and vLLM's, see only the model); :func:`load_module`
-reads one back into a freshly built module. Nothing is dropped or filled in silently: a trained tensor the Qwen layout has
-no place for, or a weight it needs that training did not produce, raises ``ValueError``.
+``PATH/modules/<name>.safetensors`` with its own parameter names (a folder of its own: loaders
+that read every ``*.safetensors`` of a model folder, ours and vLLM's, see only the model);
+:func:`load_module` reads one back into a freshly built module. Nothing is dropped or filled in
+silently: a trained tensor the Qwen layout has no place for, or a weight it needs that training did
+not produce, raises ``ValueError``.
 """
 
 from __future__ import annotations

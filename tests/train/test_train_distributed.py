@@ -101,7 +101,8 @@ def test_fsdp2_and_ddp_on_two_processes_match_one_process(tmp_path, packed_text)
             if task == "head":
                 head = load_module(run / "model", "head", nn.Linear(64, 1))
                 for name, p in ref.modules["head"].state_dict().items():
-                    torch.testing.assert_close(head.state_dict()[name], p, atol=WEIGHT_ATOL, rtol=0, msg=f"{run} {name}")
+                    torch.testing.assert_close(head.state_dict()[name], p, atol=WEIGHT_ATOL, rtol=0,
+                                               msg=f"{run} {name}")
             for key in ("loss", "grad_norm"):
                 want, got = _curve(tmp_path / f"single-{task}", key), _curve(run, key)
                 assert len(got) == STEPS
