@@ -30,8 +30,10 @@ TOY = Path(__file__).with_name("toy_tasks.py")
 
 def test_head_task_learns_and_logs_its_metrics(tmp_path, packed_text, capsys):
     cfg = head_config(tmp_path, packed_text, steps=40, **{"model.dropout": 0.0, "train.save_every": 0,
-                                                          "train.progress": True})
-    trainer = head_trainer(cfg, packed_text)
+                                                          "train.progress": True, "train.eval_every": 20})
+    rows = PackedRows(packed_text)
+    val = RowsWithTarget(PackedRows(rows.ds, len(rows) - 8))
+    trainer = head_trainer(cfg, packed_text, val)
     head = trainer.modules["head"]
     assert any(p is head.weight for g in trainer.module_optimizers["head"].param_groups for p in g["params"])
     head_before = head.weight.detach().clone()
@@ -48,6 +50,15 @@ def test_head_task_learns_and_logs_its_metrics(tmp_path, packed_text, capsys):
         assert rec["units"] == 8 and rec["tokens"] == 8 * 64
         assert 0 <= rec["within_half"] * 8 == round(rec["within_half"] * 8)  # a count of rows out of 8
     assert recs[-1]["within_half"] > recs[0]["within_half"]
+    # validation: the task's metrics as val_<name>; the loss recomputed with the model and head directly
+    vals = [r for r in read_metrics(tmp_path) if r["kind"] == "val"]
+    assert [r["step"] for r in vals] == [20, 40]
+    targets = torch.tensor([val[i]["target"] for i in range(len(val))])
+    ids = torch.stack([torch.from_numpy(val[i]["input_ids"]).long() for i in range(len(val))])
+    with torch.no_grad():
+        pred = head(trainer.model.hidden_states(ids)[:, -1]).squeeze(-1)
+    assert vals[-1]["val_loss"] == pytest.approx(float(((pred - targets) ** 2).mean()), rel=1e-5)
+    assert vals[-1]["val_target_mean"] == pytest.approx(float(targets.mean()), rel=1e-6)
     bar = capsys.readouterr().err.replace("\r", "\n").splitlines()[-1]  # the progress bar's last state
     assert "40/40" in bar and f"target_mean={recs[-1]['target_mean']:.3g}" in bar and "within_half=" in bar
     # the loss plot has a row for each metric: 400 px per row at the default size

@@ -76,11 +76,11 @@ def head_config(out: Path, data: Path, steps: int = 10, **over) -> TrainConfig:
     return TrainConfig.load(None, base)
 
 
-def head_trainer(cfg: TrainConfig, data: Path) -> Trainer:
+def head_trainer(cfg: TrainConfig, data: Path, val: RowsWithTarget | None = None) -> Trainer:
     torch.manual_seed(cfg.train.seed)
     model = Qwen(nano_config())
     return Trainer(cfg, model, RowsWithTarget(PackedRows(data)), task=ScalarHeadTask(model.config.hidden_size),
-                   name="head")
+                   val_data=val, name="head")
 
 
 def pool_source(data: Path, batch_size: int, seed: int, drawn: list | None = None,
