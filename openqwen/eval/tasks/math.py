@@ -94,9 +94,14 @@ def load_gsm8k(path: str | Path) -> list[MathProblem]:
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
         if not line.strip():
             continue
-        r = json.loads(line)
-        if "question" not in r or "answer" not in r:
-            raise TaskDataError(f"{path}:{i + 1}: GSM8K rows need 'question' and 'answer', found {sorted(r)}")
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise TaskDataError(f"{path}:{i + 1}: not valid JSON ({e}); GSM8K files hold one JSON object per line") \
+                from None
+        if not isinstance(r, dict) or "question" not in r or "answer" not in r:
+            raise TaskDataError(f"{path}:{i + 1}: GSM8K rows need 'question' and 'answer', found "
+                                f"{sorted(r) if isinstance(r, dict) else type(r).__name__}")
         m = re.search(r"####\s*(.+)", str(r["answer"]))
         gold = parse_number(m.group(1) if m else str(r["answer"]))
         if gold is None:
