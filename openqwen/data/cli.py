@@ -177,6 +177,9 @@ def _train_quality(args: argparse.Namespace) -> int:
     from .quality import QualityClassifier, synthetic_negatives
 
     good = list(iter_texts(args.good))
+    if not any(t.strip() for t in good):
+        raise ValueError(f"--good {' '.join(args.good)} holds no documents; give .jsonl[.gz] files with a 'text' "
+                         "field or text files")
     if args.limit and len(good) > args.limit:
         # a seeded sample over all sources: the first N documents would often be one source only
         import random
