@@ -132,7 +132,8 @@ class Scorer:
         self.reused_tokens += keep
         self._prefix_tokens = list(tokens[:keep])
         if len(tokens) > keep:
-            self.model.hidden_states(torch.tensor([tokens[keep:]]), cache=self._prefix)
+            ids = torch.tensor([tokens[keep:]], device=self.model.embed_tokens.weight.device)
+            self.model.hidden_states(ids, cache=self._prefix)
         self._prefix_tokens = list(tokens)
 
     # ------------------------------------------------------------------------------ the passes
