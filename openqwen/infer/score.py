@@ -29,7 +29,8 @@ import torch
 from ..model import KVCache, Qwen
 
 HEAD_CHUNK = 1024
-"""Positions per output-head call (a 16K window of a 152K vocabulary stays a few hundred MB)."""
+"""Positions per output-head call: 1024 x 152K fp32 logits are 0.6 GB, whatever the window length
+(a whole 16K window would be 10 GB)."""
 
 
 @dataclass

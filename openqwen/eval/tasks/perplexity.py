@@ -8,7 +8,7 @@ training length (perplexity explodes).
 
 Each window is one row of :meth:`openqwen.infer.engine.Engine.score` (prompt: its first token,
 continuation: the rest), whose output head runs in chunks of positions, so a 16K window of a
-152K-vocabulary model needs a few hundred MB of logits, not 10 GB. The engine's ``max_seq_len`` must
+152K-vocabulary model needs 0.6 GB of logits at a time, not 10 GB. The engine's ``max_seq_len`` must
 hold the longest window.
 """
 
