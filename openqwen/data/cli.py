@@ -31,20 +31,6 @@ def _print_manifest(m: dict) -> None:
             print(f"  bad line {e['file']}:{e['line']}: {e['error']}", file=sys.stderr)
 
 
-def _load_tokenizer(path: str | None):
-    from openqwen.artifacts import artifact_path
-
-    if path is None:
-        found = artifact_path("qwen-tiktoken")
-        if found is None:
-            raise FileNotFoundError("no --tokenizer given and the qwen.tiktoken artifact is absent; "
-                                    "pass --tokenizer PATH (a qwen.tiktoken file or a tokenizer folder)")
-        path = str(found)
-    from openqwen import QwenTokenizer
-
-    return QwenTokenizer.from_pretrained(path)
-
-
 def _demo_corpus(args: argparse.Namespace) -> int:
     from .demo_corpus import build_demo_corpus
 
@@ -60,7 +46,9 @@ def _pack(args: argparse.Namespace) -> int:
 
     if args.seq_len < 2:
         raise ValueError(f"--seq-len must be at least 2 tokens, got {args.seq_len}")
-    tok = _load_tokenizer(args.tokenizer)
+    from ..tokenizer.cli import load_tokenizer_arg
+
+    tok = load_tokenizer_arg(args.tokenizer)
     index = pack_documents(Path(args.input), tok, args.out, seq_len=args.seq_len, seed=args.seed,
                            shuffle=not args.no_shuffle)
     if index["num_sequences"] == 0:

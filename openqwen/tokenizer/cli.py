@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 
-def _load(path: str | None):
+def load_tokenizer_arg(path: str | None):
+    """The tokenizer a ``--tokenizer`` flag names, or the official qwen.tiktoken artifact when it names none
+    (shared by the tokenizer and data verbs)."""
     from .bpe import QwenTokenizer
 
     if path is None:
@@ -47,7 +49,7 @@ def _train(args: argparse.Namespace) -> int:
         if args.num_extra is not None:
             raise ValueError("--num-extra is for training from bytes; --extend keeps the base vocabulary's special tokens")
         _check_paths(inputs, args.out)
-        base = _load(args.extend)
+        base = load_tokenizer_arg(args.extend)
         tok = extend_tokenizer(base, inputs, args.new_tokens, min_frequency=args.min_frequency,
                                show_progress=not args.quiet, max_token_bytes=args.max_token_bytes)
     else:
@@ -79,7 +81,7 @@ def _stats(args: argparse.Namespace) -> int:
         name = name or (Path(path).stem if path else "qwen")
         if name in tokenizers:
             raise ValueError(f"two tokenizers are named {name!r}; name them apart with --tokenizer NAME=PATH")
-        tokenizers[name] = _load(path)
+        tokenizers[name] = load_tokenizer_arg(path)
     groups = group_documents(args.input, group_by=args.group_by)
     if not any(doc for docs in groups.values() for doc in docs):
         raise ValueError(f"--input {' '.join(args.input)}: no text in these files; give files with documents in them")
@@ -112,7 +114,7 @@ def _encode(args: argparse.Namespace) -> int:
         raise ValueError("give the text as an argument or --file, not both")
     if args.chat and args.allow_special:
         raise ValueError("--allow-special does not apply to --chat: chat content is always plain text")
-    tok = _load(args.tokenizer)
+    tok = load_tokenizer_arg(args.tokenizer)
     if args.file:
         text = _read_text_file(args.file)
     elif args.text is not None:

@@ -29,6 +29,8 @@ from typing import Any, Sequence
 
 import torch
 
+from ...tokenizer.chat import chat_prompt_ids
+
 LETTERS = "ABCD"
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 
@@ -248,8 +250,9 @@ def evaluate_mc(engine: Any, items: Sequence[MCItem], shots: int, mode: str = "b
                 # encoded separately so every prompt of the subject shares the shot tokens exactly
                 prompts.append(tokenizer.encode(shared) + tokenizer.encode(question))
         else:
-            prompts = [tokenizer.apply_chat_template(chat_messages(it, ex, zh), add_generation_prompt=True)
-                       for it in its]
+            # the one chat-prompt path: shots that do not fit the engine's context (less the answer
+            # letter) are dropped oldest first, as the chat CLI and the server drop old turns
+            prompts = [chat_prompt_ids(tokenizer, chat_messages(it, ex, zh), engine.max_seq_len - 1) for it in its]
         scores = letter_logprobs(engine, prompts, letters, batch_size, bar)
         preds = [LETTERS[i] for i in scores.argmax(-1).tolist()]
         correct = sum(p == it.answer for p, it in zip(preds, its))
