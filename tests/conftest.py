@@ -9,7 +9,7 @@ import torch
 from openqwen.artifacts import artifact_path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")  # a getter, usable by fixtures of any scope
 def artifact():
     def get(name: str):
         path = artifact_path(name)

@@ -29,13 +29,8 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def gguf_path():
-    from openqwen.artifacts import artifact_path
-
-    path = artifact_path("qwen25-coder-0.5b-instruct-gguf")
-    if path is None:
-        pytest.skip("artifact 'qwen25-coder-0.5b-instruct-gguf' not fetched (run ../shared/tools/fetch-artifacts)")
-    return path
+def gguf_path(artifact):
+    return artifact("qwen25-coder-0.5b-instruct-gguf")
 
 
 @pytest.fixture(scope="module")

@@ -9,23 +9,13 @@ from tokenizer_samples import multilingual_sample
 
 
 @pytest.fixture(scope="session")
-def qwen_tiktoken():
-    from openqwen.artifacts import artifact_path
-
-    path = artifact_path("qwen-tiktoken")
-    if path is None:
-        pytest.skip("artifact 'qwen-tiktoken' not fetched")
-    return path
+def qwen_tiktoken(artifact):
+    return artifact("qwen-tiktoken")
 
 
 @pytest.fixture(scope="session")
-def qwen2_json():
-    from openqwen.artifacts import artifact_path
-
-    path = artifact_path("qwen2-tokenizer-json")
-    if path is None:
-        pytest.skip("artifact 'qwen2-tokenizer-json' not fetched")
-    return path
+def qwen2_json(artifact):
+    return artifact("qwen2-tokenizer-json")
 
 
 @pytest.fixture(scope="session")
