@@ -206,15 +206,23 @@ def drop_long_context(settings: Mapping[str, Any], source: str, seq_length: int)
 
 
 # ---------------------------------------------------------------------------------- safetensors
+def indexed_shards(index: Path) -> list[Path]:
+    """The shard files a ``*.index.json`` (safetensors or ``.bin``) names, each checked to exist."""
+    try:
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{index} is not a shard index (a JSON object with a 'weight_map'): {e}") from e
+    missing = [s for s in shards if not (index.parent / s).exists()]
+    if missing:
+        raise CheckpointError(f"{index} names shards that are missing: {missing}")
+    return [index.parent / s for s in shards]
+
+
 def safetensor_files(folder: Path, required: bool = True) -> list[Path]:
     """The safetensors files of a folder: the shards its index names, or every ``*.safetensors``."""
     index = folder / "model.safetensors.index.json"
     if index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        missing = [s for s in shards if not (folder / s).exists()]
-        if missing:
-            raise CheckpointError(f"{index} names shards that are missing: {missing}")
-        return [folder / s for s in shards]
+        return indexed_shards(index)
     files = sorted(folder.glob("*.safetensors"))
     if not files and required:
         raise CheckpointError(f"no *.safetensors files in {folder}")

@@ -32,7 +32,7 @@ import torch
 from ..config import QwenConfig
 from ..model import Qwen
 from .common import (CheckpointError, NameMap, Rename, atomic_write_text, build_model, drop_long_context, dtype_name,
-                     read_safetensors, resolve_dtype, safetensor_files, write_safetensors)
+                     indexed_shards, read_safetensors, resolve_dtype, safetensor_files, write_safetensors)
 
 _H = "transformer.h.{i}."
 V1_NAMES = NameMap(
@@ -166,11 +166,7 @@ def read_v1_tensors(folder: Path) -> dict[str, torch.Tensor]:
         return read_safetensors(st)
     bin_index = folder / "pytorch_model.bin.index.json"
     if bin_index.exists():
-        shards = sorted(set(json.loads(bin_index.read_text())["weight_map"].values()))
-        missing = [s for s in shards if not (folder / s).exists()]
-        if missing:
-            raise CheckpointError(f"{bin_index} names shards that are missing: {missing}")
-        bins = [folder / s for s in shards]
+        bins = indexed_shards(bin_index)
     else:
         bins = sorted(folder.glob("pytorch_model*.bin"))
     if not bins:
