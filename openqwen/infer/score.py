@@ -27,6 +27,7 @@ from typing import Sequence
 import torch
 
 from ..model import KVCache, Qwen
+from .scheduler import common_prefix
 
 HEAD_CHUNK = 1024
 """Positions per output-head call: 1024 x 152K fp32 logits are 0.6 GB, whatever the window length
@@ -59,14 +60,6 @@ class _Job:
     snapshot_for: list[int] | None = None  # rows that continue from this job's keys/values (second pass)
 
 
-def _common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
-    first, n = seqs[0], min(len(s) for s in seqs)
-    for i in range(n):
-        if any(s[i] != first[i] for s in seqs):
-            return i
-    return n
-
-
 class Scorer:
     """Scores rows with ``model``; keeps the last call's shared prefix cached for the next call."""
 
@@ -88,8 +81,8 @@ class Scorer:
         if not rows:
             return []
         # 1. the shared prefix, capped so that every prompt keeps its last token to run
-        shared = _common_prefix_len([p for p, _ in rows])
-        shared = min(shared, min(len(p) for p, _ in rows) - 1)
+        first = rows[0][0]
+        shared = min(min(common_prefix(first, p), len(p) - 1) for p, _ in rows)
         self._extend_prefix(rows[0][0][:shared])
         # 2. one job per distinct prompt
         groups: dict[tuple[int, ...], list[int]] = {}
@@ -116,11 +109,7 @@ class Scorer:
         """Make row 0 of the prefix cache hold ``tokens``, running only what the last call lacked."""
         if not tokens:
             return  # nothing shared: the jobs read no prefix (and the cached one stays for later calls)
-        keep = 0
-        for a, b in zip(self._prefix_tokens, tokens):
-            if a != b:
-                break
-            keep += 1
+        keep = common_prefix(self._prefix_tokens, tokens)
         if keep == len(tokens):  # already cached (perhaps followed by more, which the jobs do not read)
             self.reused_tokens += keep
             return
