@@ -350,5 +350,4 @@ def load_gguf(path: str | Path, dtype: torch.dtype | str | None = None, device: 
             for out in pool.map(lambda job: read_tensor(f, job[0], out=job[1]), jobs):
                 bar.update(out.numel())
         bar.close()
-        state = {k: v if dtype == torch.float32 else v.to(dtype) for k, v in fused.items()}
-    return build_model(config, state, dtype, device)
+    return build_model(config, fused, dtype, device)  # build_model casts to dtype and moves to device
