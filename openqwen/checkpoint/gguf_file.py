@@ -1,11 +1,11 @@
 """The header of a GGUF file (llama.cpp's format): metadata and tensor table, numpy only (no torch).
 
 ``gguf.GGUFReader`` builds a numpy view for every string of the embedded tokenizer (about 300
-thousand of them in a Qwen file), which takes ~30 s on a small CPU; :class:`GGUFFile` walks the same
-layout with ``struct`` in under a second and only decodes the strings it is asked for. Tensor data
-stays in the memory-mapped file until :meth:`GGUFFile.raw` hands out a view of its bytes; turning
-those into weights is :mod:`openqwen.checkpoint.gguf`'s job. The tokenizer reads GGUF vocabularies
-through this module too.
+thousand of them in a Qwen file), 38 s on a busy 2-core machine (docs/benchmarks/load.md);
+:class:`GGUFFile` walks the same layout with ``struct`` in 0.67 s there and only decodes the strings
+it is asked for. Tensor data stays in the memory-mapped file until :meth:`GGUFFile.raw` hands out a
+view of its bytes; turning those into weights is :mod:`openqwen.checkpoint.gguf`'s job. The tokenizer
+reads GGUF vocabularies through this module too.
 """
 
 from __future__ import annotations
