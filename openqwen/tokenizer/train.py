@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from .bpe import QwenTokenizer
-from .vocab import ENDOFTEXT, IM_END, IM_START, QWEN_PATTERN, unicode_to_bytes
+from .vocab import ENDOFTEXT, IM_END, IM_START, QWEN_PATTERN, token_str_to_bytes
 
 # Specials of a newly trained vocabulary: the chat trio plus a few spare ids for later use
 # (tool markers, fill-in-the-middle ...), kept small so nano vocabularies don't waste rows.
@@ -148,11 +148,10 @@ def ranks_from_hf_merges(tokenizer) -> dict[bytes, int]:
     import json
 
     merges = json.loads(tokenizer.to_str())["model"]["merges"]
-    table = unicode_to_bytes()
     ranks = {bytes([b]): b for b in range(256)}
     for merge in merges:
         left, right = merge if isinstance(merge, (list, tuple)) else merge.split(" ", 1)
-        token = bytes(table[c] for c in left + right)
+        token = token_str_to_bytes(left + right)
         if token not in ranks:  # the trainer may reach the same bytes by two merges: first one ranks
             ranks[token] = len(ranks)
     return ranks
