@@ -104,7 +104,9 @@ class Server:
         except ValueError as e:  # the engine's own input checks (the adapter's ran first, so this is rare)
             raise APIError(400, str(e)) from None
 
-    def writer(self, rid: str, created: int, chat: bool, include_usage: bool, prompt_tokens: int) -> StreamWriter:
+    def writer(self, rid: str, created: int, chat: bool, stream_options: Any, prompt_tokens: int) -> StreamWriter:
+        """The SSE writer of one streamed response (a usage chunk when ``stream_options.include_usage``)."""
+        include_usage = bool(stream_options and stream_options.include_usage)
         return StreamWriter(self.adapter, rid, created, self.config.model_name, self.fingerprint, chat,
                             include_usage, prompt_tokens)
 
@@ -215,8 +217,7 @@ async def chat_completions(req: P.ChatCompletionRequest, request: Request):
     job = s.adapter.chat_job(req)
     rid, ts = P.new_id("chatcmpl"), P.now()
     if req.stream:
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return stream_response(s, job, s.writer(rid, ts, True, include_usage, len(job.prompt_ids)))
+        return stream_response(s, job, s.writer(rid, ts, True, req.stream_options, len(job.prompt_ids)))
     results = await run_to_end(s, request, [job])
     if results is None:
         return Response(status_code=CLIENT_CLOSED)
@@ -239,8 +240,7 @@ async def completions(req: P.CompletionRequest, request: Request):
     if req.stream:
         if len(jobs) > 1:
             raise APIError(400, "streaming takes one prompt; send one request per prompt.", param="prompt")
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return stream_response(s, jobs[0], s.writer(rid, ts, False, include_usage, len(jobs[0].prompt_ids)))
+        return stream_response(s, jobs[0], s.writer(rid, ts, False, req.stream_options, len(jobs[0].prompt_ids)))
     results = await run_to_end(s, request, jobs)
     if results is None:
         return Response(status_code=CLIENT_CLOSED)
