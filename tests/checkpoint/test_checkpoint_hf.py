@@ -146,7 +146,10 @@ def test_long_context_settings_of_an_older_openqwen_checkpoint_warn_and_load_off
     (tmp_path / "config.json").write_text(json.dumps(saved))
     with pytest.warns(UserWarning, match=r"use_logn_attn=True, window_sizes=\[8, 8, 8\].*seq_length=64"):
         loaded = load_model(tmp_path)
-    assert (loaded.config.use_logn_attn, loaded.config.window_sizes) == (False, None)
+    # QwenConfig refuses the settings, so a loaded model has them off by construction; what can fail
+    # is that the model loads as the same function up to seq_length
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(IDS), model(IDS), atol=0, rtol=0)
 
 
 # ------------------------------------------------------------------------------ saving for transformers

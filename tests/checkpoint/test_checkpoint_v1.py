@@ -30,7 +30,7 @@ def test_first_generation_folder_is_the_same_function_as_its_qwen2_twin(tmp_path
         loaded = load_model(tmp_path / "v1")
     c = loaded.config
     assert (c.intermediate_size, c.num_key_value_heads, c.vocab_size) == (80, 4, 101)  # half of the stored 160
-    assert (c.seq_length, c.use_dynamic_ntk, c.use_logn_attn) == (48, False, False)
+    assert c.seq_length == 48  # the dropped settings are off by construction: QwenConfig refuses them
     ids = torch.randint(0, 101, (2, 13), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ours = loaded(ids)
