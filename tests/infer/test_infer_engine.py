@@ -10,8 +10,8 @@ import torch
 from infer_helpers import IM_END, IM_START, ByteTokenizer, hf_twin, tiny_model
 
 from openqwen.infer.engine import Engine
-from openqwen.tokenizer.chat import chat_prompt_ids
 from openqwen.infer.sampling import SamplingParams
+from openqwen.tokenizer.chat import chat_prompt_ids
 
 GREEDY = SamplingParams(max_new_tokens=24, temperature=0, ignore_eos=True)
 PROMPTS = ["Hello", "The quick brown fox jumps over", "a", "Once upon a time, in a land far away, there was",
@@ -165,10 +165,9 @@ def test_logprobs_match_the_model(engine):
     assert out.logprobs == pytest.approx(ref, abs=1e-4)
 
 
-def test_chat_uses_chatml_and_chat_stop_ids(engine):
+def test_chat_uses_chatml(engine):
     out = engine.chat([[{"role": "user", "content": "hi"}]], SamplingParams.chat_defaults(max_new_tokens=8, seed=0))[0]
     assert out.prompt_tokens == len(ByteTokenizer().apply_chat_template([{"role": "user", "content": "hi"}]))
-
 
 
 def test_chat_requests_stop_at_the_chat_stop_ids():
