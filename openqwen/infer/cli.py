@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .loading import positive_int
+from .loading import add_model_arguments, positive_int
 
 EXAMPLES_GENERATE = """examples:
   openqwen generate --model runs/demo/sft --chat --prompt 'What is 12+7?'
@@ -32,8 +32,6 @@ commands inside the chat:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    from .loading import add_model_arguments  # noqa: PLC0415 - light: no torch
-
     add_model_arguments(p)
     p.add_argument("--max-seq-len", type=positive_int, default=None,
                    help="positions per request, prompt + output (default: min(model max, 8192))")
