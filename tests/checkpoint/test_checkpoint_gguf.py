@@ -170,6 +170,8 @@ def test_tiny_gguf_matches_the_dequantised_reference(tmp_path, tied):
     torch.testing.assert_close(ours, reference_logits(model, reference, ids), rtol=0, atol=1e-4)
     bf16 = load_model(tmp_path / "m.gguf", dtype="bfloat16")
     assert bf16.embed_tokens.weight.dtype == torch.bfloat16
+    for (name, low), (_, full) in zip(bf16.state_dict().items(), loaded.state_dict().items()):
+        assert low.dtype == torch.bfloat16 and torch.equal(low, full.to(torch.bfloat16)), name
 
 
 def test_f32_gguf_loads_exactly(tmp_path):
