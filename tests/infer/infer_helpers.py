@@ -10,6 +10,7 @@ import torch
 
 from hf_reference import hf_twin, randomise  # noqa: F401  (hf_twin re-exported for the engine tests)
 from openqwen import Qwen, QwenConfig
+from openqwen.infer.engine import Engine
 
 EOT, IM_START, IM_END = 256, 257, 258
 
@@ -82,3 +83,11 @@ def tiny_model(seed: int = 0, vocab: int = 259, layers: int = 2, kv_heads: int =
     return model
 
 
+def solo(model: Qwen, prompt, params, max_seq_len: int = 128):
+    """The Completion of ``prompt`` alone on a fresh one-slot engine: the reference that batched,
+    joined, reused or retrained runs must equal."""
+    eng = Engine(model, ByteTokenizer(), max_batch_size=1, max_seq_len=max_seq_len)
+    try:
+        return eng.generate([prompt], params)[0]
+    finally:
+        eng.close()

@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from infer_helpers import IM_END, IM_START, ByteTokenizer, hf_twin, tiny_model
+from infer_helpers import IM_END, IM_START, ByteTokenizer, hf_twin, solo, tiny_model
 
 from openqwen.infer.engine import Engine
 from openqwen.infer.sampling import SamplingParams
@@ -23,14 +23,6 @@ def engine():
     eng = Engine(tiny_model(), ByteTokenizer(), max_batch_size=4, max_seq_len=128)
     yield eng
     eng.close()
-
-
-def solo(model, prompt, params, max_seq_len=128):
-    eng = Engine(model, ByteTokenizer(), max_batch_size=1, max_seq_len=max_seq_len)
-    try:
-        return eng.generate([prompt], params)[0]
-    finally:
-        eng.close()
 
 
 def test_greedy_equals_transformers_generate(engine):

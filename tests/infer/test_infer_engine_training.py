@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from infer_helpers import ByteTokenizer, tiny_model
+from infer_helpers import ByteTokenizer, solo, tiny_model
 
 from openqwen.infer.engine import Engine
 from openqwen.infer.kernels import load_kernels
@@ -24,12 +24,9 @@ def train_step(model, optimizer):
     optimizer.step()
 
 
-def fresh(model, prompt, params=GREEDY):
-    eng = Engine(model, ByteTokenizer(), max_batch_size=1, max_seq_len=256)
-    try:
-        return eng.generate([prompt], params)[0].token_ids
-    finally:
-        eng.close()
+def fresh(model, prompt):
+    """Greedy ids of ``prompt`` on a fresh engine (no cached prefix, no fused step built before)."""
+    return solo(model, prompt, GREEDY, max_seq_len=256).token_ids
 
 
 @pytest.mark.parametrize("fused_optimizer", [True, False])
