@@ -284,8 +284,6 @@ def _gguf_tokenizer_metadata(path: Path) -> dict:
                     for k, v in f.metadata.items() if k.startswith("tokenizer.")}
     except FileNotFoundError:
         raise TokenizerError(f"{path} does not exist") from None
-    except TokenizerError:
-        raise
     except ValueError as e:  # the reader's own error (a CheckpointError, a ValueError) says what is wrong
         raise TokenizerError(str(e)) from None
 
