@@ -108,6 +108,12 @@ def task_modules(task: Task, model: nn.Module) -> dict[str, nn.Module]:
     return modules
 
 
+def _float64(value: Any) -> Any:
+    """``value`` to add up in float64 without a device sync: a tensor stays on its device (detached),
+    a number becomes a float. The sums equal those of Python floats of the values, bit for bit."""
+    return value.detach().double() if isinstance(value, torch.Tensor) else float(value)
+
+
 class _Sums:
     """Task metrics of a step or a validation pass: per name, a summed value over a summed count."""
 
@@ -118,12 +124,13 @@ class _Sums:
         for name, value in metrics.items():
             value, count = value if isinstance(value, tuple) else (value, units)
             acc = self.sums.setdefault(name, [0.0, 0.0])
-            acc[0] += float(value)
-            acc[1] += float(count)
+            acc[0] += _float64(value)
+            acc[1] += _float64(count)
 
     def flat(self) -> tuple[list[str], list[float]]:
+        """Names and their sums then counts, as Python floats (the one device sync of the metrics)."""
         names = sorted(self.sums)
-        return names, [self.sums[n][0] for n in names] + [self.sums[n][1] for n in names]
+        return names, [float(self.sums[n][0]) for n in names] + [float(self.sums[n][1]) for n in names]
 
     @staticmethod
     def means(names: list[str], totals: list[float], prefix: str = "") -> dict[str, float]:
@@ -291,7 +298,7 @@ class Trainer:
         loss_sum, tokens, flops, sums = 0.0, 0, 0.0, _Sums()
         for i, (batch, count) in enumerate(zip(batches, counts)):
             loss, metrics = self.forward_backward(batch, scale, i == len(batches) - 1)
-            loss_sum += loss.float().item()
+            loss_sum += _float64(loss)  # summed on the device: no sync per micro-batch
             tokens += self.task.tokens(batch)
             flops += self.task.flops(config, batch)
             sums.add(metrics, count)
@@ -301,7 +308,7 @@ class Trainer:
         clash = RECORD_KEYS.intersection(names)
         if clash:
             raise ValueError(f"task metric names {sorted(clash)} clash with the loop's own; rename them")
-        totals = all_reduce_sums([loss_sum, tokens, flops, *values], info)
+        totals = all_reduce_sums([float(loss_sum), tokens, flops, *values], info)
         self.metric_names = names
         return {"loss": totals[0] / max(units, 1), "lr": lr, "grad_norm": grad_norm, "units": units,
                 "tokens": totals[1], "flops": totals[2], **_Sums.means(names, totals[3:])}
