@@ -262,9 +262,9 @@ class Trainer:
                          last: bool) -> tuple[torch.Tensor, Mapping[str, Any]]:
         """The task's summed loss of one micro-batch (returned detached, with its metrics) and the
         backward pass of ``loss * scale``; DDP synchronises gradients only on the ``last`` one."""
-        with self._no_sync(last), self.autocast():
-            loss, metrics = self.task.loss(self.forward_model, batch, self.modules)
-        with self._no_sync(last):
+        with self._no_sync(last):  # DDP's forward decides whether this backward reduces
+            with self.autocast():
+                loss, metrics = self.task.loss(self.forward_model, batch, self.modules)
             (loss * scale).backward()
         return loss.detach(), metrics
 
