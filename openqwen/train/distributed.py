@@ -104,23 +104,19 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
-def all_reduce_sum(x: float | int, info: DistInfo) -> float:
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return x
-    t = torch.tensor([float(x)], dtype=torch.float64,
-                     device=info.device if info.device.type == "cuda" else "cpu")
-    dist.all_reduce(t)
-    return t.item()
-
-
 def all_reduce_sums(values: list[float], info: DistInfo) -> list[float]:
-    """Element-wise sums over the ranks, in one collective (float64)."""
+    """Element-wise sums over the ranks, in one collective (float64); alone, ``values`` as given."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return list(values)
     t = torch.tensor([float(x) for x in values], dtype=torch.float64,
                      device=info.device if info.device.type == "cuda" else "cpu")
     dist.all_reduce(t)
     return t.tolist()
+
+
+def all_reduce_sum(x: float | int, info: DistInfo) -> float | int:
+    """The sum of one number over the ranks (:func:`all_reduce_sums` of one value)."""
+    return all_reduce_sums([x], info)[0]
 
 
 def barrier() -> None:
