@@ -118,19 +118,20 @@ def pretrain_config(dc: DemoConfig, out: Path, num_sequences: int) -> Any:
         "train.threads": dc.threads})
 
 
-def seconds_per_step(cfg: Any, vocab_size: int, steps: int = 4) -> float:
-    """Seconds of one ``Trainer.train_step`` of the pretraining run ``cfg`` describes, on its data
-    (the median of the steps after a warm-up one), in a trainer made for the measurement and dropped."""
+def seconds_per_step(cfg: Any, steps: int = 4) -> float:
+    """Seconds of one ``Trainer.train_step`` of the pretraining run ``cfg`` describes, on its data and
+    with the model ``pretrain.run`` builds (the median of the steps after a warm-up one), in a trainer
+    made for the measurement and dropped."""
     import statistics
 
     import torch
 
     from openqwen.train.batches import PackedRows
     from openqwen.train.loop import Trainer
-    from openqwen.train.pretrain import build_model
+    from openqwen.train.pretrain import load_tokenizer, pretrain_model
 
     rows = PackedRows(cfg.data.path)
-    trainer = Trainer(cfg, build_model(cfg, vocab_size, rows.seq_len), rows, name="timing")
+    trainer = Trainer(cfg, pretrain_model(cfg, rows, load_tokenizer(cfg.data.tokenizer)), rows, name="timing")
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
@@ -243,9 +244,8 @@ def run(out: str | Path, dc: DemoConfig) -> dict[str, Any]:
     with stage("pack"):
         index = pack_documents(clean, tokenizer, out / "packed", seq_len=dc.seq_len, progress=False)
         info["pack"] = f"{index['num_tokens']:,} tokens in {index['num_sequences']} sequences of {dc.seq_len}"
-    vocab_size = max(index.get("vocab_size") or 0, tokenizer.vocab_size)  # what pretrain.run sizes the model for
     if dc.time_budget_s is not None:
-        step_s = seconds_per_step(pretrain_config(dc, out, index["num_sequences"]), vocab_size)
+        step_s = seconds_per_step(pretrain_config(dc, out, index["num_sequences"]))
         steps = fit_budget(dc, sum(timings.values()), step_s)
         if steps != (dc.pretrain_steps, dc.sft_steps):
             _log(f"{step_s:.2f} s per step here: {steps[0]} pretraining and {steps[1]} SFT steps fit the "

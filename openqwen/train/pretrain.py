@@ -66,6 +66,16 @@ def build_model(cfg: TrainConfig, vocab_size: int | None, seq_len: int | None) -
     return Qwen(config)
 
 
+def pretrain_model(cfg: TrainConfig, rows: PackedRows, tokenizer: Any = None) -> Qwen:
+    """The model :func:`run` trains on ``rows``: its vocabulary covers the shards' and the tokenizer's
+    ids, its context the rows' length, with LoRA adapters when ``lora.rank`` is set."""
+    vocab = max(rows.ds.vocab_size, tokenizer.vocab_size if tokenizer else 0)
+    model = build_model(cfg, vocab, rows.seq_len)
+    if cfg.lora.rank:
+        apply_lora(model, cfg.lora)
+    return model
+
+
 def run(cfg: TrainConfig, info: DistInfo | None = None) -> dict[str, Any]:
     """Pretrain as ``cfg`` says; returns the run summary (with ``model_dir``)."""
     if not cfg.data.path:
@@ -82,11 +92,7 @@ def run(cfg: TrainConfig, info: DistInfo | None = None) -> dict[str, Any]:
             raise ValueError(f"data.val_sequences={cfg.data.val_sequences} leaves no training data ({n} sequences)")
         rows, val = PackedRows(rows.ds, 0, n - cfg.data.val_sequences), PackedRows(rows.ds, n - cfg.data.val_sequences)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
-    vocab = max(rows.ds.vocab_size, tokenizer.vocab_size if tokenizer else 0)
-    model = build_model(cfg, vocab, rows.seq_len)
-    if cfg.lora.rank:
-        apply_lora(model, cfg.lora)
-    trainer = Trainer(cfg, model, rows, val_data=val, info=info, name="pretrain")
+    trainer = Trainer(cfg, pretrain_model(cfg, rows, tokenizer), rows, val_data=val, info=info, name="pretrain")
     summary = trainer.fit()
     trainer.export(cfg.train.out_dir, tokenizer)
     summary["model_dir"] = str(Path(cfg.train.out_dir))
