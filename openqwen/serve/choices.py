@@ -44,9 +44,6 @@ class ServerStats:
             self.tokens += tokens
 
 
-_END = object()  # queued after a choice's last event (or its error)
-
-
 class _Sink:
     """The callback the engine calls for one choice (on its stepping thread)."""
 
@@ -64,7 +61,6 @@ class _Sink:
     def __call__(self, ev: Any) -> None:
         if ev.error is not None:
             self._put(RuntimeError(f"generation failed: {ev.error}"))
-            self._put(_END)
             return
         self._tokens += len(ev.token_ids)
         done = ev.completion
@@ -75,7 +71,6 @@ class _Sink:
                               None if done is None else done.logprobs, list(ev.token_ids), ev.logprobs))
         if ev.finish_reason is not None:
             self._stats.count(ev.finish_reason, self._tokens)
-            self._put(_END)
 
 
 class Choices:
@@ -97,15 +92,16 @@ class Choices:
         return len(self.handles)
 
     async def events(self) -> AsyncIterator[ChoiceEvent]:
+        """Every choice's events until each has sent its final one (the one with a finish reason);
+        raises the first engine error."""
         live = len(self.handles)
         while live:
             item = await self.queue.get()
-            if item is _END:
-                live -= 1
-            elif isinstance(item, BaseException):
+            if isinstance(item, BaseException):
                 raise item
-            else:
-                yield item
+            yield item
+            if item.finish_reason is not None:
+                live -= 1
 
     def cancel(self) -> None:
         """No-op for finished choices; the others stop at the engine's next step."""
