@@ -210,10 +210,9 @@ def dequantize(raw: torch.Tensor | np.ndarray, ggml_type: int, shape: tuple[int,
 
 def read_tensor(f: GGUFFile, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
     """One tensor of the file dequantised to float32 (a new tensor, or written into ``out``)."""
-    if name not in f.tensors:
-        raise CheckpointError(f"{f.path} has no tensor {name!r}")
+    raw = f.raw(name)  # a CheckpointError naming the file when it has no such tensor
     info = f.tensors[name]
-    return dequantize(torch.from_numpy(f.raw(name)), info.ggml_type, info.shape, out=out)
+    return dequantize(torch.from_numpy(raw), info.ggml_type, info.shape, out=out)
 
 
 # ------------------------------------------------------------------------------------- mapping
