@@ -318,7 +318,8 @@ def load_gguf(path: str | Path, dtype: torch.dtype | str | None = None, device: 
     ``dtype`` says otherwise).
 
     Every tensor's presence and shape is checked against the metadata before any dequantising, so a
-    broken file fails in milliseconds with the offending tensor named.
+    broken file fails once the header is read (0.67 s of the 0.5B file's 8 s load in
+    docs/benchmarks/load.md) with the offending tensor named.
     """
     dtype = resolve_dtype(dtype) or torch.float32
     with GGUFFile(path) as f:
