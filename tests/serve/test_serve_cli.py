@@ -10,7 +10,7 @@ import threading
 
 import openai
 import pytest
-from serve_helpers import tiny_model
+from serve_helpers import greedy_reference, tiny_model
 
 from openqwen.checkpoint import save_model
 from openqwen.cli import main
@@ -18,7 +18,8 @@ from openqwen.cli import main
 
 def test_serve_cli_end_to_end(tokenizer, tmp_path):
     folder = tmp_path / "tiny-chat"
-    save_model(tiny_model(), folder)
+    model = tiny_model()
+    save_model(model, folder)
     tokenizer.save_pretrained(folder, hf_tokenizer_json=False)  # qwen.tiktoken is enough here
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
@@ -40,11 +41,14 @@ def test_serve_cli_end_to_end(tokenizer, tmp_path):
         assert [m.id for m in client.models.list().data] == ["tiny-chat"]
         stream = client.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "hi"}],
                                                 max_tokens=5, temperature=0, stream=True,
-                                                stream_options={"include_usage": True})
+                                                stream_options={"include_usage": True},
+                                                extra_body={"repetition_penalty": 1.0})
         chunks = list(stream)
         assert chunks[-1].usage.completion_tokens == 5
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-        assert text
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True)
+        ref = greedy_reference(model, prompt, 5, set(tokenizer.stop_ids))
+        assert len(ref) == 5 and text == tokenizer.decode(ref, skip_special_tokens=True)  # the saved model's answer
         with pytest.raises(openai.BadRequestError) as e:  # --max-model-len is enforced
             client.completions.create(model="tiny-chat", prompt="hi", max_tokens=300)
         assert e.value.body["code"] == "context_length_exceeded"
