@@ -243,13 +243,13 @@ class Trainer:
             batch = {k: v.to(self.info.device) for k, v in batch.items()}
             with self.autocast():
                 loss, metrics = self.task.loss(self.forward_model, batch, self.modules)
-            total += float(loss)
+            total += _float64(loss)
             count = self.task.count(batch)
             units += count
             sums.add(metrics, count)
         self._set_mode(True)
         names, values = sums.flat()
-        totals = all_reduce_sums([total, units, *values], self.info)
+        totals = all_reduce_sums([float(total), units, *values], self.info)
         return {"val_loss": totals[0] / max(totals[1], 1), **_Sums.means(names, totals[2:], "val_")}
 
     # ------------------------------------------------------------------ the parts of a step
