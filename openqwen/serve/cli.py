@@ -57,8 +57,6 @@ def run(args: argparse.Namespace) -> int:
     from ..infer.cli import load_engine_from_args
     from .app import ServerConfig, create_app
 
-    if not Path(args.model).expanduser().exists():
-        raise FileNotFoundError(f"--model {args.model} does not exist; pass a model folder or a .gguf file")
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be in 0..65535 (0 picks a free one), got {args.port}")
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
