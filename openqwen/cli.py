@@ -27,6 +27,9 @@ COMMAND_MODULES = [
     "openqwen.train.cli",
     "openqwen.infer.cli",
     "openqwen.serve.cli",
+    "openqwen.align.reward_cli",  # reward, dpo
+    "openqwen.align.ppo_cli",     # ppo
+    "openqwen.agent.cli",         # agent
     "openqwen.eval.cli",
     "openqwen.demo",
 ]
