@@ -23,12 +23,21 @@ examples:
 """
 
 
+def _print_bad_lines(m: dict, where: str) -> None:
+    """Where a stage's bad lines are (the first 10; the manifest lists up to 200, counts all)."""
+    if not m.get("errors"):
+        return
+    listed = m.get("error_lines", [])
+    for e in listed[:10]:
+        print(f"  bad line {e['file']}:{e['line']}: {e['error']}", file=sys.stderr)
+    if m["errors"] > min(len(listed), 10):
+        print(f"  ... {m['errors']} bad lines in all; {where} lists the first {len(listed)}", file=sys.stderr)
+
+
 def _print_manifest(m: dict) -> None:
     keys = ("stage", "docs_in", "bytes_in", "kept", "bytes_kept", "removed", "errors", "added", "seconds")
     print(json.dumps({k: m[k] for k in keys if k in m}, ensure_ascii=False))
-    if m.get("errors"):
-        for e in m.get("error_lines", [])[:10]:
-            print(f"  bad line {e['file']}:{e['line']}: {e['error']}", file=sys.stderr)
+    _print_bad_lines(m, "manifest.json")
 
 
 def _demo_corpus(args: argparse.Namespace) -> int:
@@ -123,6 +132,11 @@ def _run(args: argparse.Namespace) -> int:
     mb = summary["bytes_in"] / 1e6
     print(f"{summary['docs_in']} documents ({mb:.2f} MB) -> {summary['docs_out']} in {summary['output']} "
           f"({summary['seconds']:.1f} s, {mb / max(summary['seconds'], 1e-9):.2f} MB/s)")
+    for k, m in enumerate(summary["stages"], 1):
+        if m.get("errors"):
+            print(f"{m['stage']}: {m['errors']} bad line{'s' if m['errors'] != 1 else ''}", file=sys.stderr)
+            stage_dir = Path(args.out) / f"{k:02d}-{m['stage']}"
+            _print_bad_lines(m, str(stage_dir / "manifest.json"))
     return 0
 
 

@@ -18,6 +18,7 @@ import gzip
 import io
 import json
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -94,6 +95,30 @@ def _has_surrogates(s: str) -> bool:
         return True
 
 
+# a JSON escape of a UTF-16 surrogate (\ud800-\udfff): a pair of them is one valid character, a
+# lone one is valid JSON that decodes to a str no UTF-8 writer accepts
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def lone_surrogate(value: Any) -> str | None:
+    """The place (``text``, ``meta.title``, ``tags[2]``...) of the first string in a decoded JSON
+    value that holds a lone surrogate, or None when every string is valid Unicode."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        where, v = stack.pop()
+        if isinstance(v, str):
+            if _has_surrogates(v):
+                return where or "value"
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                if _has_surrogates(k):
+                    return f"{where}.{k!r}" if where else f"key {k!r}"
+                stack.append((f"{where}.{k}" if where else k, x))
+        elif isinstance(v, list):
+            stack.extend((f"{where}[{i}]", x) for i, x in enumerate(v))
+    return None
+
+
 def read_documents(path: str | Path, text_key: str = "text") -> Iterator[dict[str, Any] | BadLine]:
     """Yield the documents of one file: dicts with ``text`` (JSONL) or one dict per text file.
 
@@ -117,6 +142,12 @@ def read_documents(path: str | Path, text_key: str = "text") -> Iterator[dict[st
                 if not isinstance(doc, dict):
                     yield BadLine(str(path), lineno, "not a JSON object")
                     continue
+                if _SURROGATE_ESCAPE.search(line):  # rare: only then walk the decoded object
+                    where = lone_surrogate(doc)
+                    if where is not None:
+                        yield BadLine(str(path), lineno, f"invalid Unicode: a lone surrogate escape (\\ud800-\\udfff) "
+                                      f"in {where}; write the character itself or a valid surrogate pair")
+                        continue
                 if not isinstance(doc.get(text_key), str):
                     yield BadLine(str(path), lineno, f"no string field {text_key!r}")
                     continue

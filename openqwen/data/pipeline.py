@@ -331,7 +331,7 @@ def run_pipeline(inputs: Any, out_dir: str | Path, config: PipelineConfig | None
     summary = {
         "output": str(current),
         "stages": [{k: m[k] for k in ("stage", "docs_in", "bytes_in", "kept", "bytes_kept", "removed",
-                                       "errors", "added", "seconds")} for m in manifests],
+                                       "errors", "error_lines", "added", "seconds")} for m in manifests],
         "docs_in": first["docs_in"],
         "bytes_in": first["bytes_in"],
         "docs_out": last["kept"] + last.get("added", 0),
