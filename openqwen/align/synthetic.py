@@ -1,0 +1,161 @@
+"""The built-in verifiable preference task: arithmetic questions with a checkable answer and format.
+
+Every prompt is one user turn, ``What is A + B?`` or ``What is A - B?`` (operands 0..``MAX_OPERAND``,
+subtraction never negative). The preferred reply is the correct result in the fixed format
+``The answer is N.``; the ground-truth reward (:func:`score_response`) is
+
+==========================================================  =====
+the reply is exactly ``The answer is N.`` with the right N   1.0
+the right N, but not in that format (its last integer)      0.5
+the format, but a wrong N                                   0.25
+anything else                                               0.0
+==========================================================  =====
+
+so a policy can climb by format first and by arithmetic next, and a reward model has to check the
+number (not only the wording) to rank the pairs of :func:`preference_pairs`.
+
+Splits are disjoint by construction: an operand triple ``(A, op, B)`` belongs to ``heldout`` when
+``(7*A + 13*B + (op == '-')) % 10 == 0`` (one in ten), else to ``train``, so no held-out question is
+ever asked in training, whatever ``n`` and ``seed`` are. Everything is a pure function of its
+arguments (``random.Random(seed)``), so data made anywhere is the same.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from functools import lru_cache
+
+from .preferences import PreferencePair
+
+MAX_OPERAND = 50
+"""Largest operand of the questions."""
+
+SPLITS = ("train", "heldout")
+
+ANSWER_FORMAT = "The answer is {}."
+_FORMAT_RE = re.compile(r"\s*The answer is (-?\d+)\.\s*")
+_QUESTION_RE = re.compile(r"What is (\d+) ([+-]) (\d+)\?")
+_INT_RE = re.compile(r"-?\d+")
+
+# wordings of a correct number in the wrong format (the rejected side of "format" pairs)
+_OFF_FORMAT = ("{}", "{}.", "It is {}.", "I think it is {}", "The answer: {}", "Answer = {}", "the answer is {}",
+               "The result is {}.")
+
+
+def _in_heldout(a: int, op: str, b: int) -> bool:
+    return (7 * a + 13 * b + (op == "-")) % 10 == 0
+
+
+@lru_cache(maxsize=None)
+def _pool(split: str) -> tuple[tuple[int, str, int], ...]:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    want_heldout = split == "heldout"
+    return tuple((a, op, b) for op in "+-" for a in range(MAX_OPERAND + 1) for b in range(MAX_OPERAND + 1)
+                 if (op == "+" or a >= b) and _in_heldout(a, op, b) == want_heldout)
+
+
+def _triples(split: str, n: int, seed: int) -> list[tuple[int, str, int]]:
+    """``n`` operand triples of ``split``: without repetition while the pool lasts, then again."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    pool, rng = list(_pool(split)), random.Random(seed)
+    out: list[tuple[int, str, int]] = []
+    while len(out) < n:
+        order = pool[:]
+        rng.shuffle(order)
+        out.extend(order[: n - len(out)])
+    return out
+
+
+def question(a: int, op: str, b: int) -> str:
+    return f"What is {a} {op} {b}?"
+
+
+def _messages(a: int, op: str, b: int) -> list[dict[str, str]]:
+    return [{"role": "user", "content": question(a, op, b)}]
+
+
+def prompts(split: str, n: int, seed: int = 0) -> list[list[dict[str, str]]]:
+    """``n`` chat prompts (one user message each) from ``split`` ("train" or "heldout")."""
+    return [_messages(*t) for t in _triples(split, n, seed)]
+
+
+def answer_of(messages: list[dict]) -> int:
+    """The true result of the question in the last user message; ValueError if it is not one of ours."""
+    user = [m for m in messages if m.get("role") == "user"]
+    match = _QUESTION_RE.fullmatch(str(user[-1].get("content", "")).strip()) if user else None
+    if match is None:
+        raise ValueError("the last user message is not a synthetic arithmetic question ('What is A + B?')")
+    a, op, b = int(match[1]), match[2], int(match[3])
+    return a + b if op == "+" else a - b
+
+
+def formatted_answer(messages: list[dict]) -> str:
+    """The preferred reply: ``The answer is N.`` with the true N."""
+    return ANSWER_FORMAT.format(answer_of(messages))
+
+
+def _stated_number(response: str) -> tuple[int | None, bool]:
+    """(the number the response states, whether it is in the exact format). Unformatted: its last integer."""
+    match = _FORMAT_RE.fullmatch(response)
+    if match:
+        return int(match[1]), True
+    numbers = _INT_RE.findall(response)
+    return (int(numbers[-1]) if numbers else None), False
+
+
+def score_response(messages: list[dict], response: str) -> float:
+    """The ground-truth reward of ``response`` to the question in ``messages`` (table in the module doc)."""
+    truth = answer_of(messages)
+    number, formatted = _stated_number(response)
+    if number == truth:
+        return 1.0 if formatted else 0.5
+    return 0.25 if formatted else 0.0
+
+
+def is_correct(messages: list[dict], response: str) -> bool:
+    """The response states the right number (in the format or, failing it, as its last integer)."""
+    return _stated_number(response)[0] == answer_of(messages)
+
+
+def _wrong_number(truth: int, rng: random.Random) -> int:
+    """A plausible wrong result: off by 1..10 (or by 10 or 20: the tens digit), never negative."""
+    while True:
+        delta = rng.choice([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 20]) * rng.choice([-1, 1])
+        if truth + delta >= 0:
+            return truth + delta
+
+
+def rejected_response(messages: list[dict], rng: random.Random) -> str:
+    """A worse reply than :func:`formatted_answer`: a wrong number in the format (half), the right
+    number off the format (30 %), or a wrong number off the format (20 %)."""
+    truth = answer_of(messages)
+    r = rng.random()
+    if r < 0.5:
+        return ANSWER_FORMAT.format(_wrong_number(truth, rng))
+    wording = rng.choice(_OFF_FORMAT)
+    return wording.format(truth if r < 0.8 else _wrong_number(truth, rng))
+
+
+def preference_pairs(split: str, n: int, seed: int = 0, noise: float = 0.0) -> list[PreferencePair]:
+    """``n`` pairs on ``split``'s questions: chosen is :func:`formatted_answer`, rejected a worse reply
+    (:func:`rejected_response`). ``noise`` is the fraction of pairs whose labels are swapped (a
+    large, noisy comparison set for preference-model pretraining)."""
+    if not 0.0 <= noise < 0.5:
+        raise ValueError(f"noise is the fraction of swapped labels, in [0, 0.5); got {noise}")
+    rng = random.Random(f"pairs-{split}-{seed}")
+    out = []
+    for messages in prompts(split, n, seed):
+        chosen, rejected = formatted_answer(messages), rejected_response(messages, rng)
+        if rng.random() < noise:
+            chosen, rejected = rejected, chosen
+        out.append(PreferencePair(messages=messages, chosen=chosen, rejected=rejected))
+    return out
+
+
+def sft_conversations(split: str, n: int, seed: int = 0) -> list[list[dict[str, str]]]:
+    """``n`` conversations answering ``split``'s questions in the preferred format (SFT data that
+    teaches the format, e.g. before PPO)."""
+    return [m + [{"role": "assistant", "content": formatted_answer(m)}] for m in prompts(split, n, seed)]

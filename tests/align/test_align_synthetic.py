@@ -1,0 +1,63 @@
+"""The built-in verifiable task: disjoint splits, the ground-truth reward, pairs that rank right."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from openqwen.align import synthetic
+
+
+def _questions(split, n, seed):
+    return {m[0]["content"] for m in synthetic.prompts(split, n, seed)}
+
+
+def test_splits_are_disjoint_whatever_n_and_seed():
+    heldout = _questions("heldout", 2000, 0)  # more than the pool: every held-out question appears
+    for seed in range(3):
+        assert not _questions("train", 5000, seed) & heldout
+    assert len(heldout) == len(synthetic._pool("heldout")) > 300
+
+
+def test_prompts_are_deterministic_and_seeded():
+    assert synthetic.prompts("train", 20, 3) == synthetic.prompts("train", 20, 3)
+    assert synthetic.prompts("train", 20, 3) != synthetic.prompts("train", 20, 4)
+    with pytest.raises(ValueError, match="split"):
+        synthetic.prompts("test", 3, 0)
+
+
+def test_ground_truth_reward_by_hand():
+    m = [{"role": "user", "content": "What is 17 + 25?"}]
+    assert synthetic.answer_of(m) == 42
+    assert synthetic.score_response(m, "The answer is 42.") == 1.0
+    assert synthetic.score_response(m, " The answer is 42.\n") == 1.0
+    assert synthetic.score_response(m, "I think 42") == 0.5
+    assert synthetic.score_response(m, "The answer is 41.") == 0.25
+    assert synthetic.score_response(m, "no idea") == 0.0
+    assert synthetic.is_correct(m, "it is 42") and not synthetic.is_correct(m, "The answer is 43.")
+    sub = [{"role": "user", "content": "What is 30 - 8?"}]
+    assert synthetic.formatted_answer(sub) == "The answer is 22."
+    with pytest.raises(ValueError, match="not a synthetic"):
+        synthetic.score_response([{"role": "user", "content": "hello"}], "x")
+
+
+def test_pairs_prefer_the_higher_ground_truth_and_noise_swaps_labels():
+    pairs = synthetic.preference_pairs("train", 400, seed=1)
+    assert all(synthetic.score_response(p.messages, p.chosen) == 1.0 > synthetic.score_response(p.messages, p.rejected)
+               for p in pairs)
+    # every kind of rejected reply occurs: wrong number in format, right number off format, both wrong
+    kinds = {synthetic.score_response(p.messages, p.rejected) for p in pairs}
+    assert kinds == {0.0, 0.25, 0.5}
+    noisy = synthetic.preference_pairs("train", 2000, seed=1, noise=0.3)
+    swapped = sum(synthetic.score_response(p.messages, p.chosen) < 1.0 for p in noisy) / len(noisy)
+    assert 0.26 < swapped < 0.34
+    sft = synthetic.sft_conversations("train", 5, 0)
+    assert all(synthetic.score_response(c[:-1], c[-1]["content"]) == 1.0 for c in sft)
+
+
+def test_subtraction_never_negative():
+    rng = random.Random(0)
+    for m in synthetic.prompts("train", 3000, 0):
+        assert synthetic.answer_of(m) >= 0
+        assert not synthetic.rejected_response(m, rng).startswith("The answer is -")
