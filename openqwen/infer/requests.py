@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from .sampling import SamplingParams, sample_token
+from .sampling import SamplingParams, sample_token, sampled_logprob, sampling_logits
 
 EventSink = Callable[["StreamEvent"], None]
 """Receives every event of one request, called from the engine's stepping thread; it must be quick
@@ -179,10 +179,14 @@ class Request:
     def accept(self, logits: torch.Tensor, token: int | None = None) -> str | None:
         """Sample (unless given) the next token from ``logits`` [vocab], emit its text; when that ends
         the request, send the final event and return the finish reason."""
+        sampled = self.logprobs is not None and self.params.logprobs_mode == "sampled"
+        filtered = sampling_logits(logits, self.params, self._seen) if sampled else None
         if token is None:
-            token = sample_token(logits, self.params, self._seen, self._generator)
+            token = sample_token(logits, self.params, self._seen, self._generator, filtered)
         self.output.append(token)
-        if self.logprobs is not None:
+        if filtered is not None:
+            self.logprobs.append(sampled_logprob(filtered, token, self.params))
+        elif self.logprobs is not None:
             self.logprobs.append(float(torch.log_softmax(logits, -1)[token]))
         if self._seen is not None:
             self._seen[token] = True

@@ -19,6 +19,10 @@ from typing import Any
 import torch
 
 
+LOGPROBS_MODES = ("raw", "sampled")
+"""What ``SamplingParams.logprobs_mode`` accepts."""
+
+
 @dataclass
 class SamplingParams:
     """How to pick tokens for one request. Defaults: plain sampling at temperature 1 from the full
@@ -43,7 +47,12 @@ class SamplingParams:
     greedy: bool = False
     """Argmax decoding regardless of temperature/top-p/top-k."""
     logprobs: bool = False
-    """Return the log-probability (under the raw model distribution) of every generated token."""
+    """Return the log-probability of every generated token (``Completion.logprobs``), under the
+    distribution ``logprobs_mode`` names."""
+    logprobs_mode: str = "raw"
+    """``raw``: the model's full distribution (softmax of the logits). ``sampled``: the distribution the
+    token was actually drawn from, after the repetition penalty, temperature, top-k and top-p, renormalised
+    over the tokens kept (greedy: 0, a point mass); what PPO needs as the behaviour policy's log-probs."""
     ignore_eos: bool = False
     """Do not stop at ``<|endoftext|>`` (benchmarks that need a fixed length)."""
     skip_special_tokens: bool = True
@@ -74,6 +83,8 @@ class SamplingParams:
             raise ValueError(f"stop must be a list of strings, got {self.stop!r}")
         if not all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids):
             raise ValueError(f"stop_token_ids must be non-negative integers, got {self.stop_token_ids!r}")
+        if self.logprobs_mode not in LOGPROBS_MODES:
+            raise ValueError(f"logprobs_mode must be one of {', '.join(LOGPROBS_MODES)}, got {self.logprobs_mode!r}")
         if self.seed is not None and not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
 
@@ -132,14 +143,33 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
     return logits
 
 
-def sample_token(
-    logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor | None, generator: torch.Generator | None
-) -> int:
-    """Pick the next token from a fp32 [V] row of raw logits."""
+def sampling_logits(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor | None) -> torch.Tensor:
+    """The logits a fp32 [V] row of raw logits is sampled from: repetition penalty, then (unless greedy)
+    temperature, top-k, top-p; removed tokens hold -inf. Their softmax is the sampled distribution."""
     if params.repetition_penalty != 1.0 and seen is not None:
         logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
     if params.is_greedy:
-        return int(torch.argmax(logits))
-    logits = filter_logits(logits, params.temperature, params.top_k, params.top_p)
-    probs = torch.softmax(logits, -1)
+        return logits
+    return filter_logits(logits, params.temperature, params.top_k, params.top_p)
+
+
+def sample_token(
+    logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor | None, generator: torch.Generator | None,
+    filtered: torch.Tensor | None = None,
+) -> int:
+    """Pick the next token from a fp32 [V] row of raw logits (``filtered``: its :func:`sampling_logits`,
+    when the caller has them already)."""
+    if filtered is None:
+        filtered = sampling_logits(logits, params, seen)
+    if params.is_greedy:
+        return int(torch.argmax(filtered))
+    probs = torch.softmax(filtered, -1)
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def sampled_logprob(filtered: torch.Tensor, token: int, params: SamplingParams) -> float:
+    """Log-probability of ``token`` under the distribution sampled from (``filtered``: its
+    :func:`sampling_logits`): 0 for greedy, else the log-softmax over the kept tokens."""
+    if params.is_greedy:
+        return 0.0
+    return float(torch.log_softmax(filtered, -1)[token])
