@@ -164,8 +164,8 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any] | None) -> "TrainConfig":
         cfg = cls()
         for section, values in (d or {}).items():
-            if section not in _sections():
-                raise ValueError(f"unknown config section {section!r}; sections are: {', '.join(_sections())}")
+            if section not in _sections(cls):
+                raise ValueError(f"unknown config section {section!r}; sections are: {', '.join(_sections(cls))}")
             if not isinstance(values, dict):
                 raise ValueError(f"config section {section!r} must be a mapping, got {values!r}")
             for key, value in values.items():
@@ -200,9 +200,9 @@ class TrainConfig:
     def set(self, dotted: str, value: Any) -> None:
         """Set ``section.key`` to ``value``, converted to the field's type."""
         section, _, key = dotted.partition(".")
-        if section not in _sections() or not key:
+        if section not in _sections(type(self)) or not key:
             raise ValueError(f"config key {dotted!r} must look like SECTION.KEY with SECTION one of "
-                             f"{', '.join(_sections())}")
+                             f"{', '.join(_sections(type(self)))}")
         obj = getattr(self, section)
         hints = typing.get_type_hints(type(obj))
         if key not in hints:
@@ -210,8 +210,9 @@ class TrainConfig:
         setattr(obj, key, _coerce(value, hints[key], dotted))
 
 
-def _sections() -> list[str]:
-    return [f.name for f in dataclasses.fields(TrainConfig)]
+def _sections(cls: type | None = None) -> list[str]:
+    """Section names of ``cls`` (a stage may subclass TrainConfig with a section of its own, e.g. ``ppo``)."""
+    return [f.name for f in dataclasses.fields(cls or TrainConfig)]
 
 
 def _plain(x: Any) -> Any:
