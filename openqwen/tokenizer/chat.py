@@ -7,6 +7,13 @@
   history trimming and validation behave the same everywhere.
 * :data:`CHAT_TEMPLATE_JINJA`: the same rendering as a Jinja template, written into
   ``tokenizer_config.json`` for tools that read it (transformers, llama.cpp, vLLM).
+* :func:`chat_messages`: messages checked and reduced to what chat templates read, tool calls and
+  tool results included.
+
+With ``template=`` (a :class:`~openqwen.tokenizer.template.ChatTemplate`, the model's own jinja
+template) :func:`chat_prompt_ids` renders through it instead of ChatML; with ``tools=`` and no
+template that knows tools, the tools go into the first generation's ReAct prompt
+(:mod:`~openqwen.tokenizer.react`).
 
 Rendering needs only ``encode`` and the two turn-marker ids, so this module does not import the
 tokenizer class (which imports this module for its ``apply_chat_template``).
@@ -14,8 +21,10 @@ tokenizer class (which imports this module for its ``apply_chat_template``).
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+import json
+from typing import Any, Protocol, Sequence
 
+from .react import react_conversation
 from .vocab import TokenizerError
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
@@ -100,6 +109,55 @@ def plain_messages(messages: Sequence[dict]) -> list[dict[str, str]]:
     return [{"role": message_role(m, n), "content": message_text(m, n)} for n, m in enumerate(messages)]
 
 
+def _tool_call(call: object, n: int, k: int) -> dict[str, Any]:
+    """Assistant tool call ``k`` of message ``n`` in OpenAI's form, its arguments parsed to a dict
+    (templates write them with ``tojson``, as vLLM and transformers expect)."""
+    where = f"message {n}: tool_calls[{k}]"
+    if not isinstance(call, dict):
+        raise TokenizerError(f"{where} must be {{'id', 'type': 'function', 'function': {{'name', 'arguments'}}}}")
+    function = call.get("function", call)
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+        raise TokenizerError(f"{where}.function.name must be a non-empty string")
+    arguments = function.get("arguments", {})
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError as e:
+            raise TokenizerError(f"{where}.function.arguments is not valid JSON ({e.msg} at character {e.pos})") \
+                from None
+    if not isinstance(arguments, dict):
+        raise TokenizerError(f"{where}.function.arguments must be a JSON object")
+    out: dict[str, Any] = {"type": "function", "function": {"name": function["name"], "arguments": arguments}}
+    if call.get("id") is not None:
+        out["id"] = str(call["id"])
+    return out
+
+
+def chat_messages(messages: Sequence[dict]) -> list[dict[str, Any]]:
+    """``messages`` checked and reduced to what chat templates read: ``role``, ``content`` (text, or
+    None for an assistant message that only calls tools), an assistant's ``tool_calls`` (arguments
+    as dicts), a tool result's ``tool_call_id`` and ``name``."""
+    if isinstance(messages, dict) or not isinstance(messages, Sequence):
+        raise TokenizerError("messages must be a list of {'role': ..., 'content': ...} dicts")
+    out = []
+    for n, m in enumerate(messages):
+        role = message_role(m, n)
+        turn: dict[str, Any] = {"role": role, "content": message_text(m, n)}
+        calls = m.get("tool_calls") if role == "assistant" else None
+        if calls:
+            if not isinstance(calls, list):
+                raise TokenizerError(f"message {n}: tool_calls must be a list")
+            turn["tool_calls"] = [_tool_call(c, n, k) for k, c in enumerate(calls)]
+            if m.get("content") is None:
+                turn["content"] = None
+        if role in ("tool", "function"):
+            for key in ("tool_call_id", "name"):
+                if m.get(key) is not None:
+                    turn[key] = str(m[key])
+        out.append(turn)
+    return out
+
+
 # ------------------------------------------------------------------------------ rendering
 def render_chatml(
     tokenizer: ChatMLTokenizer,
@@ -144,30 +202,67 @@ def render_chatml(
 
 
 # ------------------------------------------------------------------------------ history trimming
-def chat_prompt_ids(tokenizer, messages: Sequence[dict], window: int = DEFAULT_CHAT_WINDOW) -> list[int]:
-    """ChatML ids for ``messages`` with the generation prompt, dropping the oldest non-system turns
-    until the prompt fits ``window`` tokens (the release's behaviour). A turn is a user message
-    and the assistant reply that follows it; the last message is never dropped.
+def _drop_oldest(turns: list[dict]) -> list[dict] | None:
+    """``turns`` without the oldest exchange: the first non-system message and what follows it up
+    to the next user message (an assistant reply, its tool calls and their results go together);
+    the last message is never dropped. None when nothing can go."""
+    droppable = [i for i, m in enumerate(turns[:-1]) if m["role"] != "system"]
+    if not droppable:
+        return None
+    first = end = droppable[0]
+    while end + 1 < len(turns) - 1 and turns[end + 1]["role"] not in ("user", "system"):
+        end += 1
+    return turns[:first] + turns[end + 1:]
 
-    ``tokenizer`` is anything with ``apply_chat_template(messages, add_generation_prompt=True)``
-    (a :class:`~openqwen.tokenizer.QwenTokenizer`, or a test double); it gets the messages checked
-    and reduced to string contents. Raises :class:`ChatWindowError` when even the system turn and
-    the last message do not fit, :class:`TokenizerError` for malformed messages.
+
+def chat_prompt_ids(tokenizer, messages: Sequence[dict], window: int = DEFAULT_CHAT_WINDOW,
+                    tools: Sequence[dict] | None = None, template: Any = None) -> list[int]:
+    """Prompt ids for ``messages`` with the generation prompt, dropping the oldest non-system turns
+    until the prompt fits ``window`` tokens (the release's behaviour). A turn is a user message
+    and what follows it up to the next user message; the last message is never dropped.
+
+    Three renderings, one trimming rule:
+
+    * ``template`` (a :class:`~openqwen.tokenizer.template.ChatTemplate`): the model's own template,
+      ``tools`` passed to it when it knows tools; special tokens only where the template writes them;
+    * ``tools`` without a template that knows them: ChatML with the first generation's ReAct prompt
+      (:func:`~openqwen.tokenizer.react.react_conversation`), ending inside the assistant turn when
+      the conversation ends with tool results;
+    * otherwise ChatML through ``tokenizer.apply_chat_template(messages, add_generation_prompt=True)``
+      (a :class:`~openqwen.tokenizer.QwenTokenizer`, or a test double), given the messages checked and
+      reduced to string contents.
+
+    Raises :class:`ChatWindowError` when even the system turn and the last message do not fit,
+    :class:`TokenizerError` for malformed messages.
     """
     if not isinstance(window, int) or window < 1:
         raise TokenizerError(f"the chat window must be a positive number of tokens, got {window!r}")
-    turns = plain_messages(messages)
-    if not turns:
+    if not messages:
         raise TokenizerError("messages is empty; give at least one {'role': 'user', 'content': ...}")
-    ids = tokenizer.apply_chat_template(turns, add_generation_prompt=True)
+    if template is not None and (not tools or template.knows_tools):
+        turns = chat_messages(messages)
+
+        def render(ts: list[dict]) -> list[int]:
+            return template.encode(tokenizer, ts, tools=list(tools) if tools else None, add_generation_prompt=True)
+    elif tools:
+        turns, tail = react_conversation(chat_messages(messages), tools)
+        tail_ids = tokenizer.encode(tail) if tail else []
+        if template is not None:  # the model's template for the turns, the ReAct text inside them
+            def render(ts: list[dict]) -> list[int]:
+                return template.encode(tokenizer, ts, add_generation_prompt=True) + tail_ids
+        else:
+            def render(ts: list[dict]) -> list[int]:
+                return tokenizer.apply_chat_template(ts, add_generation_prompt=True) + tail_ids
+    else:
+        turns = plain_messages(messages)
+
+        def render(ts: list[dict]) -> list[int]:
+            return tokenizer.apply_chat_template(ts, add_generation_prompt=True)
+    ids = render(turns)
     while len(ids) > window:
-        droppable = [i for i, m in enumerate(turns[:-1]) if m["role"] != "system"]
-        if not droppable:
+        shorter = _drop_oldest(turns)
+        if shorter is None:
             raise ChatWindowError(len(ids), window)
-        first = droppable[0]
-        drop = {first}
-        if turns[first]["role"] == "user" and first + 1 < len(turns) - 1 and turns[first + 1]["role"] == "assistant":
-            drop.add(first + 1)
-        turns = [m for i, m in enumerate(turns) if i not in drop]
-        ids = tokenizer.apply_chat_template(turns, add_generation_prompt=True)
+        turns = shorter
+        ids = render(turns)
     return ids
