@@ -2,18 +2,21 @@
 
 Both sides are normalised as for dedup (:func:`~openqwen.data.normalize.match_key`: case, width
 and punctuation folded; Chinese per character) and cut into ``ngram``-unit n-grams (13 by default,
-as in GPT-3 and the Qwen-era practice). A document is contaminated when at least ``min_matches``
-of its n-grams appear in the evaluation index. Evaluation items shorter than ``ngram`` units
-cannot be matched this way; they are counted in the index stats (``too_short``), not hidden.
+as in GPT-3 and the Qwen-era practice) by :func:`text_ngrams`, the one n-gram tokenisation that the
+contamination report (:mod:`openqwen.eval.contamination`) uses too, so the two never disagree about
+a document. A document is contaminated when at least ``min_matches`` of its n-grams appear in the
+evaluation index. Evaluation items shorter than ``ngram`` units cannot be matched this way; they
+are counted in the index stats (``too_short``), not hidden.
 
-Evaluation sets: ``humaneval`` (prompt + canonical solution) and ``mmlu`` (question + choices)
-from the fetched artifacts, plus any JSONL/text files (``text`` field) given as extra sets.
+Evaluation sets: every task ``openqwen eval`` knows (:data:`~openqwen.data.evalsets.EVAL_SETS`,
+read by :mod:`~openqwen.data.evalsets`): HumanEval and MMLU from the fetched artifacts, MBPP, GSM8K,
+C-Eval and CMMLU from the files named in ``eval_files``, the built-in math and tool sets where
+installed; a set whose data is absent is skipped with the reason in the manifest. Plus any
+JSONL/text files (``text`` field) given as ``extra``.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -21,46 +24,43 @@ from typing import Any
 
 import numpy as np
 
+from .evalsets import EVAL_SETS, GENERATED, READERS, EvalSetUnavailable, eval_items
 from .io import atomic_write_bytes, iter_texts
-from .normalize import match_key, ngram_hashes, unit_hashes
+from .normalize import match_key, ngram_hashes, unit_hashes, units
 
 
 @dataclass
 class DecontamConfig:
-    """ngram: units per n-gram (13). eval_sets: built-in sets ("humaneval", "mmlu"; missing artifacts
-    are skipped with a note). extra: more evaluation files. min_matches: n-grams in common needed."""
+    """ngram: units per n-gram (13). eval_sets: evaluation sets checked (default: all of
+    :data:`~openqwen.data.evalsets.EVAL_SETS`; one whose data is absent is skipped, with the reason
+    in the manifest). eval_files: set name -> its file or folder, for the sets without a built-in
+    default (mbpp, gsm8k, ceval, cmmlu, mc) or to override one. extra: more evaluation files
+    (JSONL with ``text``, or text files). min_matches: n-grams in common needed."""
 
     ngram: int = 13
-    eval_sets: list[str] = field(default_factory=lambda: ["humaneval", "mmlu"])
+    eval_sets: list[str] = field(default_factory=lambda: list(EVAL_SETS))
+    eval_files: dict[str, str] = field(default_factory=dict)
     extra: list[str] = field(default_factory=list)
     min_matches: int = 1
 
-
-def eval_set_texts(name: str) -> list[str]:
-    """Texts of a built-in evaluation set (raises FileNotFoundError when its artifact is absent)."""
-    from ..artifacts import artifact_path
-
-    if name == "humaneval":
-        path = artifact_path("humaneval")
-        if path is None:
-            raise FileNotFoundError("HumanEval artifact not fetched (../shared/tools/fetch-artifacts)")
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            return [r["prompt"] + r["canonical_solution"] for r in map(json.loads, f)]
-    if name == "mmlu":
-        path = artifact_path("mmlu-test")
-        if path is None:
-            raise FileNotFoundError("MMLU artifact not fetched (../shared/tools/fetch-artifacts)")
-        out = []
-        with open(path, encoding="utf-8") as f:
-            for r in map(json.loads, f):
-                choices = " ".join(str(r.get(f"answer_{k}", "")) for k in "abcd")
-                out.append(f"{r['question']} {choices}")
-        return out
-    raise ValueError(f"unknown evaluation set {name!r}; built-in: humaneval, mmlu (or pass files as extra)")
+    def __post_init__(self) -> None:
+        known = set(READERS) | set(GENERATED)
+        unknown = [s for s in list(self.eval_sets) + list(self.eval_files) if s not in known]
+        if unknown:
+            raise ValueError(f"unknown evaluation set(s) {unknown}; known: {', '.join(sorted(known))} "
+                             "(pass other files as decontam.extra)")
+        if self.ngram < 1 or self.min_matches < 1:
+            raise ValueError("decontam ngram and min_matches must be >= 1")
 
 
-def text_ngrams(text: str, ngram: int) -> np.ndarray:
-    """Hashes of the text's ``ngram``-unit n-grams (empty when it has fewer units)."""
+def eval_set_texts(name: str, path: str | Path | None = None) -> list[str]:
+    """Texts of an evaluation set (raises FileNotFoundError when its data is absent)."""
+    return [text for _, text in eval_items(name, path)]
+
+
+def text_ngrams(text: str, ngram: int = 13) -> np.ndarray:
+    """Hashes of the text's ``ngram``-unit n-grams (empty when it has fewer units): the n-grams
+    that decontamination and the contamination report both compare."""
     return ngram_hashes(unit_hashes(match_key(text)), ngram)
 
 
@@ -88,15 +88,16 @@ def build_eval_index(config: DecontamConfig, out_path: str | Path, log=print) ->
     """Build the index of all configured evaluation sets and save it as ``.npy``; returns stats."""
     texts: list[str] = []
     sets: dict[str, Any] = {}
-    for name in config.eval_sets:
+    names = list(dict.fromkeys(list(config.eval_sets) + list(config.eval_files)))
+    for name in names:
         try:
-            t = eval_set_texts(name)
-        except FileNotFoundError as e:
+            t = eval_set_texts(name, config.eval_files.get(name))
+        except EvalSetUnavailable as e:
             log(f"warning: decontamination skips {name}: {e}")
             sets[name] = {"skipped": str(e)}
             continue
-        sets[name] = {"items": len(t)}
         texts += t
+        sets[name] = {"items": len(t), "too_short": sum(len(units(x)) < config.ngram for x in t)}
     for path in config.extra:
         t = list(iter_texts(path))
         sets[str(path)] = {"items": len(t)}

@@ -1,38 +1,40 @@
 """Contamination report: 13-gram overlap between training data and each evaluation task.
 
-The check of GPT-3 (Brown et al. 2020), which the report's decontamination step follows: text is
-lower-cased and split into words (each CJK character counts as a word, since Chinese has no spaces);
-an evaluation item is *contaminated* when any of its 13-word windows also occurs anywhere in the
-training data. Items shorter than 13 words cannot be checked this way and are counted apart.
+The check of GPT-3 (Brown et al. 2020), which the report's decontamination step follows: an
+evaluation item is *contaminated* when any of its 13-unit windows also occurs anywhere in the
+training data. Items shorter than 13 units cannot be checked this way and are counted apart.
 
-Training n-grams are kept as sorted 64-bit hashes (xxh64), 8 bytes each, so a corpus of a few
-hundred million words fits in memory; a hash collision can only over-report, never hide, overlap.
+Units and n-grams are those of the data pipeline's decontamination stage
+(:func:`openqwen.data.decontam.text_ngrams`: NFKC, case-folded, punctuation dropped, each CJK
+character one unit), and each task's item text comes from :mod:`openqwen.data.evalsets`, so
+this report and ``openqwen data decontam`` always agree on which documents and items overlap.
+
+Training n-grams are kept as sorted 64-bit hashes, 8 bytes each, so a corpus of a few hundred
+million words fits in memory; a hash collision can only over-report, never hide, overlap.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-import xxhash
+
+from ..data.decontam import text_ngrams
+from ..data.evalsets import GENERATED, eval_items
+from ..data.normalize import units
 
 N = 13
-_WORD = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|[^\W\u3400-\u9fff\uf900-\ufaff]+")
 
 
 def words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
+    """The units n-grams are made of (words; single CJK characters), as decontamination cuts them."""
+    return units(text)
 
 
 def ngram_hashes(text: str, n: int = N) -> np.ndarray:
-    w = words(text)
-    if len(w) < n:
-        return np.empty(0, dtype=np.uint64)
-    return np.fromiter((xxhash.xxh64_intdigest(" ".join(w[i : i + n]).encode()) for i in range(len(w) - n + 1)),
-                       dtype=np.uint64, count=len(w) - n + 1)
+    return text_ngrams(text, n)
 
 
 class NgramIndex:
@@ -121,21 +123,16 @@ def training_texts(paths: Sequence[str | Path]) -> Iterable[str]:
 
 
 def task_items(task: str, data: str | None = None) -> list[tuple[str, str]]:
-    """(id, text) of every item of a harness task: what a model could have memorised."""
+    """(id, text) of every item of a harness task: what a model could have memorised (the same text
+    decontamination removes documents for; see :mod:`openqwen.data.evalsets`)."""
     from .harness import task_data_path  # noqa: PLC0415
-    from .tasks import code, math as mathtasks, multiple_choice as mc  # noqa: PLC0415
 
-    path = task_data_path(task, data)
-    if task in ("mmlu", "ceval", "cmmlu", "mc"):
-        items, _ = mc.load_mc(path)
-        return [(it.id, it.question + "\n" + "\n".join(it.choices)) for it in items]
-    if task == "humaneval":
-        return [(p.task_id, p.prompt + p.canonical_solution) for p in code.load_humaneval(path)]
-    if task == "mbpp":
-        return [(p.task_id, p.instruction + "\n" + p.canonical_solution) for p in code.load_mbpp(path, shots=0)]
-    if task == "gsm8k":
-        return [(p.id, p.question + "\n" + p.solution) for p in mathtasks.load_gsm8k(path)]
-    raise ValueError(f"no contamination check for task {task!r} (generated or free-text tasks have no fixed items)")
+    if task in ("math401", "perplexity"):
+        raise ValueError(f"no contamination check for task {task!r} (generated or free-text tasks have no fixed "
+                         "items of 13 units)")
+    if task in GENERATED:  # the built-in math and tool sets: no harness data file needed
+        return eval_items(task, data)
+    return eval_items(task, task_data_path(task, data))
 
 
 def report(training: Sequence[str | Path], tasks: Sequence[str], data: dict[str, str] | None = None,
