@@ -72,3 +72,60 @@ def test_sampled_logprobs_of_greedy_are_zero_and_mode_is_checked():
     assert out.logprobs == [0.0] * 5
     with pytest.raises(ValueError, match="logprobs_mode"):
         SamplingParams(logprobs_mode="nucleus")
+
+
+def test_rollouts_lay_out_the_engine_samples_and_training_logits_give_the_same_logprobs():
+    from openqwen.align.rollout import generate_rollouts, rollout_params, sampled_logprobs
+    from openqwen.tokenizer.chat import chat_prompt_ids
+
+    model = tiny_model(seed=3).train()  # a model under training (no dropout): the engine must not need eval()
+    tok = ByteTokenizer()
+    eng = Engine(model, tok, max_batch_size=8, max_seq_len=128, background=False)
+    prompts = [[{"role": "user", "content": q}] for q in ("What is 2 + 3?", "Hi", "What is 40 - 7?")]
+    g = torch.Generator().manual_seed(7)
+    params = rollout_params(16, temperature=3.0, top_p=0.9)  # the tiny model is peaked: flatten it to vary
+    ro = generate_rollouts(eng, prompts, params, 2, g, pad_id=tok.eos_id)
+    assert len(ro) == 6 and ro.prompt_index.tolist() == [0, 0, 1, 1, 2, 2]
+    for i in range(6):
+        p = chat_prompt_ids(tok, prompts[i // 2], 127)
+        n = int(ro.response_lengths[i])
+        assert ro.input_ids[i, :len(p)].tolist() == p
+        assert int(ro.attention_mask[i].sum()) == len(p) + n
+        assert ro.action_mask[i].nonzero().flatten().tolist() == list(range(len(p) - 1, len(p) - 1 + n))
+    assert ro.responses[0] != ro.responses[1]  # two responses per query, each with its own seed
+    # the same generator state gives the same rollouts (what makes a resumed run exact)
+    again = generate_rollouts(eng, prompts, params, 2, torch.Generator().manual_seed(7),
+                              pad_id=tok.eos_id)
+    assert torch.equal(again.input_ids, ro.input_ids)
+    with torch.no_grad():
+        logits = model(ro.input_ids)[:, :-1]
+    lp, ent = sampled_logprobs(logits, ro.input_ids[:, 1:], temperature=3.0, top_p=0.9)
+    m = ro.action_mask.bool()
+    torch.testing.assert_close(lp[m], ro.behaviour_logprobs[m], atol=1e-4, rtol=0)
+    # entropy of the renormalised nucleus, recomputed in numpy for one position
+    row, col = m.nonzero()[0].tolist()
+    z = logits[row, col].double().numpy() / 3.0
+    order = np.argsort(-z)
+    p = np.exp(z[order] - z.max()); p /= p.sum()
+    n = int(((np.cumsum(p) - p) < 0.9).sum())
+    q = p[:n] / p[:n].sum()
+    assert float(ent[row, col]) == pytest.approx(float(-(q * np.log(q)).sum()), abs=1e-4)
+
+
+def test_rollouts_follow_in_place_weight_updates():
+    from openqwen.align.rollout import generate_rollouts, rollout_params
+
+    model = tiny_model(seed=4).train()
+    tok = ByteTokenizer()
+    eng = Engine(model, tok, max_batch_size=4, max_seq_len=96, background=False)
+    prompts = [[{"role": "user", "content": "What is 1 + 1?"}]]
+    params = rollout_params(10, temperature=3.0, top_p=0.9)
+    before = generate_rollouts(eng, prompts, params, 2, torch.Generator().manual_seed(0), pad_id=tok.eos_id)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    model(before.input_ids).float().pow(2).mean().backward()
+    opt.step()  # in place, as the trainer's optimiser does
+    after = generate_rollouts(eng, prompts, params, 2, torch.Generator().manual_seed(0), pad_id=tok.eos_id)
+    fresh = Engine(model, tok, max_batch_size=4, max_seq_len=96, background=False)
+    ref = generate_rollouts(fresh, prompts, params, 2, torch.Generator().manual_seed(0), pad_id=tok.eos_id)
+    assert torch.equal(after.input_ids, ref.input_ids) and torch.equal(after.behaviour_logprobs, ref.behaviour_logprobs)
+    assert not torch.equal(after.behaviour_logprobs, before.behaviour_logprobs)
