@@ -42,6 +42,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="few-shot examples (default: the report's protocol: MMLU/C-Eval 5, GSM8K 8, MBPP 3, "
                         "HumanEval 0 for base models; 0 in chat mode)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N items")
+    p.add_argument("--system-prompt", default=None,
+                   help="chat mode: the system message (default: the model's own, read from the chat template "
+                        "stored with it; Qwen2.5: 'You are Qwen, created by Alibaba Cloud. ...')")
     p.add_argument("--per-subject", type=int, default=None,
                    help="multiple choice: first N questions of every subject")
     p.add_argument("--data", default=None, help="task file (default: the fetched artifact for mmlu, humaneval, "
@@ -95,6 +98,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     cfg = EvalConfig(
         model=args.model, task=args.task, mode=args.mode, shots=args.shots, limit=args.limit,
         per_subject=args.per_subject, data=args.data, tokenizer=args.tokenizer, dtype=args.dtype,
+        system_prompt=args.system_prompt,
         batch_size=args.batch_size, samples=args.samples, temperature=args.temperature, top_p=args.top_p,
         max_new_tokens=args.max_new_tokens, seed=args.seed, context_lengths=args.context_lengths,
         max_windows=args.max_windows, timeout_s=args.timeout, workers=args.workers, sanitize=not args.no_sanitize,

@@ -24,6 +24,7 @@ from typing import Any
 
 from ..artifacts import artifact_path
 from ..infer.loading import load_model_and_tokenizer  # the loader (and dtype names) every verb shares
+from .prompts import model_system_prompt, with_system
 
 MC_TASKS = ("mmlu", "ceval", "cmmlu", "mc")
 TASKS = MC_TASKS + ("humaneval", "mbpp", "gsm8k", "math401", "perplexity")
@@ -62,6 +63,10 @@ class EvalConfig:
     """Task file; defaults to the fetched artifact where one exists (MMLU, HumanEval, Shakespeare)."""
     tokenizer: str | None = None
     """Tokenizer path when it is not with the model."""
+    system_prompt: str | None = None
+    """Chat mode: the system message of every prompt. None: the model's own default, read from the
+    chat template stored with it (Qwen2.5: "You are Qwen, created by Alibaba Cloud. You are a helpful
+    assistant."), else the first generation's "You are a helpful assistant."."""
     dtype: str = "fp32"
     """fp32 (default), bf16, or int8 (weight-only, the engine's fast CPU decode): see
     :data:`openqwen.infer.loading.DTYPE_CHOICES`."""
@@ -197,12 +202,14 @@ def _load_partial(path: str | None, prompts: list[list[int]]) -> dict[int, Any]:
     return done
 
 
-def _chat_ids(tok: Any, messages: list[dict], model: Any, max_new_tokens: int) -> list[int]:
+def _chat_ids(tok: Any, messages: list[dict], model: Any, max_new_tokens: int, cfg: EvalConfig) -> list[int]:
     """ChatML prompt ids through the package's one chat-prompt path (the server and the chat CLI use
-    it too): history trimmed oldest turn first to leave ``max_new_tokens`` of the model's context."""
+    it too), with the run's system prompt first: history trimmed oldest turn first to leave
+    ``max_new_tokens`` of the model's context."""
     from ..tokenizer.chat import chat_prompt_ids  # noqa: PLC0415
 
-    return chat_prompt_ids(tok, messages, max(1, model.config.max_position_embeddings - max_new_tokens))
+    return chat_prompt_ids(tok, with_system(messages, cfg.system_prompt),
+                           max(1, model.config.max_position_embeddings - max_new_tokens))
 
 
 def _truncate_at_stop(text: str, stop: list[str]) -> str:
@@ -224,7 +231,7 @@ def _run_mc(model, tok, cfg: EvalConfig) -> dict[str, Any]:
     if not subset:
         raise ValueError("no questions left to evaluate (check --limit / --per-subject / --shots)")
     res = mc.evaluate_mc(_scoring_engine(model, tok), subset, shots, cfg.mode, cfg.batch_size, examples,
-                         cfg.progress)
+                         cfg.progress, system=cfg.system_prompt)
     res["counts"]["dropped_header_rows"] = junk
     return res
 
@@ -252,7 +259,7 @@ def _run_code(model, tok, cfg: EvalConfig) -> dict[str, Any]:
     if chat:
         prefix = tok.encode(code.CHAT_RESPONSE_PREFIX)
         max_new = cfg.max_new_tokens or 512
-        prompts = [_chat_ids(tok, [{"role": "user", "content": p.instruction}], model, max_new + len(prefix))
+        prompts = [_chat_ids(tok, [{"role": "user", "content": p.instruction}], model, max_new + len(prefix), cfg)
                    + prefix for p in problems]
         stop = code.CHAT_STOP
     else:
@@ -290,7 +297,7 @@ def _run_math(model, tok, cfg: EvalConfig) -> dict[str, Any]:
         examples, problems = problems[:shots], problems[shots:]
         rel_tol, max_new = 1e-4, cfg.max_new_tokens or 512
         if chat:
-            prompts = [_chat_ids(tok, m.gsm8k_chat_messages(p), model, max_new) for p in problems[: cfg.limit]]
+            prompts = [_chat_ids(tok, m.gsm8k_chat_messages(p), model, max_new, cfg) for p in problems[: cfg.limit]]
         else:
             prompts = [tok.encode(m.gsm8k_base_prompt(p, examples)) for p in problems[: cfg.limit]]
         stop = [] if chat else ["\n\nQuestion:", "Question:"]
@@ -300,7 +307,7 @@ def _run_math(model, tok, cfg: EvalConfig) -> dict[str, Any]:
         examples = m.generate_math401(shots, seed=cfg.seed + 10_000) if shots else []
         ex = "".join(f"{e.question}{_fmt(e.answer)}\n" for e in examples)
         if chat:
-            prompts = [_chat_ids(tok, m.math401_chat_messages(p), model, max_new) for p in problems[: cfg.limit]]
+            prompts = [_chat_ids(tok, m.math401_chat_messages(p), model, max_new, cfg) for p in problems[: cfg.limit]]
         else:
             prompts = [tok.encode(ex + p.question) for p in problems[: cfg.limit]]
         stop = [] if chat else ["\n"]
@@ -347,6 +354,8 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None) -> dict[
         m, t = load_model_and_tokenizer(cfg.model, cfg.dtype, cfg.tokenizer)
         model, tokenizer = model or m, tokenizer or t
     load_s = time.perf_counter() - t0
+    if cfg.mode == "chat" and cfg.system_prompt is None:  # the model's own default, recorded in settings
+        cfg = dataclasses.replace(cfg, system_prompt=model_system_prompt(cfg.tokenizer or cfg.model))
     res = _RUNNERS[cfg.task](model, tokenizer, cfg)
     from .. import __version__  # noqa: PLC0415
 

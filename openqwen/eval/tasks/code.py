@@ -25,9 +25,11 @@ from .multiple_choice import TaskDataError
 # Codex (Chen et al. 2021): stop at the next top-level statement.
 BASE_STOP = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert "]
 
+# Chat mode uses EvalPlus' instruct-model prompt, the harness behind the published Qwen2.5-Coder
+# instruct numbers, character for character: the problem in a bare fence, a newline after it.
 CHAT_INSTRUCTION = (
     "Please provide a self-contained Python script that solves the following problem in a markdown "
-    "code block:\n```python\n{prompt}\n```"
+    "code block:\n```\n{prompt}\n```\n"
 )
 
 # Chat mode starts the assistant's reply for the model (as EvalPlus does for instruct models): the
@@ -37,7 +39,9 @@ CHAT_RESPONSE_PREFIX = (
     "Below is a Python script with a self-contained function that solves the problem and passes "
     "corresponding tests:\n```python\n"
 )
-CHAT_STOP = ["\n```"]
+# EvalPlus' stops for chat models: the closing fence, and the demo code chat models write after the
+# solution (a main block, a main function, example prints), which would only be sanitized away.
+CHAT_STOP = ["\n```\n", "\nif __name__", "\ndef main(", "\nprint("]
 
 
 @dataclass

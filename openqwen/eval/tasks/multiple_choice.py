@@ -185,13 +185,15 @@ def base_prompt_parts(it: MCItem, shots: Sequence[MCItem], zh: bool) -> tuple[st
     return shared, format_question(it, zh, False)
 
 
-def chat_messages(it: MCItem, shots: Sequence[MCItem], zh: bool) -> list[dict[str, str]]:
-    """A 0-shot (or k-shot, examples inline) ChatML question asking for the letter only."""
+def chat_messages(it: MCItem, shots: Sequence[MCItem], zh: bool, system: str | None = None) -> list[dict[str, str]]:
+    """A 0-shot (or k-shot, examples inline) ChatML question asking for the letter only, after the
+    ``system`` message when one is given."""
     ask = ("请直接给出正确答案的选项字母。" if zh
            else "Answer with the letter of the correct option only.")
     shared = header(it.subject, zh) + "".join(format_question(s, zh, True) + "\n\n" for s in shots)
     q = "\n".join([it.question.strip()] + [f"{L}. {c}" for L, c in zip(LETTERS, it.choices)])
-    return [{"role": "user", "content": f"{shared}{q}\n\n{ask}"}]
+    user = [{"role": "user", "content": f"{shared}{q}\n\n{ask}"}]
+    return user if system is None else [{"role": "system", "content": system}] + user
 
 
 def letter_token_ids(tokenizer: Any, leading_space: bool) -> list[int]:
@@ -223,9 +225,10 @@ def letter_logprobs(engine: Any, prompts: Sequence[Sequence[int]], letter_ids: S
 
 def evaluate_mc(engine: Any, items: Sequence[MCItem], shots: int, mode: str = "base",
                 batch_size: int = 8, examples: dict[str, list[MCItem]] | None = None,
-                progress: bool = False) -> dict[str, Any]:
+                progress: bool = False, system: str | None = None) -> dict[str, Any]:
     """Accuracy of ``engine``'s model (an :class:`openqwen.infer.engine.Engine`) on ``items``;
-    ``examples`` maps subject -> shot questions."""
+    ``examples`` maps subject -> shot questions; ``system``: the chat prompts' system message (None:
+    the ChatML renderer's default)."""
     if mode not in ("base", "chat"):
         raise ValueError(f"mode must be 'base' or 'chat', got {mode!r}")
     tokenizer = engine.tokenizer
@@ -252,7 +255,8 @@ def evaluate_mc(engine: Any, items: Sequence[MCItem], shots: int, mode: str = "b
         else:
             # the one chat-prompt path: shots that do not fit the engine's context (less the answer
             # letter) are dropped oldest first, as the chat CLI and the server drop old turns
-            prompts = [chat_prompt_ids(tokenizer, chat_messages(it, ex, zh), engine.max_seq_len - 1) for it in its]
+            prompts = [chat_prompt_ids(tokenizer, chat_messages(it, ex, zh, system), engine.max_seq_len - 1)
+                       for it in its]
         scores = letter_logprobs(engine, prompts, letters, batch_size, bar)
         preds = [LETTERS[i] for i in scores.argmax(-1).tolist()]
         correct = sum(p == it.answer for p, it in zip(preds, its))
