@@ -1,50 +1,437 @@
-// openqwen web chat: plain JS, no build step. Talks to this server's OpenAI-compatible API
-// (POST /v1/chat/completions with stream: true) and parses the server-sent events by hand, so that
-// the stop button can abort the fetch (the server then frees the model's slot at once).
-"use strict";
+// openqwen web chat: plain JS modules, no build step (the three libraries it uses are vendored under
+// static/vendor/). This file wires the page: the conversation list, the per-conversation settings,
+// sending and streaming, stop, regenerate, editing the last user turn, tool results typed by the user,
+// export/import, and the keyboard. js/store.js keeps the conversations, js/api.js talks to the server,
+// js/render.js turns untrusted text into sanitised DOM.
+import { headers, errorText, sseEvents, Reply } from "./js/api.js";
+import { Store, SAMPLING, apiMessage, requestFields, exportChat, parseImport, textOf } from "./js/store.js";
+import { renderMarkdown, toolCallsView, toolResultView, statsText, copyButton } from "./js/render.js";
 
 const $ = (id) => document.getElementById(id);
-const history = []; // [{role, content}] of the conversation so far (the system prompt is added per request)
+const SETTING_FIELDS = ["system", ...SAMPLING, "tools"];
+const store = new Store();
 let controller = null; // AbortController of the running request
+let editing = false; // the last user turn is open for editing
 
 function setStatus(text, isError = false) {
   $("status").textContent = text;
   $("status").className = isError ? "error" : "";
 }
 
-function headers() {
-  const h = { "Content-Type": "application/json" };
-  const key = $("api_key").value.trim();
-  if (key) h["Authorization"] = "Bearer " + key;
-  return h;
+function save() {
+  try {
+    store.save();
+  } catch (e) {
+    setStatus(e.message, true);
+  }
 }
 
-function addMessage(role, text) {
+function apiKey() {
+  return $("api_key").value.trim();
+}
+
+// ------------------------------------------------------------------------------ conversation list
+function drawChats() {
+  const list = $("chats");
+  list.replaceChildren();
+  for (const chat of store.sorted()) {
+    const li = document.createElement("li");
+    li.dataset.id = chat.id;
+    if (chat.id === store.currentId) li.className = "current";
+    const open = document.createElement("button");
+    open.type = "button";
+    open.className = "chat-title";
+    open.textContent = chat.title; // titles come from user text and imported files: never markup
+    open.title = chat.title;
+    if (chat.id === store.currentId) open.setAttribute("aria-current", "true");
+    open.addEventListener("click", () => switchTo(chat.id));
+    const rename = iconButton("✎", "Rename " + chat.title, "rename", () => startRename(li, chat));
+    const del = iconButton("🗑", "Delete " + chat.title, "delete", () => deleteChat(chat));
+    li.append(open, rename, del);
+    list.append(li);
+  }
+  $("chat_title").textContent = store.current ? store.current.title : "";
+}
+
+function iconButton(text, label, cls, onClick) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = "icon " + cls;
+  b.textContent = text;
+  b.setAttribute("aria-label", label);
+  b.title = label;
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+function startRename(li, chat) {
+  const input = document.createElement("input");
+  input.className = "rename-input";
+  input.value = chat.title;
+  input.setAttribute("aria-label", "New title");
+  let done = false;
+  const finish = (keep) => {
+    if (done) return;
+    done = true;
+    if (keep) {
+      store.rename(chat.id, input.value);
+      save();
+    }
+    drawChats();
+  };
+  input.addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter") finish(true);
+    if (ev.key === "Escape") { ev.stopPropagation(); finish(false); }
+  });
+  input.addEventListener("blur", () => finish(true));
+  li.replaceChildren(input);
+  input.focus();
+  input.select();
+}
+
+function deleteChat(chat) {
+  if (!window.confirm(`Delete the conversation "${chat.title}"?`)) return;
+  if (controller && chat.id === store.currentId) controller.abort();
+  store.remove(chat.id);
+  if (!store.current) store.create(chat.settings);
+  save();
+  showCurrent();
+}
+
+function newChat() {
+  if (controller) controller.abort();
+  const settings = store.current ? store.current.settings : undefined;
+  store.create(settings); // a new chat starts from the settings of the one the user was in
+  save();
+  showCurrent();
+  $("input").focus();
+}
+
+function switchTo(id) {
+  if (controller) controller.abort();
+  store.select(id);
+  save();
+  showCurrent();
+  closeDrawer();
+}
+
+// -------------------------------------------------------------------------------------- settings
+function fillSettings() {
+  const s = store.current.settings;
+  for (const k of SETTING_FIELDS) $(k).value = s[k] ?? "";
+}
+
+for (const k of SETTING_FIELDS) {
+  $(k).addEventListener("input", () => {
+    store.current.settings[k] = $(k).value;
+    save();
+  });
+}
+
+// -------------------------------------------------------------------------------------- messages
+function bubble(role) {
   const div = document.createElement("div");
   div.className = "msg " + role;
   const label = document.createElement("span");
   label.className = "role";
   label.textContent = role;
-  const content = document.createElement("span");
+  const content = document.createElement("div");
   content.className = "content";
-  content.textContent = text; // textContent, never innerHTML: model output is untrusted
   div.append(label, content);
-  $("messages").append(div);
-  div.scrollIntoView({ block: "end" });
   return div;
 }
 
-async function errorText(resp) {
-  try {
-    const body = await resp.json();
-    if (body.error && body.error.message) return body.error.message;
-  } catch (e) { /* not JSON */ }
-  return resp.status + " " + resp.statusText;
+/** The bubble of one stored message (index i of the current chat). */
+function messageView(msg, i, messages) {
+  const div = bubble(msg.role);
+  div.dataset.index = i;
+  const content = div.querySelector(".content");
+  if (msg.role === "user" || msg.role === "system") {
+    content.textContent = textOf(msg.content); // what the user typed is shown as typed
+  } else if (msg.role === "assistant") {
+    if (textOf(msg.content)) renderMarkdown(content, textOf(msg.content));
+    if (msg.tool_calls) div.append(toolCallsView(msg.tool_calls));
+    const stats = document.createElement("div");
+    stats.className = "stats";
+    stats.textContent = statsText(msg.stats);
+    div.append(stats);
+    div.dataset.done = "1";
+  } else if (msg.role === "tool") {
+    const call = messages.flatMap((m) => m.tool_calls || []).find((c) => c.id === msg.tool_call_id);
+    content.append(toolResultView(msg, call && call.function.name));
+  }
+  return div;
 }
 
+function lastIndex(messages, role) {
+  for (let i = messages.length - 1; i >= 0; i--) if (messages[i].role === role) return i;
+  return -1;
+}
+
+/** Tool calls of the last assistant message that have no result yet. */
+function pendingCalls(messages) {
+  const a = lastIndex(messages, "assistant");
+  const after = messages.slice(a + 1);
+  if (a < 0 || !messages[a].tool_calls || after.some((m) => m.role !== "tool")) return [];
+  const answered = new Set(after.map((m) => m.tool_call_id));
+  return messages[a].tool_calls.filter((c) => !answered.has(c.id));
+}
+
+function drawMessages() {
+  const chat = store.current;
+  const box = $("messages");
+  box.replaceChildren();
+  chat.messages.forEach((m, i) => box.append(messageView(m, i, chat.messages)));
+  const views = box.querySelectorAll(".msg");
+  const lastUser = lastIndex(chat.messages, "user");
+  const last = chat.messages.length - 1;
+  if (lastUser >= 0) {
+    const view = views[lastUser];
+    view.append(actions([["Edit", "edit", () => startEdit(lastUser)]]));
+  }
+  for (const [i, m] of chat.messages.entries()) {
+    if (m.role !== "assistant") continue;
+    const items = [];
+    if (textOf(m.content)) items.push(["copy", textOf(m.content)]);
+    if (i === last && i > 0) items.push(["Regenerate", "regenerate", regenerate]);
+    views[i].append(actions(items));
+  }
+  for (const call of pendingCalls(chat.messages)) box.append(toolResultForm(call));
+  box.scrollTop = box.scrollHeight;
+}
+
+function actions(items) {
+  const bar = document.createElement("div");
+  bar.className = "actions";
+  for (const [label, cls, onClick] of items) {
+    if (label === "copy") {
+      bar.append(copyButton(() => cls, "Copy"));
+      continue;
+    }
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = cls;
+    b.textContent = label;
+    b.addEventListener("click", onClick);
+    bar.append(b);
+  }
+  return bar;
+}
+
+/** A box where the user answers a tool call; once every call of the turn has a result, the
+ * conversation continues with them. */
+function toolResultForm(call) {
+  const form = document.createElement("form");
+  form.className = "tool-form";
+  const label = document.createElement("label");
+  label.textContent = `Result of ${call.function.name} (${call.id})`;
+  const area = document.createElement("textarea");
+  area.rows = 2;
+  area.className = "tool-answer";
+  const send = document.createElement("button");
+  send.type = "submit";
+  send.textContent = "Add result";
+  label.append(area);
+  form.append(label, send);
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const chat = store.current;
+    chat.messages.push({ role: "tool", tool_call_id: call.id, content: area.value });
+    store.touch(chat);
+    save();
+    if (!pendingCalls(chat.messages).length) generate();
+    else drawMessages();
+  });
+  return form;
+}
+
+function showCurrent() {
+  editing = false;
+  fillSettings();
+  drawChats();
+  drawMessages();
+}
+
+// --------------------------------------------------------------------------------- generating
+function requestBody(chat) {
+  const body = { model: $("model").value, stream: true, stream_options: { include_usage: true }, ...requestFields(chat.settings) };
+  body.messages = [];
+  if (chat.settings.system.trim()) body.messages.push({ role: "system", content: chat.settings.system });
+  body.messages.push(...chat.messages.map(apiMessage));
+  return body;
+}
+
+function setBusy(busy) {
+  $("send").disabled = busy;
+  $("stop").disabled = !busy;
+  document.body.classList.toggle("busy", busy);
+}
+
+/** Streams the model's next assistant turn for the current chat and stores it. */
+async function generate() {
+  const chat = store.current;
+  let body;
+  try {
+    body = requestBody(chat);
+  } catch (e) {
+    setStatus(e.message, true);
+    return;
+  }
+  drawMessages();
+  for (const el of $("messages").querySelectorAll(".actions, .tool-form")) el.remove();
+  const view = bubble("assistant");
+  view.classList.add("streaming");
+  $("messages").append(view);
+  const content = view.querySelector(".content");
+  const calls = document.createElement("div");
+  view.append(calls);
+  const reply = new Reply();
+  controller = new AbortController();
+  setBusy(true);
+  setStatus("generating...");
+  let frame = 0, stopped = false;
+  const paint = () => { // at most once per animation frame: markdown is re-rendered whole each time
+    frame = 0;
+    if (reply.content) renderMarkdown(content, reply.content);
+    if (reply.toolCalls.length) calls.replaceChildren(toolCallsView(reply.toolCalls.filter(Boolean)));
+    $("messages").scrollTop = $("messages").scrollHeight;
+  };
+  try {
+    const resp = await fetch("/v1/chat/completions", {
+      method: "POST", headers: headers(apiKey()), body: JSON.stringify(body), signal: controller.signal,
+    });
+    if (!resp.ok) throw new Error(await errorText(resp));
+    for await (const chunk of sseEvents(resp)) {
+      if (reply.add(chunk) && !frame) frame = requestAnimationFrame(paint);
+    }
+    const msg = reply.message(false);
+    setStatus(`done (${msg.stats.finish}) · ${statsText(msg.stats)}`);
+  } catch (e) {
+    if (e.name === "AbortError") {
+      stopped = true;
+      setStatus("stopped");
+    } else {
+      setStatus(e.message, true);
+      view.classList.add("error");
+      if (!reply.content && !reply.toolCalls.length) content.textContent = "error: " + e.message;
+    }
+  } finally {
+    if (frame) cancelAnimationFrame(frame);
+    controller = null;
+    setBusy(false);
+    // a stopped reply stays in the conversation as far as it got, like any chat UI
+    const got = reply.content || reply.toolCalls.length;
+    if (got && store.chats.includes(chat)) {
+      chat.messages.push(reply.message(stopped));
+      store.touch(chat);
+      save();
+    }
+    if (chat === store.current && (got || !view.classList.contains("error"))) {
+      drawChats();
+      drawMessages();
+    } else {
+      view.classList.remove("streaming");
+      view.dataset.done = "1";
+    }
+    $("input").focus();
+  }
+}
+
+function send(text) {
+  const chat = store.current;
+  chat.messages.push({ role: "user", content: text });
+  store.touch(chat);
+  save();
+  drawChats();
+  generate();
+}
+
+function regenerate() {
+  const chat = store.current;
+  if (controller || !chat.messages.length) return;
+  if (chat.messages[chat.messages.length - 1].role === "assistant") chat.messages.pop();
+  if (!chat.messages.length) return;
+  save();
+  generate();
+}
+
+function startEdit(index) {
+  if (controller || editing || index < 0) return;
+  const chat = store.current;
+  const view = $("messages").querySelector(`.msg[data-index="${index}"]`);
+  editing = true;
+  const area = document.createElement("textarea");
+  area.className = "edit-input";
+  area.value = textOf(chat.messages[index].content);
+  area.setAttribute("aria-label", "Edit your message");
+  const ok = document.createElement("button");
+  ok.type = "button";
+  ok.textContent = "Send";
+  const cancel = document.createElement("button");
+  cancel.type = "button";
+  cancel.className = "secondary";
+  cancel.textContent = "Cancel";
+  const commit = () => {
+    if (!area.value.trim()) return;
+    editing = false;
+    chat.messages.splice(index); // the edited turn and everything after it are replaced
+    send(area.value);
+  };
+  ok.addEventListener("click", commit);
+  cancel.addEventListener("click", () => { editing = false; drawMessages(); });
+  area.addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" && !ev.shiftKey) { ev.preventDefault(); commit(); }
+    if (ev.key === "Escape") { ev.stopPropagation(); editing = false; drawMessages(); $("input").focus(); }
+  });
+  view.querySelector(".content").replaceChildren(area);
+  view.querySelector(".actions").replaceChildren(ok, cancel);
+  area.focus();
+}
+
+// ------------------------------------------------------------------------------ export / import
+function download(name, value) {
+  const blob = new Blob([JSON.stringify(value, null, 2)], { type: "application/json" });
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(blob);
+  a.download = name;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+}
+
+function fileName(title) {
+  return "openqwen-" + (title.toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-|-$/g, "").slice(0, 40) || "chat") + ".json";
+}
+
+$("export").addEventListener("click", () => download(fileName(store.current.title), exportChat(store.current, $("model").value)));
+$("export_all").addEventListener("click", () => download("openqwen-chats.json", store.sorted().map((c) => exportChat(c, $("model").value))));
+$("import").addEventListener("click", () => $("import_file").click());
+$("import_file").addEventListener("change", async () => {
+  const file = $("import_file").files[0];
+  $("import_file").value = "";
+  if (!file) return;
+  try {
+    let value;
+    try {
+      value = JSON.parse(await file.text());
+    } catch (e) {
+      throw new Error("not JSON: " + e.message);
+    }
+    const chats = parseImport(value);
+    for (const c of chats) store.create(c.settings, c.title, c.messages);
+    save();
+    showCurrent();
+    setStatus(`imported ${chats.length} conversation${chats.length === 1 ? "" : "s"} from ${file.name}`);
+  } catch (e) {
+    setStatus(`could not import ${file.name}: ${e.message}`, true);
+  }
+});
+
+// ------------------------------------------------------------------------------------- models
 async function loadModels() {
   try {
-    const resp = await fetch("/v1/models", { headers: headers() });
+    const resp = await fetch("/v1/models", { headers: headers(apiKey()) });
     if (!resp.ok) throw new Error(await errorText(resp));
     const body = await resp.json();
     const select = $("model");
@@ -54,104 +441,24 @@ async function loadModels() {
       opt.value = opt.textContent = m.id;
       select.append(opt);
     }
-    setStatus("ready");
+    setStatus(store.loadError || "ready", Boolean(store.loadError));
   } catch (e) {
     setStatus("could not list models: " + e.message, true);
   }
 }
 
-function numberField(id) {
-  const raw = $(id).value.trim();
-  return raw === "" ? undefined : Number(raw);
+// ----------------------------------------------------------------------------- drawer, keyboard
+function closeDrawer() {
+  document.body.classList.remove("drawer-open");
+  $("menu").setAttribute("aria-expanded", "false");
 }
 
-function requestBody() {
-  const messages = [];
-  const system = $("system").value.trim();
-  if (system) messages.push({ role: "system", content: system });
-  messages.push(...history);
-  const body = { model: $("model").value, messages, stream: true, stream_options: { include_usage: true } };
-  for (const k of ["temperature", "top_p", "top_k", "repetition_penalty", "max_tokens", "seed"]) {
-    const v = numberField(k);
-    if (v !== undefined && !Number.isNaN(v)) body[k] = v;
-  }
-  return body;
-}
-
-// Yields the JSON payload of each `data:` event of a server-sent-event stream.
-async function* sseEvents(resp) {
-  const reader = resp.body.getReader();
-  const decoder = new TextDecoder(); // stream mode keeps multi-byte characters split across reads whole
-  let buffer = "";
-  while (true) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    buffer += decoder.decode(value, { stream: true });
-    let cut;
-    while ((cut = buffer.indexOf("\n\n")) >= 0) {
-      const event = buffer.slice(0, cut);
-      buffer = buffer.slice(cut + 2);
-      const data = event.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trimStart()).join("\n");
-      if (!data) continue;
-      if (data === "[DONE]") return;
-      yield JSON.parse(data);
-    }
-  }
-}
-
-async function send(text) {
-  history.push({ role: "user", content: text });
-  addMessage("user", text);
-  const bubble = addMessage("assistant", "");
-  bubble.classList.add("streaming");
-  const content = bubble.querySelector(".content");
-  let reply = "";
-  controller = new AbortController();
-  $("send").disabled = true;
-  $("stop").disabled = false;
-  setStatus("generating...");
-  const started = performance.now();
-  try {
-    const resp = await fetch("/v1/chat/completions", {
-      method: "POST", headers: headers(), body: JSON.stringify(requestBody()), signal: controller.signal,
-    });
-    if (!resp.ok) throw new Error(await errorText(resp));
-    let usage = null, finish = null;
-    for await (const chunk of sseEvents(resp)) {
-      if (chunk.error) throw new Error(chunk.error.message);
-      if (chunk.usage) usage = chunk.usage;
-      for (const choice of chunk.choices || []) {
-        if (choice.delta && choice.delta.content) {
-          reply += choice.delta.content;
-          content.textContent = reply;
-          bubble.scrollIntoView({ block: "end" });
-        }
-        if (choice.finish_reason) finish = choice.finish_reason;
-      }
-    }
-    const secs = (performance.now() - started) / 1000;
-    const rate = usage ? ` · ${usage.completion_tokens} tokens, ${(usage.completion_tokens / secs).toFixed(1)} tok/s` : "";
-    setStatus(`done (${finish || "stop"})${rate}`);
-  } catch (e) {
-    if (e.name === "AbortError") {
-      setStatus("stopped");
-    } else {
-      setStatus(e.message, true);
-      bubble.classList.add("error");
-      if (!reply) content.textContent = "error: " + e.message;
-    }
-  } finally {
-    bubble.classList.remove("streaming");
-    bubble.dataset.done = "1";
-    // a stopped reply stays in the history as far as it got, like any chat UI
-    if (reply) history.push({ role: "assistant", content: reply });
-    else if (history.length && history[history.length - 1].role === "user") history.pop();
-    controller = null;
-    $("send").disabled = false;
-    $("stop").disabled = true;
-    $("input").focus();
-  }
-}
+$("menu").addEventListener("click", () => {
+  const open = document.body.classList.toggle("drawer-open");
+  $("menu").setAttribute("aria-expanded", String(open));
+  if (open) $("new_chat").focus();
+});
+$("close_menu").addEventListener("click", () => { closeDrawer(); $("input").focus(); });
 
 $("composer").addEventListener("submit", (ev) => {
   ev.preventDefault();
@@ -162,20 +469,28 @@ $("composer").addEventListener("submit", (ev) => {
 });
 
 $("input").addEventListener("keydown", (ev) => {
-  if (ev.key === "Enter" && !ev.shiftKey) {
+  if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) {
     ev.preventDefault();
     $("composer").requestSubmit();
+  } else if (ev.key === "ArrowUp" && !$("input").value) { // like most chat apps: edit what you last sent
+    const i = lastIndex(store.current.messages, "user");
+    if (i >= 0) { ev.preventDefault(); startEdit(i); }
+  }
+});
+
+document.addEventListener("keydown", (ev) => {
+  if (ev.key === "Escape") {
+    if (controller) controller.abort();
+    else if (document.body.classList.contains("drawer-open")) { closeDrawer(); $("input").focus(); }
+  } else if (ev.altKey && !ev.ctrlKey && !ev.metaKey) {
+    const key = ev.key.toLowerCase();
+    const act = { n: newChat, r: regenerate, e: () => startEdit(lastIndex(store.current.messages, "user")) }[key];
+    if (act) { ev.preventDefault(); act(); }
   }
 });
 
 $("stop").addEventListener("click", () => { if (controller) controller.abort(); });
-
-$("reset").addEventListener("click", () => {
-  if (controller) controller.abort();
-  history.length = 0;
-  $("messages").replaceChildren();
-  setStatus("new chat");
-});
+$("new_chat").addEventListener("click", newChat);
 
 $("api_key").addEventListener("change", () => {
   localStorage.setItem("openqwen_api_key", $("api_key").value);
@@ -183,4 +498,5 @@ $("api_key").addEventListener("change", () => {
 });
 
 $("api_key").value = localStorage.getItem("openqwen_api_key") || "";
+showCurrent();
 loadModels();
