@@ -11,6 +11,10 @@ Every caller (the CLI, the server, evaluation, RL rollouts) goes through :class:
 * ``engine.score(prompts, continuations)`` -> ``list[ScoreResult]``: log-probabilities of given
   tokens (multiple choice, perplexity, reward and PPO log-probs), see :mod:`openqwen.infer.score`.
 
+Constrained decoding: ``SamplingParams(constraint=factory)`` gives each request its own
+``process(generated_ids, logits) -> logits``, called on the raw logits of every step before sampling
+(:mod:`openqwen.infer.constrain` builds one that forces a tool call whose arguments follow a schema).
+
 The life of a request. ``submit`` checks it and queues it. A background thread runs :meth:`Engine.step`
 while there is work: the :class:`~openqwen.infer.scheduler.Scheduler` admits waiting requests into free
 KV-cache rows (reusing a row that already holds the start of the prompt), the

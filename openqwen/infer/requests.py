@@ -166,6 +166,7 @@ class Request:
         self._decoder = tokenizer.stream_decoder(skip_special_tokens=params.skip_special_tokens)
         seed = params.seed if params.seed is not None else random.getrandbits(63)
         self._generator = None if params.is_greedy else torch.Generator().manual_seed(seed)
+        self._constraint = params.constraint() if params.constraint is not None else None
         self._seen: torch.Tensor | None = None
         if params.repetition_penalty != 1.0:
             self._seen = torch.zeros(vocab_size, dtype=torch.bool)
@@ -174,11 +175,13 @@ class Request:
     @property
     def plain_greedy(self) -> bool:
         """Its next token is the argmax of the raw logits (the engine takes one argmax for all such rows)."""
-        return self.params.is_greedy and self._seen is None and self.logprobs is None
+        return self.params.is_greedy and self._seen is None and self.logprobs is None and self._constraint is None
 
     def accept(self, logits: torch.Tensor, token: int | None = None) -> str | None:
         """Sample (unless given) the next token from ``logits`` [vocab], emit its text; when that ends
         the request, send the final event and return the finish reason."""
+        if self._constraint is not None:  # the per-request logits hook (SamplingParams.constraint)
+            logits = self._constraint(self.output, logits)
         sampled = self.logprobs is not None and self.params.logprobs_mode == "sampled"
         filtered = sampling_logits(logits, self.params, self._seen) if sampled else None
         if token is None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -46,6 +46,12 @@ class SamplingParams:
     """Seed of this request's own generator (None: a fresh random seed)."""
     greedy: bool = False
     """Argmax decoding regardless of temperature/top-p/top-k."""
+    constraint: Callable[[], Any] | None = None
+    """Constrained decoding: a factory called once per request (so choices sharing these params keep
+    their own state) that returns ``process(generated_ids, logits) -> logits``; the engine calls it on
+    every step's raw logits, with the ids generated so far, before the repetition penalty and sampling
+    (e.g. :func:`openqwen.infer.constrain.tool_call_constraint`). Log-probs are then those of the
+    constrained logits."""
     logprobs: bool = False
     """Return the log-probability of every generated token (``Completion.logprobs``), under the
     distribution ``logprobs_mode`` names."""
@@ -85,6 +91,8 @@ class SamplingParams:
             raise ValueError(f"stop_token_ids must be non-negative integers, got {self.stop_token_ids!r}")
         if self.logprobs_mode not in LOGPROBS_MODES:
             raise ValueError(f"logprobs_mode must be one of {', '.join(LOGPROBS_MODES)}, got {self.logprobs_mode!r}")
+        if self.constraint is not None and not callable(self.constraint):
+            raise ValueError(f"constraint must be a factory (callable) or None, got {self.constraint!r}")
         if self.seed is not None and not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
 
