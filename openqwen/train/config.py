@@ -113,6 +113,9 @@ class TrainSection:
     """Show a tqdm progress bar."""
     tensorboard: bool = True
     """Also log to TensorBoard when the ``tensorboard`` package is installed."""
+    plot: bool = True
+    """Draw ``loss.png`` (and a stage's own page, e.g. PPO's) at the end; matplotlib takes seconds per
+    panel on a busy CPU, so short test runs turn it off."""
 
 
 @dataclass

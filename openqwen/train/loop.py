@@ -287,9 +287,10 @@ class Trainer:
         cfg, info = self.cfg, self.info
         lr = lr_at(self.step, cfg.optim.lr, cfg.optim.warmup_steps, cfg.train.max_steps, cfg.optim.schedule,
                    cfg.optim.min_lr_ratio)
-        for optimizer in self.optimizers:
+        scales = [self.task.lr_scale("model"), *(self.task.lr_scale(k) for k in self.module_optimizers)]
+        for optimizer, scale in zip(self.optimizers, scales):  # a module may learn at its own rate (PPO's value)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * scale
         batches = self.next_batches()
         counts = [self.task.count(b) for b in batches]
         units = all_reduce_sum(sum(counts), info)
@@ -380,7 +381,7 @@ class Trainer:
         if last_val:
             summary.update({k: v for k, v in last_val.items() if k != "val_loss"})
         if info.is_main:
-            if logger.records:
+            if logger.records and t.plot:
                 plot_loss_curves({self.name: logger.records}, self.out_dir / "loss.png", title=f"{self.name} loss",
                                  metrics=self.metric_names or _logged_metrics(logger.records))
             (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

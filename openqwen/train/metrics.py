@@ -123,3 +123,37 @@ def plot_loss_curves(runs: dict[str, list[dict[str, Any]]], out_png: str | Path,
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
     return out_png
+
+
+def plot_metric_page(records: list[dict[str, Any]], panels: Sequence[tuple[str, Sequence[str]]], out_png: str | Path,
+                     title: str, columns: int = 4) -> Path:
+    """One page of small panels: each ``(panel title, metric names)`` draws those training metrics
+    against the step (a stage's own overview, e.g. PPO's rewards, KL and clip fractions). Panels whose
+    metrics were never logged are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if r.get("kind") == "train"]
+    shown = [(name, [k for k in keys if any(k in r for r in train)]) for name, keys in panels]
+    shown = [(name, keys) for name, keys in shown if keys]
+    rows = max(1, -(-len(shown) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
+    for ax in axes.flat[len(shown):]:
+        ax.axis("off")
+    for ax, (name, keys) in zip(axes.flat, shown):
+        for key in keys:
+            points = [(r["step"], r[key]) for r in train if key in r]
+            ax.plot(*zip(*points), lw=1, label=key)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if len(keys) > 1:
+            ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+    return out_png

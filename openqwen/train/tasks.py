@@ -53,6 +53,11 @@ class Task:
         """Modules trained with the model, by name (exported as ``modules/<name>.safetensors``)."""
         return {}
 
+    def lr_scale(self, name: str) -> float:
+        """Factor on the scheduled learning rate for the model (``name == "model"``) or the task module
+        ``name``; 1 by default (PPO's value model learns at its own rate, the report's 5e-6 vs 1e-6)."""
+        return 1.0
+
     def tokens(self, batch: dict[str, torch.Tensor]) -> int:
         """Tokens the model processes for ``batch`` (throughput)."""
         return int(batch["input_ids"].numel())

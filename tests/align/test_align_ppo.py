@@ -1,0 +1,115 @@
+"""PPO, one test per trick of the report, each against an independent reference (numpy formulas,
+bit-identical weights, a recomputation by other code)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from openqwen.align.ppo import clipped_policy_loss, clipped_value_loss, gae, kl_penalty, whiten
+from ppo_helpers import nano_ppo
+
+
+# ------------------------------------------------------------------ the formulas
+def test_gae_equals_the_textbook_recursion_in_numpy():
+    rng = np.random.default_rng(0)
+    N, L = 4, 9
+    rewards, values = rng.normal(size=(N, L)), rng.normal(size=(N, L))
+    mask = np.zeros((N, L))
+    spans = [(2, 9), (0, 5), (3, 4), (1, 8)]  # each row's response columns
+    for i, (s, e) in enumerate(spans):
+        mask[i, s:e] = 1
+    for gamma, lam in ((1.0, 0.95), (0.9, 0.5)):
+        adv, ret = gae(*(torch.tensor(a) for a in (rewards, values, mask)), gamma, lam)
+        ref = np.zeros((N, L))
+        for i, (s, e) in enumerate(spans):
+            last = 0.0
+            for t in reversed(range(s, e)):
+                nxt = values[i, t + 1] if t + 1 < e else 0.0  # no value after the last token
+                last = rewards[i, t] + gamma * nxt - values[i, t] + gamma * lam * last
+                ref[i, t] = last
+        np.testing.assert_allclose(adv.numpy(), ref, atol=1e-12)
+        np.testing.assert_allclose(ret.numpy(), (ref + values) * mask, atol=1e-12)
+    w = whiten(adv, torch.tensor(mask)).numpy()[mask == 1]
+    assert abs(w.mean()) < 1e-9 and w.var() == pytest.approx(1.0, rel=1e-6)
+
+
+def test_kl_estimators_and_clipped_losses_against_numpy():
+    rng = np.random.default_rng(1)
+    logp, ref, old = (rng.normal(-2, 0.5, size=(3, 7)) for _ in range(3))
+    adv, mask = rng.normal(size=(3, 7)), (rng.random((3, 7)) < 0.7).astype(float)
+    t = lambda a: torch.tensor(a)  # noqa: E731
+    np.testing.assert_allclose(kl_penalty(t(logp), t(ref), "k1").numpy(), logp - ref)
+    r = np.exp(ref - logp)
+    np.testing.assert_allclose(kl_penalty(t(logp), t(ref), "k3").numpy(), r - 1 - np.log(r), atol=1e-12)
+    ratio = np.exp(logp - old)
+    surrogate = np.maximum(-adv * ratio, -adv * np.clip(ratio, 0.8, 1.2))
+    loss, got_ratio, clipped = clipped_policy_loss(t(logp), t(old), t(adv), t(mask), 0.2)
+    assert float(loss) == pytest.approx((surrogate * mask).sum(), rel=1e-12)
+    np.testing.assert_allclose(clipped.numpy(), ((-adv * np.clip(ratio, 0.8, 1.2) > -adv * ratio) * mask))
+    v, v_old, R = (rng.normal(size=(3, 7)) for _ in range(3))
+    v_clip = v_old + np.clip(v - v_old, -0.15, 0.15)  # the report's value clipping
+    vloss, vclipped = clipped_value_loss(t(v), t(v_old), t(R), t(mask), 0.15)
+    assert float(vloss) == pytest.approx(0.5 * (np.maximum((v - R) ** 2, (v_clip - R) ** 2) * mask).sum(), rel=1e-12)
+    assert float(vclipped.sum()) == (((v_clip - R) ** 2 > (v - R) ** 2) * mask).sum()
+
+
+# ------------------------------------------------------------------ the tricks, in the loop
+def test_first_minibatch_ratio_is_exactly_one_and_old_logprobs_are_the_sampled_distribution(tmp_path):
+    trainer = nano_ppo(tmp_path)
+    source, task = trainer.source, trainer.task
+    batch = source.next()
+    mask = batch["action_mask"].bool()
+    logp, _ = task.policy_logprobs(trainer.model, batch)  # the forward the loop's first step runs
+    assert torch.equal(logp[mask], batch["old_logprobs"][mask])  # ratio exp(0) = 1 exactly, not ~1
+    # and those old log-probs are the engine's sampled (top-p renormalised) ones, up to float rounding
+    assert float(batch["behaviour_gap"].max()) < 1e-4
+    source.buffer, source.cursor = None, 0  # the loop starts from a fresh rollout of the same stream
+    source.generator.manual_seed(source.seed)
+    trainer.source = type(source)(source.cfg, source.policy, task, source.reference, source.tokenizer,
+                                  source.prompts, source.seed, reward_model=source.reward_model,
+                                  score_fn=source.score_fn, correct_fn=source.correct_fn)
+    stats = trainer.train_step()
+    assert stats["ratio"] == 1.0 and stats["clip_frac"] == 0.0
+    assert stats["kl"] == 0.0  # the policy is still the reference: k1 is exactly 0
+
+
+def test_value_warmup_keeps_the_policy_bit_identical_and_value_lr_is_its_own(tmp_path):
+    trainer = nano_ppo(tmp_path, {"ppo.value_warmup_steps": 3, "ppo.value_lr": 3e-3})
+    policy0 = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    value0 = {k: v.clone() for k, v in trainer.modules["value"].state_dict().items()}
+    for _ in range(3):
+        stats = trainer.train_step()
+        assert stats["policy_trained"] == 0.0
+        assert all(torch.equal(v, policy0[k]) for k, v in trainer.model.state_dict().items())
+    assert not trainer.optimizer.state  # not even the policy's Adam moments moved
+    assert any(not torch.equal(v, value0[k]) for k, v in trainer.modules["value"].state_dict().items())
+    assert trainer.module_optimizers["value"].param_groups[0]["lr"] == 3e-3
+    assert trainer.optimizer.param_groups[0]["lr"] == 1e-3
+    stats = trainer.train_step()
+    assert stats["policy_trained"] == 1.0
+    assert any(not torch.equal(v, policy0[k]) for k, v in trainer.model.state_dict().items())
+
+
+def test_rewards_are_normalised_by_the_running_moments_of_every_reward_so_far(tmp_path):
+    trainer = nano_ppo(tmp_path, {"ppo.kl_coef": 0.0})
+    source = trainer.source
+    raws = []
+    for _ in range(2):  # two rollouts
+        source.make_rollout()
+        raws.append(source.buffer["reward_raw"].double().numpy())
+        seen = np.concatenate(raws)
+        want = (raws[-1] - seen.mean()) / (seen.std() + 1e-8)
+        np.testing.assert_allclose(source.buffer["reward_norm"].numpy(), want, rtol=1e-5, atol=1e-6)
+        # the reward model's score of each conversation, recomputed alone (batch of one)
+        buf = source.buffer
+        for i in range(2):
+            n = int(buf["attention_mask"][i].sum())
+            alone = source.reward_model(buf["input_ids"][i:i + 1, :n], torch.ones(1, n, dtype=torch.long))
+            assert float(alone) == pytest.approx(float(buf["reward_raw"][i]), abs=1e-5)
+    # with KL 0 the only reward is the normalised score at the last sampled token: with gamma 1, lambda 1
+    # the return of every token would be that score; with lambda 0.95 the last token's return is it exactly
+    last = (buf["attention_mask"].sum(-1) - 2)
+    rows = torch.arange(len(last))
+    torch.testing.assert_close(buf["returns"][rows, last], buf["reward_norm"].float(), atol=1e-6, rtol=0)
