@@ -7,4 +7,4 @@ reads the result. Submodules are imported on use so that ``import openqwen.data`
 """
 
 # the cleaning stages in their default order (each is `openqwen data <stage>` and a pipeline step)
-STAGES = ["normalize", "dedup-exact", "dedup-fuzzy", "langid", "filter", "decontam", "mix"]
+STAGES = ["extract", "normalize", "dedup-exact", "dedup-fuzzy", "langid", "filter", "safety", "decontam", "mix"]

@@ -268,11 +268,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from . import STAGES
 
     helps = {
+        "extract": "main text, URL, title and declared language of HTML pages and WARC archives (trafilatura); "
+                   "JSONL and text documents pass through",
         "normalize": "Unicode NFC, newlines, control characters, blank-line runs",
         "dedup-exact": "drop documents whose normalised text was seen before",
         "dedup-fuzzy": "MinHash + LSH near-duplicate removal (one document per cluster)",
         "langid": "label languages with py3langid, optionally keep only some",
         "filter": "Gopher/C4 prose rules, Chinese and code rules, optional quality model",
+        "safety": "drop abusive/threatening documents (word list and threat patterns; optional classifier)",
         "decontam": "drop documents sharing 13-grams with evaluation sets (HumanEval, MMLU)",
         "mix": "per-source weights: up-sample (>1) or down-sample (<1)",
     }

@@ -18,6 +18,7 @@ gopher_bullet_lines    fraction of lines starting with a bullet > max           
 gopher_ellipsis_lines  fraction of lines ending with "..." / "…" > max               0.3
 gopher_alpha_words     fraction of words with a letter < min                         0.8
 gopher_stop_words      fewer than min of: the be to of and that have with            2
+                       (English and unlabelled documents only: stop_word_langs)
 gopher_dup_lines       duplicate lines > 0.3 of lines, or their chars > 0.2          0.3, 0.2
 gopher_dup_paragraphs  duplicate paragraphs > 0.3, or their chars > 0.2              0.3, 0.2
 gopher_top_ngram       chars of the most frequent 2/3/4-gram > 0.20/0.18/0.16        Gopher
@@ -92,6 +93,9 @@ class FilterConfig:
     code_min_alnum_fraction: float = 0.25
     code_min_lines: int = 3
     exempt_domains: tuple[str, ...] = ("math",)
+    # Gopher's stop words are English: other languages (and documents langid has not labelled) skip
+    # that one rule, the rest of the prose rules are script-neutral enough to apply to them all
+    stop_word_langs: tuple[str, ...] = ("en",)
     scorer: str | None = None  # path of a QualityClassifier (.npz) or "module:attribute"
     min_quality: float = 0.5
 
@@ -164,7 +168,7 @@ def dup_ngram_char_fraction(words: list[str], n: int, hashes: np.ndarray | None 
 # ---------------------------------------------------------------- rule sets
 
 
-def prose_failures(text: str, c: FilterConfig, first_only: bool = True) -> list[str]:
+def prose_failures(text: str, c: FilterConfig, first_only: bool = True, lang: str | None = "en") -> list[str]:
     """Names of the prose rules the text fails (only the first when ``first_only``)."""
     fails: list[str] = []
 
@@ -197,7 +201,8 @@ def prose_failures(text: str, c: FilterConfig, first_only: bool = True) -> list[
         if alpha < c.min_alpha_words and fail("gopher_alpha_words"):
             return fails
         lower = {w.strip(".,;:!?\"'()") for w in set(text.lower().split())}
-        if len(STOP_WORDS & lower) < c.min_stop_words and fail("gopher_stop_words"):
+        if (lang is None or lang in c.stop_word_langs) and len(STOP_WORDS & lower) < c.min_stop_words \
+                and fail("gopher_stop_words"):
             return fails
     frac, chars = _dup_fraction(text.split("\n"))
     if (frac > c.max_dup_line_fraction or chars > c.max_dup_line_chars) and fail("gopher_dup_lines"):
@@ -265,7 +270,7 @@ def rule_failures(doc: dict[str, Any], config: FilterConfig, first_only: bool = 
         return code_failures(doc["text"], config, first_only)
     if doc.get("lang") == "zh":
         return chinese_failures(doc["text"], config, first_only)
-    return prose_failures(doc["text"], config, first_only)
+    return prose_failures(doc["text"], config, first_only, doc.get("lang"))
 
 
 # ---------------------------------------------------------------- model-based scorer

@@ -26,10 +26,23 @@ from typing import Any, Iterable, Iterator
 
 TEXT_SUFFIXES = (".txt", ".md", ".py", ".rst")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")
+# web pages: read by the extract stage (openqwen.data.extract), which turns them into documents
+PAGE_SUFFIXES = (".html", ".htm", ".html.gz", ".htm.gz", ".warc", ".warc.gz")
 MANIFEST = "manifest.json"
 DONE_DIR = "_done"
 # only the first errors are listed in full; all are counted
 MAX_LISTED_ERRORS = 200
+# removed documents named per reason in the manifest (all are counted)
+MAX_EXAMPLES = 5
+
+
+def doc_label(doc: dict[str, Any]) -> str:
+    """How a manifest names a document: its URL, id or file, else the start of its text."""
+    for key in ("url", "id", "source_file"):
+        if doc.get(key):
+            return str(doc[key])
+    text = " ".join(str(doc.get("text", "")).split())
+    return text[:80] + ("..." if len(text) > 80 else "")
 
 
 @dataclass
@@ -50,6 +63,11 @@ def _is_text(path: Path) -> bool:
     return path.name.lower().endswith(TEXT_SUFFIXES)
 
 
+def is_page_file(path: str | Path) -> bool:
+    """An HTML file or WARC archive: input of the extract stage, not yet documents."""
+    return Path(path).name.lower().endswith(PAGE_SUFFIXES)
+
+
 def list_input_files(paths: str | Path | Iterable[str | Path]) -> list[Path]:
     """Expand files and folders (recursively) into a sorted list of readable document files.
 
@@ -68,14 +86,14 @@ def list_input_files(paths: str | Path | Iterable[str | Path]) -> list[Path]:
                 rel = q.relative_to(p).parts
                 if any(part.startswith(("_", ".")) for part in rel) or q.name == MANIFEST:
                     continue
-                if q.is_file() and (_is_jsonl(q) or _is_text(q)):
+                if q.is_file() and (_is_jsonl(q) or _is_text(q) or is_page_file(q)):
                     out.append(q)
         else:
             out.append(p)
     if not out:
         raise ValueError(
             f"no document files found in {[str(p) for p in paths]} "
-            f"(expected {', '.join(JSONL_SUFFIXES + TEXT_SUFFIXES)})"
+            f"(expected {', '.join(JSONL_SUFFIXES + TEXT_SUFFIXES + PAGE_SUFFIXES)})"
         )
     return out
 
@@ -162,8 +180,12 @@ def read_documents(path: str | Path, text_key: str = "text") -> Iterator[dict[st
             yield BadLine(str(path), 1, f"invalid UTF-8 at byte {e.start}")
             return
         yield {"text": text, "source_file": str(path)}
+    elif is_page_file(path):
+        yield BadLine(str(path), 0, "an HTML/WARC file is a web page, not yet a document: run the extract stage "
+                      "first (openqwen data extract, the first stage of openqwen data run)")
     else:
-        yield BadLine(str(path), 0, "unsupported file type (use .jsonl, .jsonl.gz or a text file)")
+        yield BadLine(str(path), 0, "unsupported file type (use .jsonl, .jsonl.gz, a text file, or HTML/WARC "
+                      "through the extract stage)")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -244,6 +266,8 @@ class StageStats:
     error_lines: list[dict[str, Any]] = field(default_factory=list)
     # documents written in addition to the kept ones (copies made by up-sampling in `mix`)
     added: int = 0
+    # reason -> the first few removed documents (doc_label), so every removal can be looked up
+    removed_examples: dict[str, list[str]] = field(default_factory=dict)
 
     def add_in(self, text: str) -> None:
         self.docs_in += 1
@@ -253,8 +277,12 @@ class StageStats:
         self.kept += 1
         self.bytes_kept += len(text.encode("utf-8", "surrogatepass"))
 
-    def remove(self, reason: str) -> None:
+    def remove(self, reason: str, doc: dict[str, Any] | None = None) -> None:
         self.removed[reason] = self.removed.get(reason, 0) + 1
+        if doc is not None:
+            examples = self.removed_examples.setdefault(reason, [])
+            if len(examples) < MAX_EXAMPLES:
+                examples.append(doc_label(doc))
 
     def error(self, bad: BadLine) -> None:
         # a bad line is an input document that could not be read: it counts in docs_in too
@@ -274,6 +302,9 @@ class StageStats:
         self.errors += other.errors
         room = MAX_LISTED_ERRORS - len(self.error_lines)
         self.error_lines.extend(other.error_lines[: max(room, 0)])
+        for reason, labels in other.removed_examples.items():
+            mine = self.removed_examples.setdefault(reason, [])
+            mine.extend(labels[: max(MAX_EXAMPLES - len(mine), 0)])
 
     @property
     def balanced(self) -> bool:

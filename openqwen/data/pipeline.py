@@ -14,8 +14,8 @@ Global stages (exact and fuzzy dedup) run in three steps: per-shard hashes or Mi
 (parallel, each saved as ``_work/NNNNN.npy``), one global decision in the driver (which documents
 to keep), then the per-shard writes (parallel).
 
-Default order (``run_pipeline``): normalize -> dedup-exact -> dedup-fuzzy -> langid -> filter ->
-decontam -> mix; the output of ``mix`` is what :func:`~openqwen.data.packing.pack_documents` packs.
+Default order (``run_pipeline``): extract -> normalize -> dedup-exact -> dedup-fuzzy -> langid -> filter ->
+safety -> decontam -> mix; the output of ``mix`` is what :func:`~openqwen.data.packing.pack_documents` packs.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from . import STAGES  # the default order lives in the package, where the CLI re
 from .decontam import DecontamConfig, build_eval_index, decontaminate_documents
 from .dedup import MinHashConfig, MinHasher, cluster_signatures, exact_hash
 from .executors import Executor, LocalExecutor
+from .extract import ExtractConfig, extract_documents, read_pages
 from .filters import FilterConfig, filter_documents
 from .io import (
     DONE_DIR,
@@ -40,6 +41,7 @@ from .io import (
     StageStats,
     atomic_write_bytes,
     atomic_write_json,
+    is_page_file,
     list_input_files,
     read_documents,
     read_manifest,
@@ -49,6 +51,7 @@ from .io import (
 from .langid import LangIdConfig, langid_documents
 from .mix import MixConfig, mix_documents
 from .normalize import normalize_text
+from .safety import SafetyConfig, safety_documents
 
 TEXT_FILES_PER_TASK = 256  # plain text inputs (one document per file) are grouped into tasks
 
@@ -58,9 +61,11 @@ class PipelineConfig:
     """Settings of every stage; each section is the dataclass of its module (documented there)."""
 
     stages: list[str] = field(default_factory=lambda: list(STAGES))
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
     dedup: MinHashConfig = field(default_factory=MinHashConfig)
     langid: LangIdConfig = field(default_factory=LangIdConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
     decontam: DecontamConfig = field(default_factory=DecontamConfig)
     mix: MixConfig = field(default_factory=MixConfig)
 
@@ -92,9 +97,19 @@ class PipelineConfig:
 # ---------------------------------------------------------------- per-shard work (runs in workers)
 
 
-def _read_shard(paths: list[str], stats: StageStats | None) -> list[dict[str, Any]]:
-    docs = []
+def _read_shard(paths: list[str], stats: StageStats | None, pages: bool = False) -> list[dict[str, Any]]:
+    """The documents of a task's files; with ``pages`` also the raw pages of HTML/WARC files (the
+    extract stage's input). Bad lines and unreadable records go to ``stats``."""
+    docs: list[dict[str, Any]] = []
     for p in paths:
+        if pages and is_page_file(p):
+            for page in read_pages(p):
+                if isinstance(page, tuple):
+                    if stats is not None:
+                        stats.error(BadLine(str(p), page[0], page[1]))
+                else:
+                    docs.append(page)
+            continue
         for doc in read_documents(p):
             if isinstance(doc, BadLine):
                 if stats is not None:
@@ -125,9 +140,11 @@ def _apply_mask(docs: list[dict[str, Any]], params: dict[str, Any], mask: np.nda
 
 
 OPS: dict[str, Callable[..., list[Any]]] = {
+    "extract": lambda docs, p: extract_documents(docs, ExtractConfig(**p)),
     "normalize": _normalize,
     "langid": lambda docs, p: langid_documents(docs, LangIdConfig(**p)),
     "filter": lambda docs, p: filter_documents(docs, FilterConfig(**p)),
+    "safety": lambda docs, p: safety_documents(docs, SafetyConfig(**p)),
     "decontam": lambda docs, p: decontaminate_documents(docs, p["index"], p["ngram"], p["min_matches"]),
     "mix": lambda docs, p: mix_documents(docs, MixConfig(**p)),
 }
@@ -146,17 +163,23 @@ def run_shard(task: dict[str, Any]) -> dict[str, Any]:
         _save_npy(task["out"], arr)
         return {"documents": len(docs)}
     stats = StageStats()
-    docs = _read_shard(task["in"], stats)
+    docs = _read_shard(task["in"], stats, pages=op == "extract")
     for d in docs:
-        stats.add_in(d["text"])
+        if "html" in d and op == "extract":  # a raw page: its size is the HTML read
+            stats.docs_in += 1
+            stats.bytes_in += len(d["html"])
+        else:
+            stats.add_in(d["text"])
     if op == "apply_mask":
         results = _apply_mask(docs, params, np.load(task["mask"]))
     else:
         results = OPS[op](docs, params)
+    if len(results) != len(docs):
+        raise RuntimeError(f"stage op {op} returned {len(results)} results for {len(docs)} documents")
     kept: list[dict[str, Any]] = []
-    for r in results:
+    for doc, r in zip(docs, results):
         if isinstance(r, str):
-            stats.remove(r)
+            stats.remove(r, doc)
         else:
             stats.keep(r[0]["text"])
             stats.added += len(r) - 1
@@ -174,7 +197,7 @@ def _input_groups(inputs: Any) -> list[list[str]]:
     groups: list[list[str]] = []
     text_run: list[str] = []
     for f in files:
-        if f.name.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")):
+        if f.name.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".ndjson", ".warc", ".warc.gz")):
             if text_run:
                 groups.append(text_run)
                 text_run = []
@@ -210,8 +233,8 @@ def run_stage(stage: str, inputs: Any, out_dir: str | Path, config: PipelineConf
     executor = executor or LocalExecutor()
     out = Path(out_dir)
     groups = _input_groups(inputs)
-    section = {"normalize": None, "dedup-exact": None, "dedup-fuzzy": config.dedup, "langid": config.langid,
-               "filter": config.filter, "decontam": config.decontam, "mix": config.mix}[stage]
+    section = {"extract": config.extract, "normalize": None, "dedup-exact": None, "dedup-fuzzy": config.dedup, "langid": config.langid,
+               "filter": config.filter, "safety": config.safety, "decontam": config.decontam, "mix": config.mix}[stage]
     params = asdict(section) if section is not None else {}
     # compare as stored: the manifest is JSON, where tuples come back as lists
     stage_config = json.loads(json.dumps({"params": params, "inputs": groups}, default=str))

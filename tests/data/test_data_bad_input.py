@@ -104,6 +104,6 @@ def test_every_stage_balances_on_planted_input(tmp_path):
         assert m["docs_in"] == m["kept"] + sum(m["removed"].values()) + m["errors"], m
         assert m["balanced"]
     stages = {s["stage"]: s for s in summary["stages"]}
-    assert stages["normalize"]["errors"] == 4 and stages["normalize"]["removed"] == {"empty": 1}
+    assert stages["extract"]["errors"] == 4 and stages["normalize"]["removed"] == {"empty": 1}
     assert stages["decontam"]["kept"] == 0 and stages["decontam"]["removed"]["contaminated"] > 0
     assert Path(summary["output"]).exists()

@@ -68,7 +68,7 @@ def test_pipeline_manifests_balance_and_report_bad_lines(tmp_path, corpus):
     stages = {s["stage"]: s for s in summary["stages"]}
     for s in summary["stages"]:
         assert s["docs_in"] == s["kept"] + sum(s["removed"].values()) + s["errors"], s
-    first = json.loads((tmp_path / "out" / "01-normalize" / "manifest.json").read_text())
+    first = json.loads((tmp_path / "out" / "01-extract" / "manifest.json").read_text())
     assert first["docs_in"] == len(docs) + 2 and first["errors"] == 2
     where = {(Path(e["file"]).name, e["line"]) for e in first["error_lines"]}
     assert where == {("a.jsonl", len(docs) // 2 + 1), ("b.jsonl.gz", len(docs) - len(docs) // 2 + 1)}
