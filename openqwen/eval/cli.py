@@ -21,7 +21,11 @@ EXAMPLES = """examples:
   # perplexity at several context lengths (default text: the Shakespeare artifact)
   openqwen eval --model MODEL --task perplexity --context-lengths 256 512 1024 --data book.txt
 
-tasks: mmlu, ceval, cmmlu, mc (any file in the MMLU shape), humaneval, mbpp, gsm8k, math401, perplexity.
+  # the built-in held-out math set (worked solutions, per-category accuracy), e.g. after math-sft.yaml
+  openqwen eval --model runs/math-sft --task synthetic-math --mode chat --limit 180
+
+tasks: mmlu, ceval, cmmlu, mc (any file in the MMLU shape), humaneval, mbpp, gsm8k, math401,
+synthetic-math, perplexity.
 The JSON result goes to --output, a markdown table next to it (.md) and to stdout."""
 
 
@@ -54,7 +58,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=1, help="code: completions per problem for pass@k (default 1)")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling when temperature > 0 (default 0.95)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="generation budget (default 512; 48 for math401)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="generation budget (default 512; 48 for math401, 128 for synthetic-math)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed and Math401 generation seed (default 0)")
     p.add_argument("--context-lengths", type=int, nargs="+", default=[256, 512, 1024],
                    help="perplexity: window lengths in tokens (default 256 512 1024)")

@@ -27,10 +27,11 @@ from ..infer.loading import load_model_and_tokenizer  # the loader (and dtype na
 from .prompts import model_system_prompt, with_system
 
 MC_TASKS = ("mmlu", "ceval", "cmmlu", "mc")
-TASKS = MC_TASKS + ("humaneval", "mbpp", "gsm8k", "math401", "perplexity")
+TASKS = MC_TASKS + ("humaneval", "mbpp", "gsm8k", "math401", "synthetic-math", "perplexity")
 
 # The report's protocol for base models (Table 2 and the Code/Math sections); chat models: 0-shot.
-BASE_SHOTS = {"mmlu": 5, "ceval": 5, "cmmlu": 5, "mc": 5, "humaneval": 0, "mbpp": 3, "gsm8k": 8, "math401": 0}
+BASE_SHOTS = {"mmlu": 5, "ceval": 5, "cmmlu": 5, "mc": 5, "humaneval": 0, "mbpp": 3, "gsm8k": 8, "math401": 0,
+              "synthetic-math": 0}
 
 _DEFAULT_DATA = {"mmlu": "mmlu-test", "humaneval": "humaneval", "perplexity": "shakespeare"}
 _DATA_HELP = {
@@ -301,6 +302,16 @@ def _run_math(model, tok, cfg: EvalConfig) -> dict[str, Any]:
         else:
             prompts = [tok.encode(m.gsm8k_base_prompt(p, examples)) for p in problems[: cfg.limit]]
         stop = [] if chat else ["\n\nQuestion:", "Question:"]
+    elif cfg.task == "synthetic-math":
+        # the built-in held-out split, asked as the SFT data asks (the question alone as the user turn)
+        problems = m.synthetic_math_problems(cfg.limit or 360, seed=cfg.seed)
+        examples = m.synthetic_math_problems(shots, seed=cfg.seed, split="train") if shots else []
+        rel_tol, max_new = 1e-4, cfg.max_new_tokens or 128
+        if chat:
+            prompts = [_chat_ids(tok, [{"role": "user", "content": p.question}], model, max_new, cfg) for p in problems]
+        else:
+            prompts = [tok.encode(m.gsm8k_base_prompt(p, examples)) for p in problems]
+        stop = [] if chat else ["\n\nQuestion:", "Question:"]
     else:
         problems = m.generate_math401(seed=cfg.seed)
         rel_tol, max_new = 1e-3, cfg.max_new_tokens or 48  # Math401 counts answers within 1e-3
@@ -338,7 +349,7 @@ def _run_perplexity(model, tok, cfg: EvalConfig) -> dict[str, Any]:
 
 
 _RUNNERS = {**{t: _run_mc for t in MC_TASKS}, "humaneval": _run_code, "mbpp": _run_code,
-            "gsm8k": _run_math, "math401": _run_math, "perplexity": _run_perplexity}
+            "gsm8k": _run_math, "math401": _run_math, "synthetic-math": _run_math, "perplexity": _run_perplexity}
 
 
 def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
@@ -347,7 +358,7 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None) -> dict[
         raise ValueError(f"unknown task {cfg.task!r}; choose one of: {', '.join(TASKS)}")
     if cfg.mode not in ("base", "chat"):
         raise ValueError(f"--mode must be base or chat, got {cfg.mode!r}")
-    if cfg.task != "math401":  # generated, no file
+    if cfg.task not in ("math401", "synthetic-math"):  # generated, no file
         task_data_path(cfg.task, cfg.data)  # a missing task file is reported before the (slow) model load
     t0 = time.perf_counter()
     if model is None or tokenizer is None:

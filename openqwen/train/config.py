@@ -122,12 +122,18 @@ class TrainSection:
 class SFTSection:
     train_files: list[str] = field(default_factory=list)
     """Chat JSONL files (OpenAI ``messages`` or the release's ``conversations`` format); the special
-    name ``builtin`` uses the built-in synthetic chat set."""
+    names ``builtin`` (the built-in synthetic chat set) and ``builtin-math`` (worked math solutions of
+    :mod:`openqwen.data.synthetic_math`, its train split; ``builtin_size`` of them); for validation
+    ``builtin-math-test`` (360 of its held-out questions)."""
     val_files: list[str] = field(default_factory=list)
     system_prompt: str = "You are a helpful assistant."
     """Default system prompt for samples that carry none (each sample may set its own)."""
     pack: bool = True
     """Pack several conversations per sequence (attention kept inside each); False pads one per row."""
+    mask_prompt: bool = True
+    """Loss on the assistant tokens only, system and user turns masked (the report's SFT and
+    Math-Qwen); False trains on every token. Validation always scores the assistant tokens only, so
+    runs with either setting compare."""
     builtin_size: int = 2000
     """Conversations in the built-in synthetic set."""
     builtin_seed: int = 0

@@ -17,7 +17,13 @@ from .distributed import DistInfo, init_distributed
 from .lora import apply_lora
 from .loop import Trainer
 from .pretrain import build_model, load_tokenizer
+from openqwen.data.synthetic_math import math_chats, math_items
+
 from .sft_data import ChatRows, builtin_chat_set, encode_chats, read_chat_jsonl
+
+
+HELDOUT_MATH_CHATS = 360
+"""Conversations of ``builtin-math-test`` (the held-out split of the built-in math data)."""
 
 
 def load_conversations(files: list[str], cfg: TrainConfig) -> list[list[dict[str, str]]]:
@@ -25,13 +31,19 @@ def load_conversations(files: list[str], cfg: TrainConfig) -> list[list[dict[str
     for f in files:
         if f == "builtin":
             out.extend(builtin_chat_set(cfg.sft.builtin_size, cfg.sft.builtin_seed))
+        elif f == "builtin-math":
+            out.extend(math_chats(cfg.sft.builtin_size, cfg.sft.builtin_seed))
+        elif f == "builtin-math-test":  # held-out questions with worked solutions: validation data
+            out.extend(it.messages() for it in math_items("test", HELDOUT_MATH_CHATS, cfg.sft.builtin_seed))
         else:
             out.extend(read_chat_jsonl(f))
     return out
 
 
-def build_rows(files: list[str], cfg: TrainConfig, tokenizer: Any, seq_len: int, seed: int) -> tuple[ChatRows, int]:
-    chats, dropped = encode_chats(load_conversations(files, cfg), tokenizer, cfg.sft.system_prompt, seq_len)
+def build_rows(files: list[str], cfg: TrainConfig, tokenizer: Any, seq_len: int, seed: int,
+               mask_prompt: bool = True) -> tuple[ChatRows, int]:
+    chats, dropped = encode_chats(load_conversations(files, cfg), tokenizer, cfg.sft.system_prompt, seq_len,
+                                  mask_prompt)
     return ChatRows(chats, seq_len, pad_id=tokenizer.eos_id, pack=cfg.sft.pack, seed=seed), dropped
 
 
@@ -45,7 +57,7 @@ def run(cfg: TrainConfig, info: DistInfo | None = None) -> dict[str, Any]:
     tokenizer = load_tokenizer(cfg.data.tokenizer or cfg.model.init_from)
     model = build_model(cfg, tokenizer.vocab_size, None)
     seq_len = cfg.model.seq_length or model.config.seq_length
-    rows, dropped = build_rows(cfg.sft.train_files, cfg, tokenizer, seq_len, cfg.data.seed)
+    rows, dropped = build_rows(cfg.sft.train_files, cfg, tokenizer, seq_len, cfg.data.seed, cfg.sft.mask_prompt)
     if dropped and info.is_main:
         print(f"sft: dropped {dropped} conversations longer than {seq_len} tokens")
     val = build_rows(cfg.sft.val_files, cfg, tokenizer, seq_len, cfg.data.seed)[0] if cfg.sft.val_files else None

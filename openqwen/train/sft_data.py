@@ -10,7 +10,8 @@ A sample without a system message gets the configured default system prompt; a s
 keeps its own (the release fixed the system prompt in fine-tuning; here each sample may differ).
 
 Loss covers exactly the tokens the tokenizer marks as assistant output (the content of each
-assistant turn and its closing ``<|im_end|>``), never system/user turns or the ChatML scaffolding.
+assistant turn and its closing ``<|im_end|>``), never system/user turns or the ChatML scaffolding;
+``sft.mask_prompt: false`` puts every token of the conversation in the loss instead.
 
 Packing (the default): conversations are shuffled with a fixed seed and packed first-fit into rows
 of ``seq_len`` tokens. Each conversation gets its own ``segment_id`` and positions that restart at 0,
@@ -105,14 +106,20 @@ class EncodedChat:
 
 
 def encode_chats(conversations: Iterable[list[dict[str, str]]], tokenizer: Any, system_prompt: str,
-                 max_len: int) -> tuple[list[EncodedChat], int]:
-    """ChatML ids + assistant masks; conversations longer than ``max_len`` are dropped (and counted)."""
+                 max_len: int, mask_prompt: bool = True) -> tuple[list[EncodedChat], int]:
+    """ChatML ids + loss masks; conversations longer than ``max_len`` are dropped (and counted).
+
+    ``mask_prompt`` (the report's SFT): the loss covers the assistant tokens only; False: every token
+    of the conversation, system and user turns included (the comparison the report draws for
+    Math-Qwen, whose masking it says speeds convergence)."""
     out, dropped = [], 0
     for messages in conversations:
         ids, mask = tokenizer.apply_chat_template(with_system(messages, system_prompt),
                                                   add_generation_prompt=False, return_assistant_mask=True)
         if len(ids) != len(mask):
             raise ValueError("the tokenizer returned an assistant mask of a different length than the ids")
+        if not mask_prompt:
+            mask = [True] * len(ids)
         if len(ids) > max_len:
             dropped += 1
             continue

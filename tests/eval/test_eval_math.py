@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -52,3 +53,42 @@ def test_gsm8k_loader(tmp_path):
     (tmp_path / "bad.jsonl").write_text(json.dumps({"q": 1}) + "\n")
     with pytest.raises(m.TaskDataError, match="need 'question' and 'answer'"):
         m.load_gsm8k(tmp_path / "bad.jsonl")
+
+
+def test_math401_categories_follow_the_expression():
+    probs = m.generate_math401(seed=3)
+    cats = {p.category for p in probs}
+    assert cats == {"add", "sub", "mul", "div", "exp", "mixed", "decimals", "negatives"}
+    for p in probs:
+        q = p.question.rstrip("=")
+        if p.category == "exp":
+            assert "^" in q
+        elif p.category == "mixed":
+            assert len([c for c in q if c in "+-*/"]) == 2
+        elif p.category == "decimals":
+            assert "." in q
+        elif p.category == "negatives":
+            assert "(" in q
+        elif p.category in ("add", "sub", "mul"):
+            a, b = (float(x) for x in re.split(r"[-+*/]", q))
+            assert {"add": a + b, "sub": a - b, "mul": a * b}[p.category] == p.answer
+
+
+def test_per_category_accuracy_counts_each_category():
+    probs = [m.MathProblem(str(i), "q", float(i), category=c) for i, c in enumerate("add add sub mul mul mul".split())]
+    replies = ["0", "so #### 2", "#### 2", "3", "#### 40", "the answer is 5"]  # right: items 0, 2, 3, 5
+    res = m.score_math(probs, replies, 1e-4)
+    assert res["counts"]["correct"] == 4
+    assert res["breakdown"] == {"add": {"accuracy": 0.5, "correct": 1, "total": 2},
+                                "mul": {"accuracy": 2 / 3, "correct": 2, "total": 3},
+                                "sub": {"accuracy": 1.0, "correct": 1, "total": 1}}
+    assert res["metrics"]["accuracy/mul"] == pytest.approx(2 / 3)
+
+
+def test_synthetic_math_task_is_the_heldout_split():
+    from openqwen.data.synthetic_math import split_of
+
+    probs = m.synthetic_math_problems(90, seed=0)
+    assert len({p.question for p in probs}) == 90 and all(split_of(p.question) == "test" for p in probs)
+    assert all(m.extract_answer(p.solution) == pytest.approx(p.answer) for p in probs)
+    assert all(split_of(p.question) == "train" for p in m.synthetic_math_problems(9, split="train"))

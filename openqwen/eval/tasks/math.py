@@ -32,6 +32,9 @@ class MathProblem:
     answer: float
     solution: str = ""
     """A worked solution ending in ``#### answer`` (used for few-shot examples)."""
+    category: str = ""
+    """Math401's kind (add, sub, mul, div, exp, mixed, decimals, negatives) or ``word``; results are
+    broken down by it."""
 
 
 def parse_number(text: str | None) -> float | None:
@@ -155,10 +158,29 @@ def generate_math401(n: int = 401, seed: int = 0) -> list[MathProblem]:
 
     out = []
     for i in range(n):
-        expr = group(i % 11)
+        g = i % 11
+        expr = group(g)
         value = eval(expr.replace("^", "**"), {"__builtins__": {}})  # our own generated arithmetic only
-        out.append(MathProblem(f"math401/{i}", f"{expr}=", float(value)))
+        out.append(MathProblem(f"math401/{i}", f"{expr}=", float(value), category=_math401_category(g, expr)))
     return out
+
+
+def _math401_category(group: int, expr: str) -> str:
+    """The Math401 kind of a generated expression (its group, and for integer groups its operator)."""
+    fixed = {4: "mul", 5: "div", 6: "div", 7: "decimals", 8: "negatives", 9: "exp", 10: "mixed"}
+    if group in fixed:
+        return fixed[group]
+    return {"+": "add", "-": "sub", "*": "mul"}[next(c for c in expr[1:] if c in "+-*")]
+
+
+def synthetic_math_problems(n: int, seed: int = 0, split: str = "test") -> list[MathProblem]:
+    """The held-out split of the built-in math data (:mod:`openqwen.data.synthetic_math`): ``n``
+    distinct questions, categories in turn, none of them in any training draw (``split="train"``:
+    training questions, for few-shot examples)."""
+    from ...data.synthetic_math import math_items  # noqa: PLC0415
+
+    return [MathProblem(f"synthetic-math/{split}/{i}", it.question, it.answer, it.solution, it.category)
+            for i, it in enumerate(math_items(split, n, seed))]
 
 
 def math401_chat_messages(p: MathProblem) -> list[dict[str, str]]:
@@ -172,7 +194,17 @@ def score_math(problems: Sequence[MathProblem], replies: Sequence[str], rel_tol:
         pred = extract_answer(r)
         ok = is_correct(pred, p.answer, rel_tol=rel_tol)
         correct += ok
-        details.append({"id": p.id, "answer": p.answer, "prediction": pred, "correct": ok, "reply": r[-500:]})
+        details.append({"id": p.id, "category": p.category, "answer": p.answer, "prediction": pred, "correct": ok,
+                        "reply": r[-500:]})
     n = len(details)
-    return {"metrics": {"accuracy": correct / n if n else 0.0}, "counts": {"total": n, "correct": correct},
-            "details": details}
+    res: dict[str, Any] = {"metrics": {"accuracy": correct / n if n else 0.0},
+                           "counts": {"total": n, "correct": correct}, "details": details}
+    cats = sorted({d["category"] for d in details if d["category"]})
+    if cats:
+        res["breakdown"] = {}
+        for c in cats:
+            mine = [d for d in details if d["category"] == c]
+            ok = sum(d["correct"] for d in mine)
+            res["breakdown"][c] = {"accuracy": ok / len(mine), "correct": ok, "total": len(mine)}
+            res["metrics"][f"accuracy/{c}"] = ok / len(mine)
+    return res
