@@ -4,7 +4,8 @@
 // export/import, and the keyboard. js/store.js keeps the conversations, js/api.js talks to the server,
 // js/render.js turns untrusted text into sanitised DOM.
 import { headers, errorText, sseEvents, Reply } from "./js/api.js";
-import { Store, SAMPLING, apiMessage, requestFields, exportChat, parseImport, textOf } from "./js/store.js";
+import { Store, SAMPLING, apiMessage, requestFields, exportChat, textOf } from "./js/store.js";
+import { download, fileName, readImport } from "./js/transfer.js";
 import { renderMarkdown, toolCallsView, toolResultView, statsText, copyButton } from "./js/render.js";
 
 const $ = (id) => document.getElementById(id);
@@ -46,7 +47,7 @@ function drawChats() {
     if (chat.id === store.currentId) open.setAttribute("aria-current", "true");
     open.addEventListener("click", () => switchTo(chat.id));
     const rename = iconButton("✎", "Rename " + chat.title, "rename", () => startRename(li, chat));
-    const del = iconButton("🗑", "Delete " + chat.title, "delete", () => deleteChat(chat));
+    const del = iconButton("×", "Delete " + chat.title, "delete", () => deleteChat(chat));
     li.append(open, rename, del);
     list.append(li);
   }
@@ -100,6 +101,10 @@ function deleteChat(chat) {
 
 function newChat() {
   if (controller) controller.abort();
+  if (store.current && !store.current.messages.length) { // already in an empty one: no second "New chat"
+    $("input").focus();
+    return;
+  }
   const settings = store.current ? store.current.settings : undefined;
   store.create(settings); // a new chat starts from the settings of the one the user was in
   save();
@@ -292,9 +297,11 @@ async function generate() {
   let frame = 0, stopped = false;
   const paint = () => { // at most once per animation frame: markdown is re-rendered whole each time
     frame = 0;
+    const box = $("messages");
+    const following = box.scrollHeight - box.scrollTop - box.clientHeight < 60; // not if the reader scrolled up
     if (reply.content) renderMarkdown(content, reply.content);
     if (reply.toolCalls.length) calls.replaceChildren(toolCallsView(reply.toolCalls.filter(Boolean)));
-    $("messages").scrollTop = $("messages").scrollHeight;
+    if (following) box.scrollTop = box.scrollHeight;
   };
   try {
     const resp = await fetch("/v1/chat/completions", {
@@ -326,12 +333,15 @@ async function generate() {
       store.touch(chat);
       save();
     }
-    if (chat === store.current && (got || !view.classList.contains("error"))) {
+    view.classList.remove("streaming");
+    view.dataset.done = "1";
+    if (chat === store.current) {
       drawChats();
       drawMessages();
-    } else {
-      view.classList.remove("streaming");
-      view.dataset.done = "1";
+      if (!got && view.classList.contains("error")) { // nothing to keep: show why, and a way to try again
+        view.append(actions([["Retry", "retry", regenerate]]));
+        $("messages").append(view);
+      }
     }
     $("input").focus();
   }
@@ -389,21 +399,6 @@ function startEdit(index) {
 }
 
 // ------------------------------------------------------------------------------ export / import
-function download(name, value) {
-  const blob = new Blob([JSON.stringify(value, null, 2)], { type: "application/json" });
-  const a = document.createElement("a");
-  a.href = URL.createObjectURL(blob);
-  a.download = name;
-  document.body.append(a);
-  a.click();
-  a.remove();
-  setTimeout(() => URL.revokeObjectURL(a.href), 1000);
-}
-
-function fileName(title) {
-  return "openqwen-" + (title.toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-|-$/g, "").slice(0, 40) || "chat") + ".json";
-}
-
 $("export").addEventListener("click", () => download(fileName(store.current.title), exportChat(store.current, $("model").value)));
 $("export_all").addEventListener("click", () => download("openqwen-chats.json", store.sorted().map((c) => exportChat(c, $("model").value))));
 $("import").addEventListener("click", () => $("import_file").click());
@@ -412,13 +407,7 @@ $("import_file").addEventListener("change", async () => {
   $("import_file").value = "";
   if (!file) return;
   try {
-    let value;
-    try {
-      value = JSON.parse(await file.text());
-    } catch (e) {
-      throw new Error("not JSON: " + e.message);
-    }
-    const chats = parseImport(value);
+    const chats = await readImport(file);
     for (const c of chats) store.create(c.settings, c.title, c.messages);
     save();
     showCurrent();
@@ -464,6 +453,12 @@ $("composer").addEventListener("submit", (ev) => {
   ev.preventDefault();
   const text = $("input").value;
   if (!text.trim() || controller) return;
+  try {
+    requestFields(store.current.settings);
+  } catch (e) { // say what to fix, keep what was typed
+    setStatus(e.message, true);
+    return;
+  }
   $("input").value = "";
   send(text);
 });
@@ -482,9 +477,8 @@ document.addEventListener("keydown", (ev) => {
   if (ev.key === "Escape") {
     if (controller) controller.abort();
     else if (document.body.classList.contains("drawer-open")) { closeDrawer(); $("input").focus(); }
-  } else if (ev.altKey && !ev.ctrlKey && !ev.metaKey) {
-    const key = ev.key.toLowerCase();
-    const act = { n: newChat, r: regenerate, e: () => startEdit(lastIndex(store.current.messages, "user")) }[key];
+  } else if (ev.altKey && !ev.ctrlKey && !ev.metaKey) { // by physical key: Option+N on a Mac types "˜"
+    const act = { KeyN: newChat, KeyR: regenerate, KeyE: () => startEdit(lastIndex(store.current.messages, "user")) }[ev.code];
     if (act) { ev.preventDefault(); act(); }
   }
 });

@@ -197,7 +197,7 @@ export function toolResultView(msg, name) {
 
 export function statsText(stats) {
   if (!stats) return "";
-  const parts = [`${stats.estimated ? "≈" : ""}${stats.tokens} tokens`];
+  const parts = [`${stats.estimated ? "≈" : ""}${stats.tokens} token${stats.tokens === 1 ? "" : "s"}`];
   if (stats.tok_s) parts.push(`${stats.tok_s.toFixed(1)} tok/s`);
   if (stats.ttft_s !== undefined) parts.push(`first token ${stats.ttft_s.toFixed(2)} s`);
   parts.push(stats.finish);
