@@ -15,6 +15,9 @@ EXAMPLES_GENERATE = """examples:
   openqwen generate --model ~/.cache/openqwen-artifacts/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf \\
       --chat --dtype int8 --stream --prompt 'Write a Python function that reverses a string.'
   openqwen generate --model runs/demo/pretrain --prompt 'Once upon a time' --temperature 0 --max-new-tokens 40
+  # fill in the middle of a function (prefix-suffix-middle prompt; prints the middle only)
+  openqwen generate --model qwen2.5-coder-0.5b-instruct-q4_k_m.gguf --temperature 0 \
+      --fim-prefix $'def area(w, h):\n    ' --fim-suffix $'\n    return result\n'
 """
 
 EXAMPLES_CHAT = """examples:
@@ -59,6 +62,10 @@ def add_parser(subparsers: Any) -> None:
     src = gen.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="the prompt text")
     src.add_argument("--prompt-file", help="read the prompt from this file ('-' for stdin)")
+    src.add_argument("--fim-prefix", default=None,
+                     help="fill in the middle: the code before the gap (Qwen2.5-Coder's <|fim_prefix|> format; "
+                          "the output is the middle; use --temperature 0)")
+    gen.add_argument("--fim-suffix", default=None, help="fill in the middle: the code after the gap [empty]")
     gen.add_argument("--chat", action="store_true", help="wrap the prompt as a user turn in ChatML")
     gen.add_argument("--system", default=None, help="system prompt with --chat")
     gen.add_argument("--stream", action="store_true", help="print text as it is generated")
@@ -119,12 +126,21 @@ def _read_prompt(path: str) -> str:
 def run_generate(args: argparse.Namespace) -> int:
     import time  # noqa: PLC0415
 
-    params = _params_from_args(args)  # a bad value: ValueError, one line from the dispatcher
+    if args.fim_suffix is not None and args.fim_prefix is None:
+        raise ValueError("--fim-suffix needs --fim-prefix (the code before the gap; it may be '')")
+    if args.fim_prefix is not None and args.chat:
+        raise ValueError("--fim-prefix is a plain-completion prompt; drop --chat")
+        params = _params_from_args(args)  # a bad value: ValueError, one line from the dispatcher
     prompt = _read_prompt(args.prompt_file) if args.prompt_file else args.prompt
     engine = load_engine_from_args(args, max_batch_size=1, max_seq_len=args.max_seq_len)
     start = time.perf_counter()
     try:
-        if args.chat:
+        if args.fim_prefix is not None:
+            from ..train.fim import fim_prompt_ids, fim_stop_ids  # noqa: PLC0415
+
+            ids = fim_prompt_ids(engine.tokenizer, args.fim_prefix, args.fim_suffix or "")
+            handle = engine.submit(ids, params, extra_stop_ids=fim_stop_ids(engine.tokenizer))
+        elif args.chat:
             messages = ([{"role": "system", "content": args.system}] if args.system else [])
             messages.append({"role": "user", "content": prompt})
             handle = engine.submit_chat(messages, params)

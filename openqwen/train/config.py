@@ -51,6 +51,11 @@ class DataSection:
     """Tokenizer to save next to the model (a tokenizer file/folder); needed for SFT."""
     seed: int = 1234
     """Seed of the data order (epoch permutations are recomputed from it, never stored)."""
+    fim_rate: float = 0.0
+    """Pretraining: share of document pieces rearranged fill-in-the-middle (prefix-suffix-middle,
+    :mod:`openqwen.train.fim`); 0 = off. Needs the tokenizer (``data.tokenizer`` or ``model.init_from``)."""
+    fim_tokens: list[str] = field(default_factory=lambda: ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"])
+    """The prefix, suffix and middle sentinels (Qwen2.5-Coder's by default)."""
 
 
 @dataclass

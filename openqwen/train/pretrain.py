@@ -36,6 +36,18 @@ def load_tokenizer(path: str | None):
     return QwenTokenizer.from_pretrained(path)
 
 
+def _init_from_tokenizer(cfg: TrainConfig):
+    """The tokenizer saved with ``model.init_from`` (continued pretraining), or None when it has none."""
+    from openqwen.tokenizer import TokenizerError  # noqa: PLC0415
+
+    if not cfg.model.init_from:
+        return None
+    try:
+        return load_tokenizer(cfg.model.init_from)
+    except (TokenizerError, FileNotFoundError):
+        return None
+
+
 def build_model(cfg: TrainConfig, vocab_size: int | None, seq_len: int | None) -> Qwen:
     """A fresh model from the preset (seeded, identical on every rank) or the ``init_from`` folder."""
     m = cfg.model
@@ -91,8 +103,17 @@ def run(cfg: TrainConfig, info: DistInfo | None = None) -> dict[str, Any]:
         if cfg.data.val_sequences >= n:
             raise ValueError(f"data.val_sequences={cfg.data.val_sequences} leaves no training data ({n} sequences)")
         rows, val = PackedRows(rows.ds, 0, n - cfg.data.val_sequences), PackedRows(rows.ds, n - cfg.data.val_sequences)
-    tokenizer = load_tokenizer(cfg.data.tokenizer)
-    trainer = Trainer(cfg, pretrain_model(cfg, rows, tokenizer), rows, val_data=val, info=info, name="pretrain")
+    tokenizer = load_tokenizer(cfg.data.tokenizer) if cfg.data.tokenizer else _init_from_tokenizer(cfg)
+    train_rows = rows
+    if cfg.data.fim_rate > 0:
+        if tokenizer is None:
+            raise ValueError("data.fim_rate needs the tokenizer's FIM tokens: set data.tokenizer (or init from a "
+                             "model folder that has its tokenizer)")
+        from .fim import FimRows, fim_token_ids  # noqa: PLC0415
+
+        train_rows = FimRows(rows, cfg.data.fim_rate, fim_token_ids(tokenizer, cfg.data.fim_tokens),
+                             tokenizer.eos_id, seed=cfg.data.seed)
+    trainer = Trainer(cfg, pretrain_model(cfg, rows, tokenizer), train_rows, val_data=val, info=info, name="pretrain")
     summary = trainer.fit()
     trainer.export(cfg.train.out_dir, tokenizer)
     summary["model_dir"] = str(Path(cfg.train.out_dir))
