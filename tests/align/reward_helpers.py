@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from hf_reference import randomise
 from openqwen import Qwen, QwenConfig
+from openqwen.align.synthetic import preference_pairs
 
 EOT, IM_START, IM_END = 256, 257, 258
 
@@ -34,3 +36,24 @@ def tiny_qwen(seed: int = 0, tied: bool = True, **kw) -> Qwen:
     cfg.update(kw)
     torch.manual_seed(seed)
     return randomise(Qwen(QwenConfig(**cfg)), seed)
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    from openqwen import Qwen, QwenConfig, save_model
+    from openqwen.tokenizer.train import train_tokenizer
+
+    out = tmp_path_factory.mktemp("base")
+    texts = [p.messages[0]["content"] + " " + p.chosen + " " + p.rejected
+             for p in preference_pairs("train", 300, 0)]
+    tok = train_tokenizer(texts, vocab_size=300, show_progress=False)
+    torch.manual_seed(0)
+    save_model(Qwen(QwenConfig(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                               num_attention_heads=2, tie_word_embeddings=True, seq_length=64,
+                               max_position_embeddings=128)), out)
+    tok.save_pretrained(out)
+    return out
+
+
+QUICK = ["--model.seq_length", "128", "--train.progress", "false", "--train.tensorboard", "false", "--train.peak_flops", "1e10",
+         "--train.batch_size", "4", "--train.eval_every", "0", "--train.eval_batches", "2"]

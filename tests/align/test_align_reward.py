@@ -13,7 +13,7 @@ from openqwen.align import synthetic
 from openqwen.align.pairs import PairRows, encode_pairs, pad_rows
 from openqwen.align.reward import (RewardModel, RewardTask, expected_calibration_error, load_reward_model,
                                    pair_metrics, save_reward_model, score_pairs)
-from reward_helpers import EOT, ByteChatTokenizer, tiny_qwen
+from reward_helpers import EOT, QUICK, ByteChatTokenizer, base_dir, tiny_qwen  # noqa: F401 (base_dir: a fixture)
 
 
 def _reference_reward(rm: RewardModel, seq: list[int]) -> float:
@@ -103,3 +103,59 @@ def test_saved_folder_loads_in_transformers_and_back_with_the_same_rewards(tmp_p
         np.testing.assert_allclose(back(*pad_rows(SEQS, EOT, left=True)).numpy(), want, atol=2e-5)
         for a, b in zip(rm.state_dict().values(), back.state_dict().values()):
             assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------ training through the one Trainer
+def test_reward_task_on_the_trainer_learns_and_its_export_loads(tmp_path):
+    from openqwen.train.config import TrainConfig
+    from openqwen.train.loop import Trainer
+
+    tok = ByteChatTokenizer()
+    rm = RewardModel.from_backbone(tiny_qwen(seed=6), seed=0)
+    train = PairRows(encode_pairs(synthetic.preference_pairs("train", 200, 0), tok, 96)[0], 96, EOT)
+    held = encode_pairs(synthetic.preference_pairs("heldout", 32, 0), tok, 96)[0]
+    before = pair_metrics(*score_pairs(rm.eval(), held, 16, EOT))
+    cfg = TrainConfig.load(None, {"train.out_dir": str(tmp_path / "run"), "train.max_steps": 8, "train.batch_size": 8,
+                                  "optim.lr": 1e-2, "optim.warmup_steps": 1, "optim.schedule": "constant",
+                                  "train.progress": False, "train.tensorboard": False, "train.peak_flops": 1e10,
+                                  "train.eval_batches": 4})
+    trainer = Trainer(cfg, rm.backbone, train, task=RewardTask(rm.head), val_data=PairRows(held, 96, EOT), name="rm")
+    summary = trainer.fit()
+    after = pair_metrics(*score_pairs(rm.eval(), held, 16, EOT))
+    assert after["bt_loss"] < before["bt_loss"] - 0.1 and after["accuracy"] > before["accuracy"]
+    assert summary["val_accuracy"] == pytest.approx(after["accuracy"])  # the loop's metric is the pairs' accuracy
+    trainer.export(tmp_path / "export")
+    back = load_reward_model(tmp_path / "export")  # the trainer's layout: model + modules/score.safetensors
+    assert pair_metrics(*score_pairs(back, held, 16, EOT))["margin"] == pytest.approx(after["margin"], abs=1e-5)
+
+
+# ------------------------------------------------------------------ the CLI
+def test_reward_cli_pmp_then_finetune_then_score(tmp_path, base_dir, capsys):
+    from openqwen.align.preferences import write_preferences
+    from openqwen.cli import main
+
+    out = tmp_path / "rm"
+    rc = main(["reward", "train", "--config", "reward-nano.yaml", "--model.init_from", str(base_dir),
+               "--train.out_dir", str(out), "--reward.pmp_steps", "2", "--train.max_steps", "2",
+               "--reward.builtin_pmp_size", "40", "--reward.builtin_train_size", "20",
+               "--reward.builtin_val_size", "12", *QUICK])
+    assert rc == 0
+    assert (out / "pmp" / "model").is_dir() and (out / "finetune" / "model").is_dir()
+    notes = json.loads((out / "openqwen_reward.json").read_text())
+    # the same held-out pairs, scored by the score verb from the files on disk, give the recorded metrics
+    held = write_preferences(synthetic.preference_pairs("heldout", 12, 0), tmp_path / "held.jsonl")
+    capsys.readouterr()
+    assert main(["reward", "score", "--model", str(out), "--data", str(held), "--out", str(tmp_path / "r.jsonl")]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["accuracy"] == pytest.approx(notes["metrics"]["heldout_accuracy"])
+    assert scored["margin"] == pytest.approx(notes["metrics"]["heldout_margin"], abs=1e-5)
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 12
+    # replies: one reward per row; a bad row is one line naming FILE:LINE and exit status 2
+    replies = tmp_path / "replies.jsonl"
+    replies.write_text(json.dumps({"prompt": "What is 1 + 2?", "response": "The answer is 3."}) + "\n{broken\n")
+    assert main(["reward", "score", "--model", str(out), "--data", str(replies)]) == 2
+    err = capsys.readouterr().err
+    assert f"{replies}:2: not valid JSON" in err and len(err.strip().splitlines()) == 1
+    assert main(["reward", "score", "--model", str(out), "--data", str(replies), "--skip-bad"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"line"')]
+    assert [r["line"] for r in rows] == [1]
