@@ -121,19 +121,19 @@ def is_correct(messages: list[dict], response: str) -> bool:
 
 
 def _wrong_number(truth: int, rng: random.Random) -> int:
-    """A plausible wrong result: off by 1..10 (or by 10 or 20: the tens digit), never negative."""
+    """A wrong result drawn uniformly from 0..2*MAX_OPERAND (what a guess looks like)."""
     while True:
-        delta = rng.choice([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 20]) * rng.choice([-1, 1])
-        if truth + delta >= 0:
-            return truth + delta
+        n = rng.randint(0, 2 * MAX_OPERAND)
+        if n != truth:
+            return n
 
 
 def rejected_response(messages: list[dict], rng: random.Random) -> str:
-    """A worse reply than :func:`formatted_answer`: a wrong number in the format (half), the right
-    number off the format (30 %), or a wrong number off the format (20 %)."""
+    """A worse reply than :func:`formatted_answer`: a wrong number in the format (40 %), the right
+    number off the format (40 %), or a wrong number off the format (20 %)."""
     truth = answer_of(messages)
     r = rng.random()
-    if r < 0.5:
+    if r < 0.4:
         return ANSWER_FORMAT.format(_wrong_number(truth, rng))
     wording = rng.choice(_OFF_FORMAT)
     return wording.format(truth if r < 0.8 else _wrong_number(truth, rng))
