@@ -15,20 +15,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..infer.constrain import tool_call_constraint
 from ..infer.sampling import SamplingParams
 from ..tokenizer.chat import ChatWindowError, chat_prompt_ids
+from ..tokenizer.react import REACT_STOP
 from . import protocol as P
 from .errors import APIError
-
-CHAT_ROLES = {"system", "user", "assistant"}
+from .tool_requests import ToolPlan, plan_tools, request_messages
 
 
 @dataclass
 class EngineJob:
-    """One prompt and the sampling parameters of each of its ``n`` choices."""
+    """One prompt and the sampling parameters of each of its ``n`` choices (and, for a chat with
+    tools, what the request asks of function calling)."""
 
     prompt_ids: list[int]
     params: list[SamplingParams]
+    tools: ToolPlan | None = None
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> P.Usage:
@@ -56,51 +59,61 @@ class RequestAdapter:
     default_max_tokens: completion budget when a request sets none, capped by what the prompt leaves.
     """
 
-    def __init__(self, tokenizer: Any, context: int, default_max_tokens: int = 512) -> None:
+    def __init__(self, tokenizer: Any, context: int, default_max_tokens: int = 512, template: Any = None) -> None:
         self.tokenizer = tokenizer
         self.context = int(context)
         self.default_max_tokens = default_max_tokens
+        self.template = template  # the model's own ChatTemplate; None: ChatML (and ReAct for tools)
         self._stop_ids = set(tokenizer.stop_ids) | {tokenizer.eos_id}
 
     # ------------------------------------------------------------------------------ requests
     def chat_job(self, req: P.ChatCompletionRequest) -> EngineJob:
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        ids = self.chat_prompt(req, max_tokens)
-        return EngineJob(ids, self.sampling_params(req, True, len(ids), max_tokens))
+        plan = plan_tools(req, self.template is not None and self.template.knows_tools)
+        ids = self.chat_prompt(req, max_tokens, plan)
+        params = self.sampling_params(req, True, len(ids), max_tokens)
+        if plan is not None:
+            params = [self.tool_params(p, plan) for p in params]
+        return EngineJob(ids, params, plan)
+
+    def tool_params(self, params: SamplingParams, plan: ToolPlan) -> SamplingParams:
+        """A choice's sampling with function calling: Qwen2.5's ``<tool_call>`` markers kept in the
+        text (they are special tokens) for the parser, ReAct's ``Observation:`` stop, and for
+        ``required`` / a named function the constraint that forces a valid call."""
+        changes: dict[str, Any] = {}
+        if plan.parses and plan.style == "hermes":
+            changes["skip_special_tokens"] = False
+        if plan.parses and plan.style == "react":
+            changes["stop"] = list(params.stop) + [REACT_STOP]
+        if plan.forced:
+            stop_ids = list(self.tokenizer.stop_ids)
+            changes["constraint"] = tool_call_constraint(self.tokenizer, plan.forced, stop_ids, plan.style)
+            changes["stop_token_ids"] = sorted(set(params.stop_token_ids) | set(stop_ids))
+        return params.replace(**changes)
 
     def completion_jobs(self, req: P.CompletionRequest) -> list[EngineJob]:
         return [EngineJob(ids, self.sampling_params(req, False, len(ids), req.max_tokens))
                 for ids in self.completion_prompts(req)]
 
-    def chat_messages(self, req: P.ChatCompletionRequest) -> list[dict]:
-        """The request's messages as ``{"role", "content"}`` dicts (``developer`` is ``system``)."""
-        messages = []
-        for i, m in enumerate(req.messages):
-            role = "system" if m.role == "developer" else m.role
-            if role not in CHAT_ROLES:
-                raise APIError(400, f"messages[{i}].role {m.role!r} is not supported; use system, user or assistant.",
-                               param=f"messages.{i}.role", code="invalid_value")
-            try:
-                text = m.text()
-            except ValueError as e:
-                raise APIError(400, f"messages[{i}].content: {e}.", param=f"messages.{i}.content") from None
-            messages.append({"role": role, "content": text})
-        if req.tools:
-            raise APIError(400, "tools / function calling are not supported by this server yet.", param="tools")
-        return messages
+    def chat_prompt(self, req: P.ChatCompletionRequest, max_tokens: int | None, plan: ToolPlan | None = None
+                    ) -> list[int]:
+        """Prompt ids (the model's template, else ChatML; tools rendered as the plan says), the oldest
+        turns dropped until ``max_tokens`` (or one token) fits after them.
 
-    def chat_prompt(self, req: P.ChatCompletionRequest, max_tokens: int | None) -> list[int]:
-        """ChatML prompt ids, the oldest turns dropped until ``max_tokens`` (or one token) fits after them.
-
-        User text is encoded as plain text: '<|im_end|>' typed by a user cannot forge a turn boundary.
+        Message text is encoded as plain text: '<|im_end|>' typed by a user cannot forge a turn boundary.
         """
-        messages = self.chat_messages(req)
+        messages = request_messages(req)
+        tools = plan.tools if plan is not None and (plan.style == "hermes" or plan.parses) else None
         window = self.context - (max_tokens if max_tokens is not None else 1)
+
+        def ids(limit: int) -> list[int]:
+            return chat_prompt_ids(self.tokenizer, messages, limit, tools=tools, template=self.template)
+
         try:
             if window >= 1:
-                return chat_prompt_ids(self.tokenizer, messages, window)
+                return ids(window)
             # max_tokens alone fills the context: say how long the (trimmed) messages are
-            shortest = len(chat_prompt_ids(self.tokenizer, messages, self.context - 1))
+            shortest = len(ids(self.context - 1))
         except ChatWindowError as e:  # even the system prompt and the last message alone leave no room
             shortest = e.needed
         except ValueError as e:  # TokenizerError: a message the chat template cannot render

@@ -36,6 +36,7 @@ from .adapter import EngineJob, RequestAdapter, usage
 from .choices import ChoiceEvent, Choices, ServerStats
 from .errors import CLIENT_CLOSED, APIError, validation_error
 from .stream import StreamWriter
+from .tool_requests import ChoiceTools, ToolPlan
 
 log = logging.getLogger("openqwen.serve")
 
@@ -57,6 +58,9 @@ class ServerConfig:
     api_key: str | None = None
     max_model_len: int | None = None
     default_max_tokens: int = 512
+    chat_template: Any = None
+    """The model's own :class:`~openqwen.tokenizer.template.ChatTemplate` (from
+    ``ChatTemplate.from_checkpoint``); None renders ChatML, and tools in the ReAct format."""
 
 
 def context_length(engine: Any, configured: int | None) -> int:
@@ -104,11 +108,12 @@ class Server:
         except ValueError as e:  # the engine's own input checks (the adapter's ran first, so this is rare)
             raise APIError(400, str(e)) from None
 
-    def writer(self, rid: str, created: int, chat: bool, stream_options: Any, prompt_tokens: int) -> StreamWriter:
+    def writer(self, rid: str, created: int, chat: bool, stream_options: Any, prompt_tokens: int,
+               tools: ToolPlan | None = None) -> StreamWriter:
         """The SSE writer of one streamed response (a usage chunk when ``stream_options.include_usage``)."""
         include_usage = bool(stream_options and stream_options.include_usage)
         return StreamWriter(self.adapter, rid, created, self.config.model_name, self.fingerprint, chat,
-                            include_usage, prompt_tokens)
+                            include_usage, prompt_tokens, tools)
 
 
 def _server(request: Request) -> Server:
@@ -217,16 +222,23 @@ async def chat_completions(req: P.ChatCompletionRequest, request: Request):
     job = s.adapter.chat_job(req)
     rid, ts = P.new_id("chatcmpl"), P.now()
     if req.stream:
-        return stream_response(s, job, s.writer(rid, ts, True, req.stream_options, len(job.prompt_ids)))
+        return stream_response(s, job, s.writer(rid, ts, True, req.stream_options, len(job.prompt_ids), job.tools))
     results = await run_to_end(s, request, [job])
     if results is None:
         return Response(status_code=CLIENT_CLOSED)
     (events,) = results
+    choices = []
+    for e in events:
+        message, reason = P.ResponseMessage(content=e.text), e.finish_reason
+        if job.tools is not None and job.tools.parses:  # the reply read for tool calls
+            reader = ChoiceTools(job.tools)
+            reader.feed(e.text)
+            _, reason = reader.finish(e.finish_reason)
+            message = reader.message()
+        choices.append(P.ChatChoice(index=e.index, message=message, finish_reason=reason,
+                                    logprobs=s.adapter.chat_logprobs(e.token_ids or [], e.logprobs, e.finish_reason)))
     return P.ChatCompletion(
-        id=rid, created=ts, model=s.config.model_name, system_fingerprint=s.fingerprint,
-        choices=[P.ChatChoice(index=e.index, message=P.ResponseMessage(content=e.text), finish_reason=e.finish_reason,
-                              logprobs=s.adapter.chat_logprobs(e.token_ids or [], e.logprobs, e.finish_reason))
-                 for e in events],
+        id=rid, created=ts, model=s.config.model_name, system_fingerprint=s.fingerprint, choices=choices,
         usage=usage(len(job.prompt_ids), sum(e.completion_tokens for e in events)),
     ).model_dump()
 
@@ -291,7 +303,8 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
     Run it with uvicorn (``openqwen serve`` does, and :class:`BackgroundServer`), or mount it in a larger app.
     """
     cfg = config or ServerConfig()
-    adapter = RequestAdapter(engine.tokenizer, context_length(engine, cfg.max_model_len), cfg.default_max_tokens)
+    adapter = RequestAdapter(engine.tokenizer, context_length(engine, cfg.max_model_len), cfg.default_max_tokens,
+                             cfg.chat_template)
     app = FastAPI(title="openqwen", description="OpenAI-compatible API for openqwen models",
                   docs_url=None, redoc_url=None)
     app.state.server = Server(engine, cfg, adapter)

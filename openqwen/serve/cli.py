@@ -47,8 +47,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--default-max-tokens", type=positive_int, default=512,
                    help="completion length when a request sets no max_tokens (default 512, the release's "
                    "chat default)")
+    p.add_argument("--chat-template", default="auto",
+                   help="auto (default): the model's own jinja chat template when it has one (a GGUF's "
+                   "tokenizer.chat_template, tokenizer_config.json), so tools reach it as it was trained, else "
+                   "ChatML with tools in the ReAct format; chatml: always the built-in ChatML; or a .jinja file")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=run)
+
+
+def chat_template_from_flag(flag: str, model: str):  # -> ChatTemplate | None
+    """``--chat-template``: auto (the model's own, if any), chatml (none), or a .jinja file."""
+    from ..tokenizer.template import ChatTemplate
+
+    if flag == "chatml":
+        return None
+    if flag == "auto":
+        return ChatTemplate.from_checkpoint(model)
+    path = Path(flag).expanduser()
+    if not path.is_file():
+        raise ValueError(f"--chat-template {flag!r} is not auto, chatml or an existing .jinja file")
+    return ChatTemplate(path.read_text(encoding="utf-8"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,9 +85,13 @@ def run(args: argparse.Namespace) -> int:
     kwargs = {"max_batch_size": args.max_batch_size}
     if args.max_model_len:
         kwargs["max_seq_len"] = args.max_model_len
+    template = chat_template_from_flag(args.chat_template, args.model)
     engine = load_engine_from_args(args, **kwargs)
     app = create_app(engine, ServerConfig(model_name=name, api_key=args.api_key, max_model_len=args.max_model_len,
-                                          default_max_tokens=args.default_max_tokens))
+                                          default_max_tokens=args.default_max_tokens, chat_template=template))
+    print(f"chat template: {'the model' + chr(39) + 's own' if template is not None else 'built-in ChatML'}"
+          f"{' (knows tools)' if template is not None and template.knows_tools else ' (tools as ReAct)'}",
+          file=sys.stderr, flush=True)
     # Bind here so that --port 0 can report the port it got (tests and scripts read this line).
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

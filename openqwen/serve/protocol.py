@@ -44,6 +44,9 @@ class ChatMessage(_Request):
     role: str
     content: Union[str, list[TextPart], None] = None
     name: str | None = None
+    tool_calls: list[Any] | None = None  # assistant: the calls it made (checked by the adapter)
+    tool_call_id: str | None = None  # tool: the call this message answers
+    function_call: Any | None = None  # assistant, legacy functions API: the one call it made
 
     def text(self) -> str:
         """The message text; list contents are joined, non-text parts are a clear error."""
@@ -100,7 +103,12 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    # Function calling (checked by the adapter, which names the field of any error)
     tools: list[Any] | None = None
+    tool_choice: Any | None = None  # "none" | "auto" | "required" | {"type": "function", "function": {"name"}}
+    parallel_tool_calls: bool | None = None
+    functions: list[Any] | None = None  # the legacy form of tools
+    function_call: Any | None = None  # the legacy form of tool_choice: "none" | "auto" | {"name"}
 
 
 class CompletionRequest(_Sampling):
@@ -138,10 +146,23 @@ class CompletionLogprobs(BaseModel):
     text_offset: list[int]
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
     refusal: None = None
+    tool_calls: list[ToolCallOut] | None = None
+    function_call: FunctionCall | None = None  # the legacy functions API (instead of tool_calls)
 
 
 class ChatChoice(BaseModel):
@@ -164,6 +185,7 @@ class ChatCompletion(BaseModel):
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[dict] | None = None
 
 
 class ChatChunkChoice(BaseModel):

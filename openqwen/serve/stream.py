@@ -18,6 +18,7 @@ from typing import Any, AsyncIterator, Protocol
 from . import protocol as P
 from .adapter import RequestAdapter, usage
 from .choices import ChoiceEvent
+from .tool_requests import ChoiceTools, ToolPlan
 
 log = logging.getLogger("openqwen.serve")
 
@@ -45,17 +46,21 @@ class StreamWriter:
     """
 
     def __init__(self, adapter: RequestAdapter, response_id: str, created: int, model: str,
-                 fingerprint: str | None, chat: bool, include_usage: bool, prompt_tokens: int) -> None:
+                 fingerprint: str | None, chat: bool, include_usage: bool, prompt_tokens: int,
+                 tools: ToolPlan | None = None) -> None:
         self.adapter = adapter
         self.id, self.created, self.model, self.fingerprint = response_id, created, model, fingerprint
         self.chat, self.include_usage, self.prompt_tokens = chat, include_usage, prompt_tokens
+        self.tools = tools if tools is not None and tools.parses and chat else None
 
     def chunk(self, index: int, text: str | None, finish: str | None, role: bool = False,
-              logprobs: Any = None) -> dict:
-        """One chunk of choice ``index``: the role (chat's first chunk), a piece of text, or the finish."""
+              logprobs: Any = None, delta: dict | None = None) -> dict:
+        """One chunk of choice ``index``: the role (chat's first chunk), a piece of text, a ``delta``
+        (tool-call pieces), or the finish."""
         head = dict(id=self.id, created=self.created, model=self.model, system_fingerprint=self.fingerprint)
         if self.chat:
-            delta = {"role": "assistant", "content": ""} if role else ({} if text is None else {"content": text})
+            if delta is None:
+                delta = {"role": "assistant", "content": ""} if role else ({} if text is None else {"content": text})
             data = P.ChatCompletionChunk(**head, choices=[P.ChatChunkChoice(
                 index=index, delta=P.Delta(), finish_reason=finish, logprobs=logprobs)]).model_dump()
             data["choices"][0]["delta"] = delta  # only the fields this delta sets, as OpenAI sends them
@@ -82,6 +87,22 @@ class StreamWriter:
         lp = self.adapter.completion_logprobs(ev.new_ids, ev.new_logprobs, ev.finish_reason, offset)
         return lp if lp.tokens else None
 
+    def tool_chunks(self, reader: ChoiceTools, ev: ChoiceEvent, logprobs: Any) -> list[str]:
+        """The chunks of one event of a reply read for tool calls (the event's log-probs ride on its
+        first chunk), and the finish chunk (``tool_calls`` when it made a call) on the last event."""
+        deltas = reader.feed(ev.text) if ev.text else []
+        reason = None
+        if ev.finish_reason is not None:
+            more, reason = reader.finish(ev.finish_reason)
+            deltas += more
+        if not deltas and logprobs is not None:
+            deltas = [{}]
+        out = [sse(self.chunk(ev.index, None, None, logprobs=logprobs if k == 0 else None, delta=d))
+               for k, d in enumerate(deltas)]
+        if reason is not None:
+            out.append(sse(self.chunk(ev.index, None, reason)))
+        return out
+
     async def write(self, choices: EventSource) -> AsyncIterator[str]:
         """The SSE text of the whole response; cancels ``choices`` when it ends, however it ends."""
         n = len(choices)
@@ -91,9 +112,14 @@ class StreamWriter:
             if self.chat:
                 for i in range(n):
                     yield sse(self.chunk(i, None, None, role=True))
+            readers = [ChoiceTools(self.tools) for _ in range(n)] if self.tools is not None else None
             async for ev in choices.events():
                 tokens[ev.index] = ev.completion_tokens
                 logprobs = self.streamed_logprobs(ev, chars[ev.index])
+                if readers is not None:  # function calling: content and tool-call deltas from the parser
+                    for piece in self.tool_chunks(readers[ev.index], ev, logprobs):
+                        yield piece
+                    continue
                 if ev.text or logprobs is not None:
                     yield sse(self.chunk(ev.index, ev.text, None, logprobs=logprobs))
                 if not self.chat and logprobs is not None:  # offsets count token strings, as unstreamed

@@ -9,6 +9,7 @@ from openqwen.infer.sampling import SamplingParams
 from openqwen.serve import protocol as P
 from openqwen.serve.adapter import RequestAdapter, usage
 from openqwen.serve.errors import APIError
+from openqwen.serve.tool_requests import request_messages
 from openqwen.tokenizer.chat import chat_prompt_ids
 
 CONTEXT = 128
@@ -95,13 +96,14 @@ def test_chat_over_context_names_the_parameter(adapter):
 
 
 def test_chat_message_checks(adapter):
-    m = adapter.chat_messages(chat(messages=[{"role": "developer", "content": [{"type": "text", "text": "a"},
-                                                                               {"type": "text", "text": "b"}]}]))
+    m = request_messages(chat(messages=[{"role": "developer", "content": [{"type": "text", "text": "a"},
+                                                                          {"type": "text", "text": "b"}]}]))
     assert m == [{"role": "system", "content": "ab"}]
-    for messages, param in [([{"role": "tool", "content": "x"}], "messages.0.role"),
+    for messages, param in [([{"role": "tool", "content": "x"}], "messages.0.tool_call_id"),
+                            ([{"role": "robot", "content": "x"}], "messages.0.role"),
                             ([{"role": "user", "content": [{"type": "image_url"}]}], "messages.0.content")]:
         with pytest.raises(APIError) as e:
-            adapter.chat_messages(chat(messages=messages))
+            request_messages(chat(messages=messages))
         assert e.value.param == param
     with pytest.raises(APIError) as e:
         adapter.sampling_params(chat(top_logprobs=2, logprobs=True), True, 3, None)

@@ -1,0 +1,235 @@
+"""Function calling through the HTTP API with the official openai SDK: tools, tool_choice (forced by
+constrained decoding on a random tiny model), tool messages, streaming accumulated by the SDK's own
+stream helpers, the legacy functions API, and OpenAI-style 400s that name the field."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import torch
+from serve_helpers import API_KEY, MODEL_NAME, LiveServer, close_engine
+
+from openqwen.serve.stream import DONE, StreamWriter
+from openqwen.serve.tool_requests import ChoiceTools, ToolPlan
+from openqwen.tokenizer.chat import chat_prompt_ids
+from openqwen.tokenizer.template import ChatTemplate
+
+jsonschema = pytest.importorskip("jsonschema")
+openai = pytest.importorskip("openai")
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 10},
+                                                    "unit": {"type": "string", "enum": ["c", "f"]},
+                                                    "days": {"type": "integer"}},
+                   "required": ["city", "unit"]}}}
+ADD = {"type": "function", "function": {
+    "name": "add", "description": "Add two numbers",
+    "parameters": {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+                   "required": ["a", "b"]}}}
+TOOLS = [WEATHER, ADD]
+SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+# greedy and no repetition penalty: sampling over 152K ids is the slow part of these tests
+FAST = dict(temperature=0, max_tokens=100, extra_body={"repetition_penalty": 1.0})
+
+
+@pytest.fixture(scope="module")
+def template(artifact) -> ChatTemplate:
+    return ChatTemplate.from_checkpoint(artifact("qwen25-coder-0.5b-instruct-gguf"))
+
+
+@pytest.fixture(scope="module")
+def qwen25_server(tokenizer, template):
+    """A tiny random model with room for Qwen2.5's long tools prompt, served with the real Qwen2.5
+    template (tools as <tool_call> JSON)."""
+    from openqwen import Qwen, QwenConfig
+    from openqwen.infer.engine import Engine
+    from openqwen.serve.app import ServerConfig, create_app
+
+    torch.set_num_threads(1)
+    torch.manual_seed(1)
+    config = QwenConfig(vocab_size=151936, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024, seq_length=1024)
+    model = Qwen(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0.0, 1.0)
+    engine = Engine(model, tokenizer, max_batch_size=8, max_seq_len=1024)
+    live = LiveServer(create_app(engine, ServerConfig(model_name=MODEL_NAME, api_key=API_KEY,
+                                                      chat_template=template)))
+    yield live
+    live.close()
+    close_engine(engine)
+
+
+@pytest.fixture
+def qwen25(qwen25_server):
+    return openai.OpenAI(base_url=qwen25_server.url + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+
+def _valid_call(call) -> None:
+    assert call.type == "function" and call.id.startswith("call_")
+    jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
+
+
+def test_named_tool_choice_forces_a_valid_call(qwen25):
+    r = qwen25.chat.completions.create(model=MODEL_NAME, messages=ASK, tools=TOOLS, **FAST,
+                                       tool_choice={"type": "function", "function": {"name": "add"}})
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "add"
+    _valid_call(call)
+
+
+def test_required_with_n_choices(qwen25):
+    r = qwen25.chat.completions.create(model=MODEL_NAME, messages=ASK, tools=TOOLS, tool_choice="required",
+                                       n=3, **FAST)
+    for choice in r.choices:
+        assert choice.finish_reason == "tool_calls" and len(choice.message.tool_calls) == 1
+        _valid_call(choice.message.tool_calls[0])
+
+
+def test_stream_helpers_accumulate_the_unstreamed_tool_calls(qwen25):
+    """The same seeded request streamed and not: the SDK's stream helper and a hand-fed
+    ChatCompletionStreamState both rebuild exactly the non-streamed tool_calls (ids aside: fresh per
+    response). Arguments arrive over several chunks; the first chunk of the call carries id/type/name."""
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+
+    kwargs = dict(model=MODEL_NAME, messages=ASK, tools=TOOLS, tool_choice="required", **FAST)
+    whole = qwen25.chat.completions.create(**kwargs).choices[0]
+    with qwen25.chat.completions.stream(**kwargs) as stream:
+        final = stream.get_final_completion().choices[0]
+    state, pieces = ChatCompletionStreamState(input_tools=TOOLS), []
+    for chunk in qwen25.chat.completions.create(stream=True, **kwargs):
+        state.handle_chunk(chunk)
+        for choice in chunk.choices:
+            pieces.extend(choice.delta.tool_calls or [])
+    fed = state.get_final_completion().choices[0]
+
+    def shape(choice):
+        return [(c.type, c.function.name, c.function.arguments) for c in choice.message.tool_calls]
+
+    assert shape(final) == shape(fed) == shape(whole)
+    assert final.finish_reason == fed.finish_reason == whole.finish_reason == "tool_calls"
+    assert pieces[0].index == 0 and pieces[0].id == fed.message.tool_calls[0].id and pieces[0].type == "function"
+    assert pieces[0].function.name == whole.message.tool_calls[0].function.name
+    assert len(pieces) > 2 and all(p.index == 0 and p.id is None and p.function.name is None for p in pieces[1:])
+
+
+def test_tool_results_round_trip(qwen25, tokenizer, template):
+    """A conversation with parallel calls and their results is rendered by the model's template
+    (usage counts the template's prompt), and the reply may call again."""
+    calls = [{"id": "call_a", "type": "function", "function": {"name": "get_weather",
+                                                                 "arguments": '{"city": "Paris", "unit": "c"}'}},
+             {"id": "call_b", "type": "function", "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'}}]
+    messages = ASK + [{"role": "assistant", "content": None, "tool_calls": calls},
+                      {"role": "tool", "tool_call_id": "call_a", "content": "21 C, clear"},
+                      {"role": "tool", "tool_call_id": "call_b", "content": "3"}]
+    r = qwen25.chat.completions.create(model=MODEL_NAME, messages=messages, tools=TOOLS, tool_choice="required",
+                                       **FAST)
+    _valid_call(r.choices[0].message.tool_calls[0])
+    expected = chat_prompt_ids(tokenizer, [dict(m, name=n) if m["role"] == "tool" else m for m, n in zip(
+        messages, [None, None, "get_weather", "add"])], 4096, tools=TOOLS, template=template)
+    assert r.usage.prompt_tokens == len(expected)
+
+
+def test_react_format_without_a_tool_template(client):
+    """The default server (no template: ChatML) gives tools in the ReAct format; a forced call comes
+    back as tool_calls all the same."""
+    r = client.chat.completions.create(model=MODEL_NAME, messages=ASK, tools=TOOLS, **FAST,
+                                       tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    (call,) = r.choices[0].message.tool_calls
+    assert r.choices[0].finish_reason == "tool_calls" and call.function.name == "get_weather"
+    _valid_call(call)
+
+
+def test_legacy_functions(qwen25):
+    r = qwen25.chat.completions.create(model=MODEL_NAME, messages=ASK, functions=[f["function"] for f in TOOLS],
+                                       function_call={"name": "get_weather"}, **FAST)
+    choice = r.choices[0]
+    assert choice.finish_reason == "function_call" and choice.message.tool_calls is None
+    assert choice.message.function_call.name == "get_weather"
+    jsonschema.validate(json.loads(choice.message.function_call.arguments), SCHEMAS["get_weather"])
+
+
+@pytest.mark.parametrize("change, param", [
+    (dict(tool_choice={"type": "function", "function": {"name": "nope"}}), "tool_choice.function.name"),
+    (dict(tools=[{"type": "function", "function": {"name": "f"}}]), "tools.0.function.parameters"),
+    (dict(tools=[{"type": "function", "function": {"name": "bad name!", "parameters": {}}}]), "tools.0.function.name"),
+    (dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": 3}}}]),
+     "tools.0.function.parameters"),
+    (dict(tools=None, tool_choice="required"), "tool_choice"),
+    (dict(tool_choice="always"), "tool_choice"),
+    (dict(messages=ASK + [{"role": "tool", "content": "x"}]), "messages.1.tool_call_id"),
+    (dict(messages=ASK + [{"role": "tool", "tool_call_id": "call_x", "content": "x"}]), "messages.1.tool_call_id"),
+    (dict(messages=ASK + [{"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {
+        "name": "add", "arguments": "{oops"}}]}]), "messages.1.tool_calls.0.function.arguments"),
+])
+def test_bad_tool_requests_are_400_naming_the_field(qwen25, change, param):
+    kwargs = dict(model=MODEL_NAME, messages=ASK, tools=TOOLS, max_tokens=5)
+    kwargs.update(change)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    with pytest.raises(openai.BadRequestError) as e:
+        qwen25.chat.completions.create(**kwargs)
+    assert e.value.status_code == 400 and e.value.body["param"] == param, e.value.body
+
+
+# ------------------------------------------------------------------------------ the stream, scripted
+class Scripted:
+    def __init__(self, pieces: list[str]) -> None:
+        self.pieces = pieces
+
+    def __len__(self) -> int:
+        return 1
+
+    async def events(self):
+        from openqwen.serve.choices import ChoiceEvent
+
+        for k, text in enumerate(self.pieces):
+            last = k == len(self.pieces) - 1
+            yield ChoiceEvent(0, text, k + 1, "stop" if last else None)
+
+    def cancel(self) -> None:
+        pass
+
+
+PARALLEL_REPLY = ('I will look both up.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": '
+                  '"</tool_call> <|im_end|>", "unit": "c"}}\n</tool_call>\n<tool_call>\n'
+                  '{"name": "add", "arguments": {"a": 1.5, "b": -2}}\n</tool_call>')
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_parallel_calls_stream_into_the_sdk_state(tokenizer, parallel):
+    """A scripted parallel-call reply cut into 3-character pieces goes through the SSE writer; the SDK's
+    ChatCompletionStreamState rebuilds the message the non-streamed path builds from the whole text."""
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+    from openai.types.chat import ChatCompletionChunk
+
+    from openqwen.serve.adapter import RequestAdapter
+
+    plan = ToolPlan(tools=TOOLS, choice="auto", parallel=parallel)
+    pieces = [PARALLEL_REPLY[i:i + 3] for i in range(0, len(PARALLEL_REPLY), 3)]
+    writer = StreamWriter(RequestAdapter(tokenizer, 256), "id-1", 1, "tiny", None, True, False, 9, plan)
+
+    async def collect():
+        return [p async for p in writer.write(Scripted(pieces))]
+
+    sse = asyncio.run(collect())
+    assert sse[-1] == DONE
+    state = ChatCompletionStreamState(input_tools=TOOLS)
+    for piece in sse[:-1]:
+        state.handle_chunk(ChatCompletionChunk.model_validate(json.loads(piece[6:-2])))
+    streamed = state.get_final_completion().choices[0]
+    reader = ChoiceTools(plan)
+    reader.feed(PARALLEL_REPLY)
+    _, reason = reader.finish("stop")
+    whole = reader.message()
+    assert streamed.finish_reason == reason == "tool_calls"
+    assert streamed.message.content == whole.content == "I will look both up."
+    got = [(c.function.name, c.function.arguments) for c in streamed.message.tool_calls]  # ids: fresh per parse
+    assert got == [(c.function.name, c.function.arguments) for c in whole.tool_calls]
+    assert [g[0] for g in got] == (["get_weather", "add"] if parallel else ["get_weather"])
+    assert json.loads(got[0][1])["city"] == "</tool_call> <|im_end|>"
