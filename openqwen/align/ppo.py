@@ -154,6 +154,9 @@ class ValueModel(nn.Module):
     def __init__(self, backbone: nn.Module, head: nn.Linear) -> None:
         super().__init__()
         self.backbone, self.head = backbone, head
+        lm_head = getattr(backbone, "lm_head", None)
+        if lm_head is not None and lm_head.weight is not backbone.embed_tokens.weight:
+            lm_head.requires_grad_(False)  # an untied output projection the values never read
 
     @classmethod
     def from_reward_model(cls, rm: RewardModel) -> "ValueModel":

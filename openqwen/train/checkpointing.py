@@ -59,10 +59,10 @@ def remove_partial(out_dir: str | Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def _options(cpu_offload: bool = True):
+def _options(cpu_offload: bool = True, strict: bool = True):
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return StateDictOptions(full_state_dict=True, cpu_offload=cpu_offload)
+    return StateDictOptions(full_state_dict=True, cpu_offload=cpu_offload, strict=strict)
 
 
 def full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> tuple[dict, dict | None]:
@@ -159,13 +159,13 @@ def save_checkpoint(out_dir: str | Path, step: int, model: nn.Module, optimizer:
 
 
 def _restore(module: nn.Module, optimizer: torch.optim.Optimizer | None, model_sd: dict, optim_sd: dict | None) -> None:
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
-    if optimizer is None:
-        set_model_state_dict(module, model_sd, options=_options(cpu_offload=False))
-    else:
-        set_state_dict(module, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd,
-                       options=_options(cpu_offload=False))
+    set_model_state_dict(module, model_sd, options=_options(cpu_offload=False))
+    if optimizer is not None:
+        # AdamW holds no state for a parameter that has had no gradient yet (a PPO policy in its
+        # value-only warm-up); such a parameter is restored stateless, as it was saved
+        set_optimizer_state_dict(module, optimizer, optim_sd, options=_options(cpu_offload=False, strict=False))
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None,

@@ -32,3 +32,22 @@ def nano_ppo(out_dir, overrides=None, policy_seed: int = 0, reward: str = "model
     prompts = synthetic.prompts("train", 50, 0)
     return build_ppo_trainer(cfg, policy, ByteTokenizer(), rm, prompts, builtin_task=True, ptx_rows=ptx_rows,
                              info=info)
+
+
+class TextRows:
+    """Pretraining rows for the ptx term: byte ids of a few real sentences, every token labelled."""
+
+    def __init__(self, seq_len: int = 24) -> None:
+        text = ("It was the best of times, it was the worst of times, it was the age of wisdom, it was the age "
+                "of foolishness, it was the epoch of belief, it was the epoch of incredulity. ") * 3
+        ids = list(text.encode())
+        self.rows = [ids[i:i + seq_len] for i in range(0, len(ids) - seq_len, seq_len)]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        import numpy as np
+
+        row = np.array(self.rows[i], dtype=np.int64)
+        return {"input_ids": row, "labels": row.copy()}
