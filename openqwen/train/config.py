@@ -144,6 +144,12 @@ class SFTSection:
     builtin_seed: int = 0
     epochs: float | None = None
     """When set, max_steps is derived from the number of packed rows."""
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    """Multi-stage SFT (Code-Qwen-Chat): stages run in turn, each from the previous one's model with a
+    fresh optimiser, each with its own data and LR, e.g. ``[{name: chat, train_files: [builtin], lr:
+    1e-3, max_steps: 100}, {name: code, train_files: [code.jsonl], lr: 5e-4}]``; keys are
+    ``section.key`` overrides or the shorthands of :data:`openqwen.train.sft.STAGE_SHORTHANDS`.
+    Empty: one stage from the fields above."""
 
 
 @dataclass

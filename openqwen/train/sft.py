@@ -8,6 +8,8 @@ assistant mask and packed several per row with attention kept inside each (see
 
 from __future__ import annotations
 
+import copy
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -47,7 +49,58 @@ def build_rows(files: list[str], cfg: TrainConfig, tokenizer: Any, seq_len: int,
     return ChatRows(chats, seq_len, pad_id=tokenizer.eos_id, pack=cfg.sft.pack, seed=seed), dropped
 
 
+STAGE_SHORTHANDS = {"lr": "optim.lr", "max_steps": "train.max_steps", "warmup_steps": "optim.warmup_steps",
+                    "epochs": "sft.epochs", "val_files": "sft.val_files", "mask_prompt": "sft.mask_prompt",
+                    "builtin_size": "sft.builtin_size"}
+
+
+def stage_configs(cfg: TrainConfig) -> list[tuple[str, TrainConfig]]:
+    """One config per entry of ``sft.stages`` (multi-stage SFT, as Code-Qwen-Chat): stage k starts
+    from stage k-1's exported model with a fresh optimiser and writes ``OUT/NAME``; the last stage
+    writes ``OUT`` itself. A stage is a mapping with ``name``, ``train_files`` and any overrides as
+    ``section.key`` or a shorthand (``lr``, ``max_steps``, ``warmup_steps``, ``epochs``, ``val_files``,
+    ``mask_prompt``, ``builtin_size``)."""
+    out, prev = [], cfg.model.init_from
+    names: set[str] = set()
+    for k, stage in enumerate(cfg.sft.stages):
+        if not isinstance(stage, dict) or not stage.get("name") or not stage.get("train_files"):
+            raise ValueError(f"sft.stages[{k}] needs a name and train_files, e.g. "
+                             "{name: code, train_files: [code.jsonl], lr: 1e-5, max_steps: 500}")
+        name = str(stage["name"])
+        if name in names or "/" in name:
+            raise ValueError(f"sft.stages[{k}]: stage name {name!r} is repeated or has a '/'")
+        names.add(name)
+        c = copy.deepcopy(cfg)
+        c.sft.stages = []
+        for key, value in stage.items():
+            if key == "name":
+                continue
+            dotted = STAGE_SHORTHANDS.get(key, key if "." in key else f"sft.{key}")
+            c.set(dotted, value)
+        last = k == len(cfg.sft.stages) - 1
+        c.train.out_dir = cfg.train.out_dir if last else str(Path(cfg.train.out_dir) / name)
+        c.model.init_from = prev
+        prev = c.train.out_dir
+        out.append((name, c))
+    return out
+
+
 def run(cfg: TrainConfig, info: DistInfo | None = None) -> dict[str, Any]:
+    """SFT as ``cfg`` says: one stage, or each of ``sft.stages`` in turn (see :func:`stage_configs`)."""
+    if cfg.sft.stages:
+        summaries = {}
+        for name, c in stage_configs(cfg):
+            done = Path(c.train.out_dir) / "summary.json"
+            if done.exists() and Path(c.train.out_dir, "model.safetensors").exists() and name != cfg.sft.stages[-1]["name"]:
+                summaries[name] = json.loads(done.read_text())  # finished in an earlier call: resume after it
+                continue
+            summaries[name] = run_stage(c, info)
+        last = summaries[cfg.sft.stages[-1]["name"]]
+        return {**last, "stages": summaries}
+    return run_stage(cfg, info)
+
+
+def run_stage(cfg: TrainConfig, info: DistInfo | None = None) -> dict[str, Any]:
     if not cfg.model.init_from:
         raise ValueError("model.init_from is not set: SFT starts from a model folder, e.g. "
                          "--model.init_from runs/demo/pretrain")
