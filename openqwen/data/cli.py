@@ -108,6 +108,8 @@ def _pipeline_config(args: argparse.Namespace):
                 raise ValueError(f"--weight {item!r}: expected SOURCE=NUMBER, e.g. arithmetic=2") from None
     if getattr(args, "stages", None):
         config.stages = args.stages.split(",")
+    if getattr(args, "output_format", None):
+        config.output_format = args.output_format
     config.__post_init__()
     config.dedup.__post_init__()
     config.mix.__post_init__()
@@ -198,9 +200,12 @@ def _train_quality(args: argparse.Namespace) -> int:
 
 def _add_common(sp: argparse.ArgumentParser, config_help: str = "YAML file with stage sections") -> None:
     sp.add_argument("--in", dest="input", required=True, nargs="+",
-                    help="input files or folders (.jsonl[.gz] with a 'text' field, or text files)")
+                    help="input files or folders: .jsonl[.gz] or .parquet with a 'text' field, text files, "
+                    "or HTML/WARC pages (the extract stage)")
     sp.add_argument("--out", required=True, help="output folder")
     sp.add_argument("--config", default=None, help=config_help + " (see docs/data.md)")
+    sp.add_argument("--output-format", choices=["jsonl", "parquet"], default=None,
+                    help="format of the written shards: gzip JSON Lines (default) or Parquet (text, id, metadata)")
     sp.add_argument("--executor", choices=["local", "ray"], default="local",
                     help="local processes (default) or a Ray cluster (needs the ray extra)")
     sp.add_argument("--workers", type=int, default=1, help="parallel shard workers (default 1)")

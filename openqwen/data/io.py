@@ -28,6 +28,8 @@ TEXT_SUFFIXES = (".txt", ".md", ".py", ".rst")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")
 # web pages: read by the extract stage (openqwen.data.extract), which turns them into documents
 PAGE_SUFFIXES = (".html", ".htm", ".html.gz", ".htm.gz", ".warc", ".warc.gz")
+PARQUET_SUFFIXES = (".parquet", ".pq")  # read and written by openqwen.data.parquet (pyarrow)
+OUTPUT_FORMATS = {"jsonl": ".jsonl.gz", "parquet": ".parquet"}
 MANIFEST = "manifest.json"
 DONE_DIR = "_done"
 # only the first errors are listed in full; all are counted
@@ -63,6 +65,10 @@ def _is_text(path: Path) -> bool:
     return path.name.lower().endswith(TEXT_SUFFIXES)
 
 
+def _is_parquet(path: Path) -> bool:
+    return path.name.lower().endswith(PARQUET_SUFFIXES)
+
+
 def is_page_file(path: str | Path) -> bool:
     """An HTML file or WARC archive: input of the extract stage, not yet documents."""
     return Path(path).name.lower().endswith(PAGE_SUFFIXES)
@@ -86,14 +92,14 @@ def list_input_files(paths: str | Path | Iterable[str | Path]) -> list[Path]:
                 rel = q.relative_to(p).parts
                 if any(part.startswith(("_", ".")) for part in rel) or q.name == MANIFEST:
                     continue
-                if q.is_file() and (_is_jsonl(q) or _is_text(q) or is_page_file(q)):
+                if q.is_file() and (_is_jsonl(q) or _is_text(q) or is_page_file(q) or _is_parquet(q)):
                     out.append(q)
         else:
             out.append(p)
     if not out:
         raise ValueError(
             f"no document files found in {[str(p) for p in paths]} "
-            f"(expected {', '.join(JSONL_SUFFIXES + TEXT_SUFFIXES + PAGE_SUFFIXES)})"
+            f"(expected {', '.join(JSONL_SUFFIXES + PARQUET_SUFFIXES + TEXT_SUFFIXES + PAGE_SUFFIXES)})"
         )
     return out
 
@@ -180,6 +186,14 @@ def read_documents(path: str | Path, text_key: str = "text") -> Iterator[dict[st
             yield BadLine(str(path), 1, f"invalid UTF-8 at byte {e.start}")
             return
         yield {"text": text, "source_file": str(path)}
+    elif _is_parquet(path):
+        from .parquet import read_parquet_documents
+
+        for item in read_parquet_documents(path, text_key):
+            if isinstance(item, tuple):
+                yield BadLine(str(path), item[0], item[1])
+            else:
+                yield item
     elif is_page_file(path):
         yield BadLine(str(path), 0, "an HTML/WARC file is a web page, not yet a document: run the extract stage "
                       "first (openqwen data extract, the first stage of openqwen data run)")
@@ -243,6 +257,40 @@ class ShardWriter:
     def __exit__(self, *exc: object) -> None:
         if exc[0] is None:
             self.close()
+
+
+class JsonlWriter:
+    """Append batches of documents to one gzip JSONL file; ``close()`` makes it visible atomically
+    (a temporary name until then), so a stage streams its output in bounded memory."""
+
+    def __init__(self, path: str | Path, compresslevel: int = 3):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        self._raw = open(self.tmp, "wb")
+        self._gz = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=compresslevel, mtime=0, filename="")
+        self.count = 0
+
+    def write(self, docs: list[dict[str, Any]]) -> None:
+        if docs:
+            self._gz.write(("\n".join(json.dumps(d, ensure_ascii=False) for d in docs) + "\n").encode("utf-8"))
+            self.count += len(docs)
+
+    def close(self) -> None:
+        self._gz.close()
+        self._raw.flush()
+        os.fsync(self._raw.fileno())
+        self._raw.close()
+        os.replace(self.tmp, self.path)
+
+
+def open_writer(path: str | Path):
+    """A streaming writer for ``path``: Parquet for ``.parquet``, else gzip JSONL."""
+    if str(path).endswith(PARQUET_SUFFIXES):
+        from .parquet import ParquetWriter
+
+        return ParquetWriter(path)
+    return JsonlWriter(path)
 
 
 def write_jsonl_gz(path: str | Path, docs: Iterable[dict[str, Any]]) -> int:

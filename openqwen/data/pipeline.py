@@ -25,7 +25,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -44,8 +44,9 @@ from .io import (
     is_page_file,
     list_input_files,
     read_documents,
+    OUTPUT_FORMATS,
+    open_writer,
     read_manifest,
-    write_jsonl_gz,
     write_manifest,
 )
 from .langid import LangIdConfig, langid_documents
@@ -61,6 +62,8 @@ class PipelineConfig:
     """Settings of every stage; each section is the dataclass of its module (documented there)."""
 
     stages: list[str] = field(default_factory=lambda: list(STAGES))
+    # format of every stage's shards: "jsonl" (gzip JSON Lines) or "parquet" (text, id, metadata)
+    output_format: str = "jsonl"
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     dedup: MinHashConfig = field(default_factory=MinHashConfig)
     langid: LangIdConfig = field(default_factory=LangIdConfig)
@@ -73,6 +76,8 @@ class PipelineConfig:
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown:
             raise ValueError(f"unknown stage(s) {unknown}; stages are {STAGES}")
+        if self.output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"output_format {self.output_format!r}: use one of {', '.join(OUTPUT_FORMATS)}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PipelineConfig":
@@ -82,8 +87,8 @@ class PipelineConfig:
         for key, value in (d or {}).items():
             if key not in sections:
                 raise ValueError(f"unknown config section {key!r}; sections: {', '.join(sections)}")
-            if key == "stages":
-                kwargs[key] = list(value)
+            if key in ("stages", "output_format"):
+                kwargs[key] = list(value) if key == "stages" else value
                 continue
             section_cls = type(getattr(cls(), key))
             allowed = {f.name for f in fields(section_cls)}
@@ -97,10 +102,15 @@ class PipelineConfig:
 # ---------------------------------------------------------------- per-shard work (runs in workers)
 
 
-def _read_shard(paths: list[str], stats: StageStats | None, pages: bool = False) -> list[dict[str, Any]]:
-    """The documents of a task's files; with ``pages`` also the raw pages of HTML/WARC files (the
-    extract stage's input). Bad lines and unreadable records go to ``stats``."""
-    docs: list[dict[str, Any]] = []
+# a task streams its shard in batches of at most this many documents / text bytes: memory stays
+# bounded by the batch, not by the size of the shard
+BATCH_DOCS = 1000
+BATCH_BYTES = 16 << 20
+
+
+def _iter_shard(paths: list[str], stats: StageStats | None, pages: bool = False) -> Iterator[dict[str, Any]]:
+    """The documents of a task's files, one at a time; with ``pages`` also the raw pages of HTML/WARC
+    files (the extract stage's input). Bad lines and unreadable records go to ``stats``."""
     for p in paths:
         if pages and is_page_file(p):
             for page in read_pages(p):
@@ -108,15 +118,27 @@ def _read_shard(paths: list[str], stats: StageStats | None, pages: bool = False)
                     if stats is not None:
                         stats.error(BadLine(str(p), page[0], page[1]))
                 else:
-                    docs.append(page)
+                    yield page
             continue
         for doc in read_documents(p):
             if isinstance(doc, BadLine):
                 if stats is not None:
                     stats.error(doc)
             else:
-                docs.append(doc)
-    return docs
+                yield doc
+
+
+def _batches(docs: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    size = 0
+    for d in docs:
+        batch.append(d)
+        size += len(d["html"]) if "html" in d else len(d["text"])
+        if len(batch) >= BATCH_DOCS or size >= BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
 
 
 def _save_npy(path: str | Path, array: np.ndarray) -> None:
@@ -151,40 +173,56 @@ OPS: dict[str, Callable[..., list[Any]]] = {
 
 
 def run_shard(task: dict[str, Any]) -> dict[str, Any]:
-    """Process one task (module-level so process pools and Ray can ship it). Returns its stats."""
+    """Process one task (module-level so process pools and Ray can ship it). Returns its stats.
+
+    The task's documents stream through in batches (:data:`BATCH_DOCS`, :data:`BATCH_BYTES`): read,
+    processed and appended to the output file batch by batch, so a task's memory does not grow with
+    its shard."""
     op, params = task["op"], task["params"]
     if op in ("exact_hash", "minhash"):
-        docs = _read_shard(task["in"], None)
-        if op == "exact_hash":
-            digests = b"".join(exact_hash(d["text"]) for d in docs)
-            arr = np.frombuffer(digests, dtype=np.uint64).reshape(-1, 2) if docs else np.zeros((0, 2), np.uint64)
-        else:
-            arr = MinHasher(MinHashConfig(**params)).signatures([d["text"] for d in docs])
-        _save_npy(task["out"], arr)
-        return {"documents": len(docs)}
+        parts, count = [], 0
+        hasher = MinHasher(MinHashConfig(**params)) if op == "minhash" else None
+        for batch in _batches(_iter_shard(task["in"], None)):
+            count += len(batch)
+            if hasher is None:
+                digests = b"".join(exact_hash(d["text"]) for d in batch)
+                parts.append(np.frombuffer(digests, dtype=np.uint64).reshape(-1, 2))
+            else:
+                parts.append(hasher.signatures([d["text"] for d in batch]))
+        width = 2 if hasher is None else hasher.config.num_perm
+        empty = np.zeros((0, width), np.uint64 if hasher is None else np.uint32)
+        _save_npy(task["out"], np.concatenate(parts) if parts else empty)
+        return {"documents": count}
     stats = StageStats()
-    docs = _read_shard(task["in"], stats, pages=op == "extract")
-    for d in docs:
-        if "html" in d and op == "extract":  # a raw page: its size is the HTML read
-            stats.docs_in += 1
-            stats.bytes_in += len(d["html"])
+    mask = np.load(task["mask"]) if op == "apply_mask" else None
+    offset = 0
+    writer = open_writer(task["out"])
+    for docs in _batches(_iter_shard(task["in"], stats, pages=op == "extract")):
+        for d in docs:
+            if "html" in d and op == "extract":  # a raw page: its size is the HTML read
+                stats.docs_in += 1
+                stats.bytes_in += len(d["html"])
+            else:
+                stats.add_in(d["text"])
+        if mask is not None:
+            results = _apply_mask(docs, params, mask[offset : offset + len(docs)])
         else:
-            stats.add_in(d["text"])
-    if op == "apply_mask":
-        results = _apply_mask(docs, params, np.load(task["mask"]))
-    else:
-        results = OPS[op](docs, params)
-    if len(results) != len(docs):
-        raise RuntimeError(f"stage op {op} returned {len(results)} results for {len(docs)} documents")
-    kept: list[dict[str, Any]] = []
-    for doc, r in zip(docs, results):
-        if isinstance(r, str):
-            stats.remove(r, doc)
-        else:
-            stats.keep(r[0]["text"])
-            stats.added += len(r) - 1
-            kept.extend(r)
-    write_jsonl_gz(task["out"], kept)
+            results = OPS[op](docs, params)
+        offset += len(docs)
+        if len(results) != len(docs):
+            raise RuntimeError(f"stage op {op} returned {len(results)} results for {len(docs)} documents")
+        kept: list[dict[str, Any]] = []
+        for doc, r in zip(docs, results):
+            if isinstance(r, str):
+                stats.remove(r, doc)
+            else:
+                stats.keep(r[0]["text"])
+                stats.added += len(r) - 1
+                kept.extend(r)
+        writer.write(kept)
+    if mask is not None and offset != mask.size:
+        raise RuntimeError("keep mask does not match the shard (the input changed during the stage?)")
+    writer.close()
     atomic_write_json(task["done"], stats.to_dict())  # after the shard: marker => shard complete
     return stats.to_dict()
 
@@ -197,7 +235,7 @@ def _input_groups(inputs: Any) -> list[list[str]]:
     groups: list[list[str]] = []
     text_run: list[str] = []
     for f in files:
-        if f.name.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".ndjson", ".warc", ".warc.gz")):
+        if f.name.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".ndjson", ".warc", ".warc.gz", ".parquet", ".pq")):
             if text_run:
                 groups.append(text_run)
                 text_run = []
@@ -213,10 +251,10 @@ def _input_groups(inputs: Any) -> list[list[str]]:
 
 
 def _map_tasks(op: str, params: dict[str, Any], groups: list[list[str]], out: Path,
-               mask_dir: Path | None = None) -> list[dict[str, Any]]:
+               mask_dir: Path | None = None, suffix: str = ".jsonl.gz") -> list[dict[str, Any]]:
     tasks = []
     for i, g in enumerate(groups):
-        t = {"op": op, "params": params, "in": g, "out": str(out / f"shard-{i:05d}.jsonl.gz"),
+        t = {"op": op, "params": params, "in": g, "out": str(out / f"shard-{i:05d}{suffix}"),
              "done": str(out / DONE_DIR / f"{i:05d}.json"), "shard": i}
         if mask_dir is not None:
             t["mask"] = str(mask_dir / f"keep-{i:05d}.npy")
@@ -237,7 +275,9 @@ def run_stage(stage: str, inputs: Any, out_dir: str | Path, config: PipelineConf
                "filter": config.filter, "safety": config.safety, "decontam": config.decontam, "mix": config.mix}[stage]
     params = asdict(section) if section is not None else {}
     # compare as stored: the manifest is JSON, where tuples come back as lists
-    stage_config = json.loads(json.dumps({"params": params, "inputs": groups}, default=str))
+    suffix = OUTPUT_FORMATS[config.output_format]
+    stage_config = json.loads(json.dumps({"params": params, "inputs": groups, "format": config.output_format},
+                                         default=str))
     done = read_manifest(out)
     if done is not None:
         if done.get("config") == stage_config:
@@ -275,15 +315,15 @@ def run_stage(stage: str, inputs: Any, out_dir: str | Path, config: PipelineConf
                              "verified_pairs": result.verified_pairs, "clusters": result.num_clusters}}
         for i, part in enumerate(np.split(keep, np.cumsum(sizes)[:-1]) if sizes else []):
             _save_npy(work / f"keep-{i:05d}.npy", part)
-        tasks = _map_tasks("apply_mask", {"reason": reason}, groups, out, work)
+        tasks = _map_tasks("apply_mask", {"reason": reason}, groups, out, work, suffix)
     elif stage == "decontam":
         work.mkdir(exist_ok=True)
         index_path = work / "eval-ngrams.npy"
         extra = {"eval_index": build_eval_index(config.decontam, index_path, log=log)}
         tasks = _map_tasks("decontam", {"index": str(index_path), "ngram": config.decontam.ngram,
-                                        "min_matches": config.decontam.min_matches}, groups, out)
+                                        "min_matches": config.decontam.min_matches}, groups, out, suffix=suffix)
     else:
-        tasks = _map_tasks(stage.replace("-", "_"), params, groups, out, mask_dir)
+        tasks = _map_tasks(stage.replace("-", "_"), params, groups, out, mask_dir, suffix)
     pending = [t for t in tasks if not Path(t["done"]).exists()]
     if len(pending) < len(tasks):
         log(f"{stage}: resuming, {len(tasks) - len(pending)} of {len(tasks)} shards already done")
