@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import Any
 
 
-UNIMPLEMENTED_LONG_CONTEXT = ("use_dynamic_ntk", "use_logn_attn", "window_sizes")
-"""Fields kept for the long-context work; today only their off values are accepted."""
+LONG_CONTEXT_FIELDS = ("use_dynamic_ntk", "use_logn_attn", "window_sizes", "attention_sinks", "rope_scaling",
+                       "rope_update")
+"""The inference-time long-context options (see :mod:`openqwen.long_context` and docs/long-context.md)."""
+ROPE_TYPES = ("default", "linear", "dynamic", "yarn")
+ROPE_UPDATES = ("prefill", "rotate", "stale")
 
 
 @dataclass
@@ -46,21 +49,34 @@ class QwenConfig:
     max_position_embeddings: int = 32768
     """Largest position the model is asked to handle (sizes caches; RoPE has no table to outgrow)."""
     seq_length: int = 2048
-    """Training context length S (the first generation's dynamic NTK and LogN scaling, not implemented
-    yet, switch on past it)."""
+    """Training context length S: dynamic NTK and LogN scaling switch on past it."""
     dropout: float = 0.0
     """Dropout on attention probabilities and residual branches during training (SFT used 0.1)."""
     initializer_range: float = 0.02
 
-    # Long-context inference options. Not implemented yet (the long-context work builds them); until
-    # then they stay off: setting one raises ValueError, and a checkpoint that sets one loads with a
-    # warning and without it (see :mod:`openqwen.checkpoint`).
+    # Long-context inference options (docs/long-context.md). Each is an exact no-op up to seq_length
+    # tokens (window sizes up to their own length), except the static rope_scaling types linear / yarn,
+    # which change every length as they do in transformers. They apply in training mode too.
     use_dynamic_ntk: bool = False
-    """Dynamic NTK-aware RoPE interpolation past seq_length (inference only). Not implemented yet."""
+    """Dynamic NTK-aware RoPE as released: per row, alpha = max(2^ceil(log2(L/S) + 1) - 1, 1) from the
+    row's true length L, base' = base * alpha^(d/(d-2)). The first generation's config sets it."""
     use_logn_attn: bool = False
-    """LogN attention scaling of queries past seq_length (inference only). Not implemented yet."""
-    window_sizes: list[int] | None = None
-    """Per-layer attention window (None: full attention in every layer). Not implemented yet."""
+    """LogN attention scaling as released: the query at position p times log(p+1)/log(S) when p+1 > S."""
+    window_sizes: list[int | None] | None = None
+    """Per-layer attention window in tokens (None: full attention everywhere; a None entry: that layer
+    full). The report's scheme is short windows in low layers and long ones in high layers."""
+    attention_sinks: int = 0
+    """Windowed layers also always see the first N positions (StreamingLLM's sinks). Needs windows."""
+    rope_scaling: dict[str, Any] | None = None
+    """transformers' ``rope_scaling`` (Qwen2-family config.json): {"rope_type": "linear" | "dynamic" |
+    "yarn", "factor": F, ...}; yarn reads original_max_position_embeddings, beta_fast, beta_slow,
+    attention_factor, mscale, mscale_all_dim, truncate with transformers' defaults."""
+    rope_update: str = "prefill"
+    """How a dynamic RoPE base (use_dynamic_ntk, or rope_scaling dynamic) follows a row while decoding:
+    "prefill" (the release: decided by each multi-token step - prefill, scoring - from the row's length,
+    kept by single-token decode steps), "rotate" (ours: follows every step; cached keys are re-rotated
+    when it changes, so decoding equals a full forward), "stale" (transformers: new tokens use the
+    current length's base, cached keys keep the base they were written with)."""
 
     def __post_init__(self) -> None:
         if self.num_key_value_heads is None:
@@ -79,12 +95,39 @@ class QwenConfig:
             )
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
-        unimplemented = [name for name in UNIMPLEMENTED_LONG_CONTEXT if getattr(self, name) not in (False, None)]
-        if unimplemented:
-            raise ValueError(
-                f"{', '.join(unimplemented)}: not implemented yet (long-context support is a later issue); "
-                "leave them unset"
-            )
+        self._validate_long_context()
+
+    def _validate_long_context(self) -> None:
+        """ValueError, saying what to fix, for long-context settings that cannot run."""
+        ws = self.window_sizes
+        if ws is not None:
+            if not isinstance(ws, (list, tuple)) or len(ws) != self.num_hidden_layers:
+                raise ValueError(f"window_sizes needs one entry per layer ({self.num_hidden_layers}), got {ws!r}; "
+                                 "use null for a layer with full attention")
+            if any(w is not None and (not isinstance(w, int) or isinstance(w, bool) or w < 1) for w in ws):
+                raise ValueError(f"window_sizes entries must be positive token counts or null (full attention), "
+                                 f"got {ws!r}")
+            self.window_sizes = list(ws)
+        if not isinstance(self.attention_sinks, int) or self.attention_sinks < 0:
+            raise ValueError(f"attention_sinks must be a whole number >= 0, got {self.attention_sinks!r}")
+        if self.attention_sinks and not any(w is not None for w in (ws or [])):
+            raise ValueError("attention_sinks only acts beside windows: set window_sizes too (or attention_sinks 0)")
+        if self.rope_update not in ROPE_UPDATES:
+            raise ValueError(f"rope_update must be one of {', '.join(ROPE_UPDATES)}, got {self.rope_update!r}")
+        rs = self.rope_scaling
+        if rs is None:
+            return
+        if not isinstance(rs, dict):
+            raise ValueError(f"rope_scaling must be a mapping like {{'rope_type': 'yarn', 'factor': 4.0}}, got {rs!r}")
+        kind = rs.get("rope_type", rs.get("type", "default"))
+        if kind not in ROPE_TYPES:
+            raise ValueError(f"rope_scaling type {kind!r} is not implemented; use one of {', '.join(ROPE_TYPES)}")
+        factor = rs.get("factor")
+        if kind in ("linear", "dynamic") or (kind == "yarn" and factor is not None):
+            if not isinstance(factor, (int, float)) or isinstance(factor, bool) or factor < 1:
+                raise ValueError(f"rope_scaling {kind} needs a factor >= 1, got {factor!r}")
+        if kind != "default" and self.use_dynamic_ntk:
+            raise ValueError(f"use_dynamic_ntk and rope_scaling {kind!r} both rescale RoPE; choose one")
 
     # ---------------------------------------------------------------- derived sizes
     @property

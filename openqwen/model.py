@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import long_context as lc
 from .config import QwenConfig
 
 
@@ -82,6 +83,8 @@ class KVCache:
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        # the RoPE base each row's cached keys are rotated with (0: none yet); dynamic RoPE reads it
+        self.rope_bases = torch.zeros(batch_size, dtype=torch.float64)
         self.max_length = max_length
         self._write: torch.Tensor | int = 0  # slot indices [B, T], or the shared start slot
         self._used = 0  # slots that attention reads this step
@@ -97,6 +100,7 @@ class KVCache:
         view.keys = [k[start:stop] for k in self.keys]
         view.values = [v[start:stop] for v in self.values]
         view.lengths = self.lengths[start:stop]
+        view.rope_bases = self.rope_bases[start:stop]
         view.max_length = self.max_length
         view._write, view._used = 0, 0
         return view
@@ -164,7 +168,9 @@ class Attention(nn.Module):
         sin: torch.Tensor,
         mask: torch.Tensor | None,
         cache: KVCache | None,
+        q_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``q_scale`` [B, 1, T, 1]: LogN multipliers of the rotated queries (None: none)."""
         B, T, _ = x.shape
         q, k, v = self.qkv_proj(x).split(
             [self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, self.num_kv_heads * self.head_dim],
@@ -174,6 +180,8 @@ class Attention(nn.Module):
         k = k.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if q_scale is not None:
+            q = q * q_scale.to(q.dtype)
         if cache is not None:
             k, v = cache.update(self.layer_index, k, v)
         out = F.scaled_dot_product_attention(
@@ -209,8 +217,8 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, cos, sin, mask, cache):
-        x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, mask, cache))
+    def forward(self, x, cos, sin, mask, cache, q_scale=None):
+        x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, q_scale))
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
 
 
@@ -261,11 +269,14 @@ class Qwen(nn.Module):
         positions: torch.Tensor | None = None,
         cache: KVCache | None = None,
         segment_ids: torch.Tensor | None = None,
+        num_tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Final-norm hidden states [B, T, hidden] (reward and value heads read these).
 
         positions: absolute positions [B, T]; by default 0..T-1, or continuing each cache row.
         segment_ids: [B, T] ids of packed documents; attention stays inside each one (training).
+        num_tokens: [B] real new tokens of each row of a right-padded batch (default: all T). Dynamic
+        RoPE decides each row's base from its true length, and the cache advances by it.
         """
         B, T = input_ids.shape
         if positions is None:
@@ -280,13 +291,20 @@ class Qwen(nn.Module):
         elif segment_ids is not None:
             causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()
             mask = (causal & (segment_ids[:, :, None] == segment_ids[:, None, :]))[:, None]
-        inv_freq = rope_inverse_frequencies(self.config.head_dim, self.config.rope_theta, input_ids.device)
-        cos, sin = rope_cos_sin(positions, inv_freq)
+        cos, sin = self.rope_tables(positions, cache, num_tokens)
+        q_scale = None
+        if self.config.use_logn_attn:
+            factors = lc.logn_factors(positions, self.config.seq_length)
+            q_scale = None if factors is None else factors[:, None, :, None]
+        masks = self._layer_masks(mask, positions, cache, T)
         x = self.embed_tokens(input_ids)
-        for layer in self.layers:
-            x = layer(x, cos, sin, mask, cache)
+        for layer, layer_mask in zip(self.layers, masks):
+            x = layer(x, cos, sin, layer_mask, cache, q_scale)
         if cache is not None:
-            cache.advance(T)
+            if num_tokens is None:
+                cache.advance(T)
+            else:
+                cache.lengths += num_tokens.to(cache.lengths.device)
         return self.norm(x)
 
     def forward(
@@ -295,8 +313,78 @@ class Qwen(nn.Module):
         positions: torch.Tensor | None = None,
         cache: KVCache | None = None,
         segment_ids: torch.Tensor | None = None,
+        num_tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self.lm_head(self.hidden_states(input_ids, positions, cache, segment_ids))
+        return self.lm_head(self.hidden_states(input_ids, positions, cache, segment_ids, num_tokens))
+
+    # ------------------------------------------------------------------------------ long context
+    def rope_tables(self, positions: torch.Tensor, cache: KVCache | None = None,
+                    num_tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin [B, 1, T, head_dim] for ``positions`` [B, T]. With dynamic RoPE (dynamic NTK or
+        rope_scaling dynamic) each row gets the base of its true length - the largest position + 1, or
+        the cache row's length after this step - kept or re-rotated as ``config.rope_update`` says."""
+        cfg = self.config
+        if not lc.is_dynamic(cfg):
+            inv_freq, scale = lc.inverse_frequencies(cfg, float(cfg.rope_theta), positions.device)
+            cos, sin = rope_cos_sin(positions, inv_freq)
+            return (cos, sin) if scale == 1.0 else (cos * scale, sin * scale)
+        B, T = positions.shape
+        if cache is None:
+            bases = [lc.rope_base(cfg, n) for n in (positions.max(-1).values + 1).tolist()]
+        else:
+            new = torch.full((B,), T) if num_tokens is None else num_tokens.cpu()
+            after = (cache.lengths.cpu() + new).tolist()
+            stored = cache.rope_bases.tolist()
+            keep = cfg.rope_update == "prefill" and T == 1  # the release: decode steps keep the prefill's alpha
+            bases = [old if keep and old else lc.rope_base(cfg, n) for old, n in zip(stored, after)]
+            if cfg.rope_update != "stale":
+                self._rerotate_cache(cache, stored, bases)
+            cache.rope_bases.copy_(torch.tensor(bases, dtype=torch.float64))
+        return self._tables_for_bases(positions, bases)
+
+    def _inv_freq(self, base: float, device) -> torch.Tensor:
+        return lc.inverse_frequencies(self.config, base, device)[0]
+
+    def _tables_for_bases(self, positions: torch.Tensor, bases: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(set(bases)) == 1:  # one base for the batch: the same arithmetic as unscaled RoPE
+            return rope_cos_sin(positions, self._inv_freq(bases[0], positions.device))
+        inv = torch.stack([self._inv_freq(b, positions.device) for b in bases])  # [B, d/2]
+        return rope_cos_sin(positions, inv[:, None, :])
+
+    @torch.no_grad()
+    def _rerotate_cache(self, cache: KVCache, stored: list[float], bases: list[float]) -> None:
+        """Re-rotate the cached keys of every row whose base changes (rare: once per NTK bucket)."""
+        for row, (old, new) in enumerate(zip(stored, bases)):
+            n = int(cache.lengths[row])
+            if not old or old == new or n == 0:
+                continue
+            pos = torch.arange(n, device=cache.lengths.device)[None]
+            before, after = self._tables_for_bases(pos, [old]), self._tables_for_bases(pos, [new])
+            for keys in cache.keys:
+                lc.rerotate(keys[row], n, before, after, apply_rope)
+
+    def _layer_masks(self, mask: torch.Tensor | None, positions: torch.Tensor, cache: KVCache | None,
+                     T: int) -> list[torch.Tensor | None]:
+        """The attention mask of each layer: ``mask`` where full attention (or a window too wide to
+        bind), else the window mask (with sinks) and ``mask`` together."""
+        windows = self.config.window_sizes or [None] * len(self.layers)
+        if cache is not None:  # cache slots are positions
+            query_pos = cache.default_positions(T)
+            key_pos = torch.arange(cache._used, device=positions.device)[None]
+        else:
+            query_pos, key_pos = positions, positions
+        longest = int(query_pos.max()) + 1
+        built: dict[int, torch.Tensor] = {}
+        out = []
+        for w in windows:
+            if not lc.window_binds(w, longest):
+                out.append(mask)
+                continue
+            if w not in built:
+                wm = lc.window_mask(query_pos, key_pos, w, self.config.attention_sinks)
+                built[w] = wm if mask is None else wm & mask
+            out.append(built[w])
+        return out
 
     # ------------------------------------------------------------------------------ conveniences
     def new_cache(self, batch_size: int, max_length: int) -> KVCache:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +21,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..config import UNIMPLEMENTED_LONG_CONTEXT, QwenConfig
+from ..config import LONG_CONTEXT_FIELDS, QwenConfig
 from ..model import Qwen
 from .errors import CheckpointError
 
 __all__ = ["DTYPES", "CheckpointError", "resolve_dtype", "dtype_name", "Rename", "NameMap", "expected_shapes",
            "build_model", "safetensor_files", "read_safetensors", "write_safetensors", "atomic_write_text",
-           "drop_long_context"]
+           "long_context_settings", "long_context_extra"]
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -192,17 +191,22 @@ def build_model(config: QwenConfig, state: dict[str, torch.Tensor], dtype: torch
     return model.eval()
 
 
-def drop_long_context(settings: Mapping[str, Any], source: str, seq_length: int) -> None:
-    """Warn that a checkpoint's long-context settings are dropped (openqwen does not implement them
-    yet); the model then equals the release up to ``seq_length`` tokens and differs past it."""
-    on = {k: v for k, v in settings.items() if k in UNIMPLEMENTED_LONG_CONTEXT and v not in (False, None)}
-    if on:
-        warnings.warn(
-            f"{source} sets {', '.join(f'{k}={v}' for k, v in on.items())}; openqwen does not implement "
-            f"{'this' if len(on) == 1 else 'these'} yet and loads the model without: outputs match the release "
-            f"up to seq_length={seq_length} tokens and differ past it until long-context support lands",
-            UserWarning, stacklevel=5,
-        )
+def long_context_settings(settings: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """The long-context fields of :class:`QwenConfig` that ``settings`` (an ``"openqwen"`` section of
+    config.json) sets, checked by building a config with them (ValueError says what to fix)."""
+    found = {k: settings[k] for k in LONG_CONTEXT_FIELDS if k in settings}
+    if found:
+        try:
+            QwenConfig(num_hidden_layers=len(found.get("window_sizes") or []) or 1, **found)
+        except ValueError as e:
+            raise CheckpointError(f"{source}: {e}") from None
+    return found
+
+
+def long_context_extra(c: QwenConfig) -> dict[str, Any]:
+    """The long-context fields of ``c`` that differ from the defaults (saved under ``"openqwen"``)."""
+    default = QwenConfig()
+    return {k: getattr(c, k) for k in LONG_CONTEXT_FIELDS if getattr(c, k) != getattr(default, k)}
 
 
 # ---------------------------------------------------------------------------------- safetensors

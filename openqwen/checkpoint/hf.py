@@ -7,8 +7,15 @@ config.json, which transformers ignores.
 Every config field that changes the function is read, in both spellings transformers has used
 (4.x: top-level ``rope_theta`` and ``rope_scaling``; 5.x: ``rope_parameters``). What openqwen cannot
 honour is refused with a :class:`CheckpointError` rather than defaulted: RoPE scaling other than
-``"default"``, sliding-window attention in use, activations other than SiLU, partial rotary
+``default`` / ``linear`` / ``dynamic`` / ``yarn``, activations other than SiLU, partial rotary
 embeddings, quantised weights. Fields absent from config.json take transformers' own defaults.
+
+Long context, as transformers runs it: ``rope_scaling`` (or 5.x ``rope_parameters``) of type linear,
+dynamic or yarn becomes ``QwenConfig.rope_scaling`` (dynamic with ``rope_update="stale"``: new tokens
+get the current length's base, cached keys keep theirs, as transformers' dynamic RoPE does), and
+sliding-window attention in use (``use_sliding_window``, on the layers ``layer_types`` marks, by default
+those from ``max_window_layers`` on) becomes ``window_sizes``. openqwen's own long-context fields (NTK,
+LogN, windows, sinks) ride along under ``"openqwen"``.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ import torch
 
 from ..config import QwenConfig
 from ..model import Qwen
-from .common import (CheckpointError, NameMap, Rename, build_model, drop_long_context, dtype_name, read_safetensors,
+from .common import (CheckpointError, NameMap, Rename, build_model, dtype_name, long_context_extra, long_context_settings,
+                     read_safetensors,
                      resolve_dtype, safetensor_files, atomic_write_text, write_safetensors)
 
 _L = "model.layers.{i}."
@@ -72,9 +80,14 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> QwenConfi
     if act not in ("silu", "swish"):  # transformers' two names of one function
         raise CheckpointError(f"{source}: hidden_act {act!r} is not supported (Qwen's SwiGLU uses 'silu')")
     layers = int(need("num_hidden_layers"))
-    _refuse_sliding_window(hf, layers, source)
+    windows = _sliding_windows(hf, layers, source)
     extra = hf.get("openqwen") or {}
     heads = int(need("num_attention_heads"))
+    scaling = _rope_scaling(hf)
+    long_context = {"rope_scaling": scaling, "window_sizes": windows}
+    if scaling and scaling["rope_type"] == "dynamic":
+        long_context["rope_update"] = "stale"  # transformers' dynamic RoPE leaves cached keys as they were
+    long_context.update(long_context_settings(extra, source))
     config = QwenConfig(
         vocab_size=int(need("vocab_size")),
         hidden_size=int(need("hidden_size")),
@@ -92,25 +105,43 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> QwenConfi
         seq_length=int(extra.get("seq_length", hf.get("max_position_embeddings", 32768))),
         dropout=float(hf.get("attention_dropout", 0.0)),
         initializer_range=float(hf.get("initializer_range", 0.02)),
+        **long_context,
     )
-    drop_long_context(extra, source, config.seq_length)  # openqwen checkpoints written before these were refused
     return config
 
 
+ROPE_SCALINGS = ("default", "linear", "dynamic", "yarn")
+
+
+def _rope_scaling(hf: dict[str, Any]) -> dict[str, Any] | None:
+    """``QwenConfig.rope_scaling`` from either spelling (None for default RoPE); _rope_theta checked it."""
+    merged = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
+    kind = merged.pop("rope_type", merged.pop("type", "default"))
+    merged.pop("type", None)
+    if kind == "default":
+        return None
+    rest = {k: v for k, v in merged.items() if k not in ("rope_theta", "partial_rotary_factor")}
+    return {"rope_type": kind, **rest}
+
+
 def _rope_theta(hf: dict[str, Any], source: str) -> float:
-    """The RoPE base from either spelling; refuses scaled RoPE (only ``"default"`` is implemented)."""
+    """The RoPE base from either spelling; refuses RoPE scalings openqwen does not implement."""
     params = hf.get("rope_parameters") or {}
     legacy = hf.get("rope_scaling") or {}
     if any(isinstance(v, dict) for v in params.values()):
         raise CheckpointError(f"{source}: per-layer-type rope_parameters are not supported")
+    kinds = set()
     for where in (params, legacy):
         kind = where.get("rope_type", where.get("type", "default"))
-        if kind != "default":
+        if kind not in ROPE_SCALINGS:
             raise CheckpointError(
-                f"{source} asks for RoPE scaling {kind!r}; openqwen implements only 'default' RoPE so far "
-                "(yarn / dynamic / linear scaling come with long-context support). Remove the scaling from "
-                "config.json to run within the original context length"
+                f"{source} asks for RoPE scaling {kind!r}; openqwen implements {', '.join(ROPE_SCALINGS)}. "
+                "Remove the scaling from config.json to run within the original context length"
             )
+        if where:
+            kinds.add(kind)
+    if len(kinds) > 1:
+        raise CheckpointError(f"{source} names two RoPE scalings, rope_scaling and rope_parameters: {sorted(kinds)}")
     partial = params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
     if float(partial) != 1.0:
         raise CheckpointError(f"{source}: partial_rotary_factor {partial} is not supported (Qwen2 rotates every dim)")
@@ -120,25 +151,24 @@ def _rope_theta(hf: dict[str, Any], source: str) -> float:
     return thetas.pop() if thetas else TRANSFORMERS_ROPE_THETA
 
 
-def _refuse_sliding_window(hf: dict[str, Any], layers: int, source: str) -> None:
+def _sliding_windows(hf: dict[str, Any], layers: int, source: str) -> list[int | None] | None:
     """Sliding-window attention as transformers applies it: a window only when ``use_sliding_window``,
-    on the layers ``layer_types`` marks (by default those from ``max_window_layers`` on)."""
+    on the layers ``layer_types`` marks (by default those from ``max_window_layers`` on); as
+    ``window_sizes`` (None when no layer has one)."""
     types = hf.get("layer_types")
     if types is not None:
         if len(types) != layers or set(types) - {"full_attention", "sliding_attention"}:
             raise CheckpointError(f"{source}: layer_types {types} is not {layers} of full_attention / sliding_attention")
     window = hf.get("sliding_window") if hf.get("use_sliding_window") else None
     if window is None:
-        return
+        return None
     if types is None:
         first = int(hf.get("max_window_layers", 28))  # transformers' Qwen2Config default
         types = ["sliding_attention" if i >= first else "full_attention" for i in range(layers)]
-    sliding = [i for i, t in enumerate(types) if t == "sliding_attention"]
-    if sliding:
-        raise CheckpointError(
-            f"{source} uses sliding-window attention (window {window} on layers {sliding}); openqwen implements "
-            "full attention only"
-        )
+    if not isinstance(window, int) or window < 1:
+        raise CheckpointError(f"{source}: sliding_window {window!r} is not a positive number of tokens")
+    sizes = [window if t == "sliding_attention" else None for t in types]
+    return sizes if any(sizes) else None
 
 
 def default_dtype(hf: dict[str, Any], source: str = "config.json") -> torch.dtype | None:
@@ -174,7 +204,10 @@ def config_to_hf(c: QwenConfig, dtype: torch.dtype) -> dict[str, Any]:
         "initializer_range": c.initializer_range,
         "use_sliding_window": False,
         "torch_dtype": dtype_name(dtype),
-        "openqwen": {"seq_length": c.seq_length},
+        # transformers reads rope_scaling; the rest of the long-context settings are openqwen's own
+        **({"rope_scaling": dict(c.rope_scaling)} if c.rope_scaling else {}),
+        "openqwen": {"seq_length": c.seq_length, "rope_update": c.rope_update,
+                     **{k: v for k, v in long_context_extra(c).items() if k != "rope_scaling"}},
     }
 
 
@@ -183,12 +216,20 @@ def transformers_config(c: QwenConfig, **extra: Any):
     from it; ``extra`` passes e.g. ``attn_implementation``). Imports transformers on call."""
     import transformers  # noqa: PLC0415 (a test/benchmark-only dependency)
 
+    rope = {"rope_type": "default", **(c.rope_scaling or {}), "rope_theta": c.rope_theta}
+    windows = {w for w in (c.window_sizes or []) if w is not None}
+    if len(windows) > 1 or c.attention_sinks or c.use_dynamic_ntk or c.use_logn_attn:
+        raise ValueError("transformers' Qwen2 has one sliding window and no sinks, dynamic NTK or LogN")
+    sliding = {}
+    if windows:
+        sliding = dict(use_sliding_window=True, sliding_window=windows.pop(),
+                       layer_types=["full_attention" if w is None else "sliding_attention" for w in c.window_sizes])
     return transformers.Qwen2Config(
         vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
         num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
-        num_key_value_heads=c.num_key_value_heads, head_dim=c.head_dim, rope_theta=c.rope_theta,
+        num_key_value_heads=c.num_key_value_heads, head_dim=c.head_dim, rope_parameters=rope,
         rms_norm_eps=c.rms_norm_eps, tie_word_embeddings=c.tie_word_embeddings,
-        max_position_embeddings=c.max_position_embeddings, **extra,
+        max_position_embeddings=c.max_position_embeddings, **sliding, **extra,
     )
 
 

@@ -13,7 +13,9 @@ the August 2023 release used GPT-2 names: ``n_embd``, ``n_head``, ``n_layer``, `
 width (22016 for the 7B model, whose branches are 11008 wide). Shared names: ``kv_channels`` (head
 dim), ``rotary_emb_base``, ``rotary_pct`` (must be 1), ``layer_norm_epsilon``, ``seq_length``
 (training length, where dynamic NTK and LogN switch on), ``use_dynamic_ntk``, ``use_logn_attn``
-(not implemented yet: loading warns and runs without them), ``no_bias`` (must be true),
+(the release's long-context switches, both true in the released configs and in its config class's
+defaults: loaded as they are, so a first-generation model behaves like the release past
+``seq_length`` too), ``no_bias`` (must be true),
 ``scale_attn_weights`` (must be true), ``use_cache_quantization`` (must be false),
 ``tie_word_embeddings``, and the precision flags ``bf16`` / ``fp16`` / ``fp32``.
 
@@ -31,8 +33,9 @@ import torch
 
 from ..config import QwenConfig
 from ..model import Qwen
-from .common import (CheckpointError, NameMap, Rename, atomic_write_text, build_model, drop_long_context, dtype_name,
-                     indexed_shards, read_safetensors, resolve_dtype, safetensor_files, write_safetensors)
+from .common import (CheckpointError, NameMap, Rename, atomic_write_text, build_model, dtype_name, indexed_shards,
+                     long_context_extra, long_context_settings, read_safetensors, resolve_dtype, safetensor_files,
+                     write_safetensors)
 
 _H = "transformer.h.{i}."
 V1_NAMES = NameMap(
@@ -79,7 +82,8 @@ def config_from_v1(hf: dict[str, Any], vocab_rows: int | None = None, source: st
 
     ``vocab_rows``: rows of the stored embedding, which win over the config's vocabulary fields
     (the August release kept the tokenizer size in ``vocab_size`` and the rows in ``padded_vocab_size``).
-    ``use_dynamic_ntk`` / ``use_logn_attn`` are dropped with a warning (not implemented yet).
+    ``use_dynamic_ntk`` / ``use_logn_attn`` default to true when absent, as in the release's config class;
+    openqwen's own long-context fields ride along under ``"openqwen"``.
     """
     hidden = int(_field(hf, "hidden_size"))
     heads = int(_field(hf, "num_attention_heads"))
@@ -94,6 +98,12 @@ def config_from_v1(hf: dict[str, Any], vocab_rows: int | None = None, source: st
     vocab = vocab_rows or hf.get("padded_vocab_size") or hf.get("vocab_size")
     if vocab is None:
         raise CheckpointError("first-generation config.json lacks 'vocab_size'")
+    long_context = {
+        **long_context_settings(hf.get("openqwen") or {}, source),
+        # the release's QWenConfig defaults both to True; its decode steps keep the prefill's alpha
+        "use_dynamic_ntk": bool(hf.get("use_dynamic_ntk", True)),
+        "use_logn_attn": bool(hf.get("use_logn_attn", True)),
+    }
     config = QwenConfig(
         vocab_size=int(vocab),
         hidden_size=hidden,
@@ -109,8 +119,8 @@ def config_from_v1(hf: dict[str, Any], vocab_rows: int | None = None, source: st
         max_position_embeddings=int(_field(hf, "max_position_embeddings", 8192)),
         seq_length=int(hf.get("seq_length", 2048)),
         initializer_range=float(hf.get("initializer_range", 0.02)),
+        **long_context,
     )
-    drop_long_context(hf, source, config.seq_length)
     return config
 
 
@@ -146,8 +156,8 @@ def config_to_v1(c: QwenConfig, dtype: torch.dtype) -> dict[str, Any]:
         "layer_norm_epsilon": c.rms_norm_eps,
         "max_position_embeddings": c.max_position_embeddings,
         "seq_length": c.seq_length,
-        "use_dynamic_ntk": False,  # what openqwen runs (the release sets both true)
-        "use_logn_attn": False,
+        "use_dynamic_ntk": c.use_dynamic_ntk,
+        "use_logn_attn": c.use_logn_attn,
         "no_bias": True,
         "tie_word_embeddings": c.tie_word_embeddings,
         "initializer_range": c.initializer_range,
@@ -155,6 +165,8 @@ def config_to_v1(c: QwenConfig, dtype: torch.dtype) -> dict[str, Any]:
         "attn_dropout_prob": 0.0,
         "scale_attn_weights": True,
         "torch_dtype": dtype_name(dtype),
+        # what the release has no field for (windows, sinks, rope_update), read back by config_from_v1
+        "openqwen": {k: v for k, v in long_context_extra(c).items() if k not in ("use_dynamic_ntk", "use_logn_attn")},
     }
 
 

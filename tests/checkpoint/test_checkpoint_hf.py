@@ -99,16 +99,41 @@ def test_attention_bias_false_is_honoured(tmp_path):
         torch.testing.assert_close(loaded(IDS), model(IDS), atol=0, rtol=0)
 
 
-# ------------------------------------------------------------------------------ what openqwen refuses
+# ------------------------------------------------------------------------------ long context, as transformers
+LONG_CONTEXT = {
+    "yarn": dict(rope_parameters={"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0,
+                                  "original_max_position_embeddings": 16}),
+    "dynamic": dict(rope_parameters={"rope_type": "dynamic", "rope_theta": 1e6, "factor": 2.0},
+                    max_position_embeddings=16),
+    "linear": dict(rope_parameters={"rope_type": "linear", "rope_theta": 1e6, "factor": 2.0}),
+    "sliding-window": dict(use_sliding_window=True, sliding_window=7, max_window_layers=1),
+}
+
+
+@pytest.mark.parametrize("name", LONG_CONTEXT)
+def test_rope_scaling_and_sliding_windows_load_and_match_transformers(tmp_path, name):
+    """Past the scaled lengths (23 tokens > 16, windows of 7): the loaded model is transformers' function."""
+    folder = transformers_folder(tmp_path / "m", **LONG_CONTEXT[name])
+    model = load_model(folder)
+    c = model.config
+    if name == "sliding-window":
+        assert c.window_sizes == [None, 7] and c.rope_scaling is None
+    else:
+        assert c.rope_scaling["rope_type"] == name and c.window_sizes is None
+        assert c.rope_update == ("stale" if name == "dynamic" else "prefill")  # transformers' cached keys
+    with torch.no_grad():
+        torch.testing.assert_close(model(IDS), hf_logits(folder, IDS), atol=1e-4, rtol=1e-5)
+    save_model(model, tmp_path / "again")  # and back: transformers reads rope_scaling, openqwen the rest
+    assert load_model(tmp_path / "again").config == c
+    if name != "sliding-window":
+        with torch.no_grad():
+            torch.testing.assert_close(hf_logits(tmp_path / "again", IDS), hf_logits(folder, IDS), atol=1e-5, rtol=0)
+
+
 REFUSED = {
-    "yarn": (dict(rope_parameters={"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0,
-                                   "original_max_position_embeddings": 64}), "RoPE scaling 'yarn'"),
-    "dynamic": (dict(rope_parameters={"rope_type": "dynamic", "rope_theta": 1e6, "factor": 2.0}),
-                "RoPE scaling 'dynamic'"),
-    "linear": (dict(rope_parameters={"rope_type": "linear", "rope_theta": 1e6, "factor": 2.0}),
-               "RoPE scaling 'linear'"),
-    "sliding-window": (dict(use_sliding_window=True, sliding_window=16, max_window_layers=1),
-                       r"sliding-window attention \(window 16 on layers \[1\]\)"),
+    "longrope": (dict(rope_parameters={"rope_type": "longrope", "rope_theta": 1e6, "short_factor": [1.0] * 8,
+                                       "long_factor": [1.0] * 8, "original_max_position_embeddings": 64}),
+                 "RoPE scaling 'longrope'"),
     "gelu": (dict(hidden_act="gelu"), "hidden_act 'gelu'"),
 }
 
@@ -121,8 +146,9 @@ def test_what_openqwen_cannot_honour_is_refused(tmp_path, name):
         load_model(tmp_path)
 
 
-def test_a_sliding_window_that_is_switched_off_is_not_refused(tmp_path):
+def test_a_sliding_window_that_is_switched_off_is_not_used(tmp_path):
     folder = transformers_folder(tmp_path / "m", use_sliding_window=False, sliding_window=16, max_window_layers=1)
+    assert load_model(folder).config.window_sizes is None
     with torch.no_grad():
         torch.testing.assert_close(load_model(folder)(IDS), hf_logits(folder, IDS), atol=1e-4, rtol=1e-5)
 
@@ -138,18 +164,15 @@ def test_other_architectures_and_conflicting_bases_are_refused(tmp_path):
         load_model(tmp_path / "two")
 
 
-def test_long_context_settings_of_an_older_openqwen_checkpoint_warn_and_load_off(tmp_path):
-    model = randomise(Qwen(tiny_config()), seed=4)
+def test_openqwen_long_context_settings_round_trip_through_config_json(tmp_path):
+    model = randomise(Qwen(tiny_config(use_dynamic_ntk=True, use_logn_attn=True, window_sizes=[8, None, 16],
+                                       attention_sinks=2, rope_update="rotate")), seed=4)
     save_model(model, tmp_path)
-    saved = json.loads((tmp_path / "config.json").read_text())
-    saved["openqwen"].update(use_logn_attn=True, window_sizes=[8, 8, 8])
-    (tmp_path / "config.json").write_text(json.dumps(saved))
-    with pytest.warns(UserWarning, match=r"use_logn_attn=True, window_sizes=\[8, 8, 8\].*seq_length=64"):
-        loaded = load_model(tmp_path)
-    # QwenConfig refuses the settings, so a loaded model has them off by construction; what can fail
-    # is that the model loads as the same function up to seq_length
+    loaded = load_model(tmp_path)
+    assert loaded.config == model.config
+    ids = torch.randint(0, 97, (1, 150), generator=torch.Generator().manual_seed(4))  # past seq_length 64
     with torch.no_grad():
-        torch.testing.assert_close(loaded(IDS), model(IDS), atol=0, rtol=0)
+        torch.testing.assert_close(loaded(ids), model(ids), atol=0, rtol=0)
 
 
 # ------------------------------------------------------------------------------ saving for transformers

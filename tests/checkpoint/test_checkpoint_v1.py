@@ -26,17 +26,24 @@ def test_first_generation_folder_is_the_same_function_as_its_qwen2_twin(tmp_path
     save_model(model, tmp_path / "qwen2")
     write_v1(tmp_path / "v1", model, style, fmt)
 
-    with pytest.warns(UserWarning, match=r"use_dynamic_ntk=True, use_logn_attn=True.*seq_length=48"):
-        loaded = load_model(tmp_path / "v1")
+    loaded = load_model(tmp_path / "v1")
     c = loaded.config
     assert (c.intermediate_size, c.num_key_value_heads, c.vocab_size) == (80, 4, 101)  # half of the stored 160
-    assert c.seq_length == 48  # the dropped settings are off by construction: QwenConfig refuses them
+    assert (c.seq_length, c.use_dynamic_ntk, c.use_logn_attn, c.rope_update) == (48, True, True, "prefill")
     ids = torch.randint(0, 101, (2, 13), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ours = loaded(ids)
         twin = load_model(tmp_path / "qwen2")(ids)
-    torch.testing.assert_close(ours, twin, rtol=0, atol=1e-6)
+    torch.testing.assert_close(ours, twin, rtol=0, atol=1e-6)  # up to seq_length NTK and LogN change nothing
     torch.testing.assert_close(ours, hf_logits(tmp_path / "qwen2", ids), rtol=0, atol=1e-4)
+    # past it they act as released: 90 tokens = alpha 3, so RoPE base * 3^(d/(d-2)), queries times LogN
+    long_ids = torch.randint(0, 101, (1, 90), generator=torch.Generator().manual_seed(2))
+    d = c.head_dim
+    released = Qwen(c.replace(use_dynamic_ntk=False, rope_theta=c.rope_theta * 3 ** (d / (d - 2)))).eval()
+    released.load_state_dict(loaded.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(long_ids), released(long_ids), rtol=0, atol=1e-6)
+        assert (loaded(long_ids) - load_model(tmp_path / "qwen2")(long_ids)).abs().max() > 1e-3  # and do act
 
 
 def test_first_generation_export_round_trip(tmp_path):
@@ -53,7 +60,6 @@ def test_first_generation_export_round_trip(tmp_path):
         save_v1(gqa, tmp_path / "gqa")
 
 
-@pytest.mark.filterwarnings("ignore:.*use_dynamic_ntk=True")
 def test_first_generation_errors_name_the_problem(tmp_path):
     model = randomise(Qwen(QwenConfig(**V1_CONFIG)))
     write_v1(tmp_path / "v1", model, "v1.1", "safetensors")
@@ -95,7 +101,6 @@ def test_first_generation_settings_openqwen_cannot_honour_are_refused(tmp_path, 
         load_model(tmp_path / "v1")
 
 
-@pytest.mark.filterwarnings("ignore:.*use_dynamic_ntk=True")
 def test_first_generation_precision_flags_choose_the_default_dtype(tmp_path):
     model = randomise(Qwen(QwenConfig(**V1_CONFIG)))
     write_v1(tmp_path / "v1", model, "v1.1", "safetensors")
