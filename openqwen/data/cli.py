@@ -95,6 +95,8 @@ def _pipeline_config(args: argparse.Namespace):
         config.filter.scorer = args.scorer
     if getattr(args, "min_quality", None) is not None:
         config.filter.min_quality = args.min_quality
+    if getattr(args, "lm", None):
+        config.perplexity.model = args.lm
     if getattr(args, "eval_sets", None) is not None:
         config.decontam.eval_sets = [s for s in args.eval_sets.split(",") if s]
     if getattr(args, "eval_file", None):
@@ -198,6 +200,20 @@ def _train_quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_lm(args: argparse.Namespace) -> int:
+    from .io import iter_texts
+    from .perplexity import NgramLM
+
+    texts = [t for t in iter_texts(args.text) if t.strip()]
+    if not texts:
+        raise ValueError(f"--text {' '.join(args.text)} holds no documents")
+    lm = NgramLM(args.order).fit(texts)
+    lm.save(args.out)
+    print(f"{args.order}-gram model of {len(texts)} documents ({lm.t['g1'].size} units, "
+          f"{lm.t[f'g{args.order}'].size} {args.order}-grams) saved to {args.out}")
+    return 0
+
+
 def _add_common(sp: argparse.ArgumentParser, config_help: str = "YAML file with stage sections") -> None:
     sp.add_argument("--in", dest="input", required=True, nargs="+",
                     help="input files or folders: .jsonl[.gz] or .parquet with a 'text' field, text files, "
@@ -223,6 +239,8 @@ def _add_stage_options(sp: argparse.ArgumentParser, stage: str | None) -> None:
     if stage in (None, "filter"):
         sp.add_argument("--scorer", default=None, help="quality model (.npz from train-quality) or module:attr")
         sp.add_argument("--min-quality", type=float, default=None, help="minimum quality score (0.5)")
+    if stage in (None, "perplexity"):
+        sp.add_argument("--lm", default=None, help="n-gram model (.npz from train-lm) for the perplexity stage")
     if stage in (None, "decontam"):
         sp.add_argument("--eval-sets", default=None, help="built-in sets, comma-separated (humaneval,mmlu)")
         sp.add_argument("--eval-file", action="append", help="extra evaluation file (repeatable)")
@@ -270,7 +288,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     _add_stage_options(r, None)
     r.set_defaults(func=_run)
 
-    from . import STAGES
+    from . import ALL_STAGES
 
     helps = {
         "extract": "main text, URL, title and declared language of HTML pages and WARC archives (trafilatura); "
@@ -280,11 +298,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "dedup-fuzzy": "MinHash + LSH near-duplicate removal (one document per cluster)",
         "langid": "label languages with py3langid, optionally keep only some",
         "filter": "Gopher/C4 prose rules, Chinese and code rules, optional quality model",
+        "perplexity": "CCNet perplexity buckets under an n-gram model (train-lm): keep head and middle per language",
         "safety": "drop abusive/threatening documents (word list and threat patterns; optional classifier)",
         "decontam": "drop documents sharing 13-grams with evaluation sets (HumanEval, MMLU)",
         "mix": "per-source weights: up-sample (>1) or down-sample (<1)",
     }
-    for stage in STAGES:
+    for stage in ALL_STAGES:
         sp = sub.add_parser(stage, help=helps[stage], description=helps[stage] + ". Writes shards and "
                             "manifest.json to --out.")
         _add_common(sp)
@@ -298,6 +317,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     h.add_argument("--out", required=True, help="output folder")
     h.add_argument("--docs-per-shard", type=int, default=1000, help="documents per shard (1000)")
     h.set_defaults(func=_shard)
+
+    lm = sub.add_parser("train-lm", help="train the n-gram language model of the perplexity stage",
+                        description="Interpolated Kneser-Ney n-gram model (numpy, hashed units) on clean "
+                        "reference text, for CCNet-style perplexity buckets.",
+                        epilog="example:\n  openqwen data train-lm --text data/clean/08-safety --out lm.npz --order 3",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    lm.add_argument("--text", required=True, nargs="+", help="files/folders of reference documents")
+    lm.add_argument("--out", required=True, help="output .npz")
+    lm.add_argument("--order", type=int, default=3, help="n-gram order (3)")
+    lm.set_defaults(func=_train_lm)
 
     q = sub.add_parser("train-quality", help="train the hashed n-gram quality classifier",
                        description="Logistic regression on hashed word/character n-grams. Negatives "

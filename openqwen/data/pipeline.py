@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from . import STAGES  # the default order lives in the package, where the CLI reads it cheaply
+from . import ALL_STAGES, STAGES  # the default order lives in the package, where the CLI reads it cheaply
 from .decontam import DecontamConfig, build_eval_index, decontaminate_documents
 from .dedup import MinHashConfig, MinHasher, cluster_signatures, exact_hash
 from .executors import Executor, LocalExecutor
@@ -52,6 +52,7 @@ from .io import (
 from .langid import LangIdConfig, langid_documents
 from .mix import MixConfig, mix_documents
 from .normalize import normalize_text
+from .perplexity import PerplexityConfig, apply_buckets, bucket_cutoffs, score_documents
 from .safety import SafetyConfig, safety_documents
 
 TEXT_FILES_PER_TASK = 256  # plain text inputs (one document per file) are grouped into tasks
@@ -68,14 +69,15 @@ class PipelineConfig:
     dedup: MinHashConfig = field(default_factory=MinHashConfig)
     langid: LangIdConfig = field(default_factory=LangIdConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
+    perplexity: PerplexityConfig = field(default_factory=PerplexityConfig)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     decontam: DecontamConfig = field(default_factory=DecontamConfig)
     mix: MixConfig = field(default_factory=MixConfig)
 
     def __post_init__(self) -> None:
-        unknown = [s for s in self.stages if s not in STAGES]
+        unknown = [s for s in self.stages if s not in ALL_STAGES]
         if unknown:
-            raise ValueError(f"unknown stage(s) {unknown}; stages are {STAGES}")
+            raise ValueError(f"unknown stage(s) {unknown}; stages are {ALL_STAGES}")
         if self.output_format not in OUTPUT_FORMATS:
             raise ValueError(f"output_format {self.output_format!r}: use one of {', '.join(OUTPUT_FORMATS)}")
 
@@ -193,8 +195,17 @@ def run_shard(task: dict[str, Any]) -> dict[str, Any]:
         empty = np.zeros((0, width), np.uint64 if hasher is None else np.uint32)
         _save_npy(task["out"], np.concatenate(parts) if parts else empty)
         return {"documents": count}
+    if op == "perplexity_score":
+        scores, langs = [], []
+        for batch in _batches(_iter_shard(task["in"], None)):
+            ppl, lang = score_documents(batch, PerplexityConfig(**params))
+            scores.append(ppl)
+            langs += lang
+        _save_npy(task["out"], np.concatenate(scores) if scores else np.zeros(0))
+        atomic_write_json(task["out"] + ".langs.json", langs)
+        return {"documents": len(langs)}
     stats = StageStats()
-    mask = np.load(task["mask"]) if op == "apply_mask" else None
+    mask = np.load(task["mask"]) if op in ("apply_mask", "perplexity_apply") else None
     offset = 0
     writer = open_writer(task["out"])
     for docs in _batches(_iter_shard(task["in"], stats, pages=op == "extract")):
@@ -204,7 +215,9 @@ def run_shard(task: dict[str, Any]) -> dict[str, Any]:
                 stats.bytes_in += len(d["html"])
             else:
                 stats.add_in(d["text"])
-        if mask is not None:
+        if op == "perplexity_apply":
+            results = apply_buckets(docs, mask[offset : offset + len(docs)], params["cutoffs"], params["keep"])
+        elif mask is not None:
             results = _apply_mask(docs, params, mask[offset : offset + len(docs)])
         else:
             results = OPS[op](docs, params)
@@ -265,14 +278,14 @@ def _map_tasks(op: str, params: dict[str, Any], groups: list[list[str]], out: Pa
 def run_stage(stage: str, inputs: Any, out_dir: str | Path, config: PipelineConfig | None = None,
               executor: Executor | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run one stage (a name from :data:`STAGES`) from ``inputs`` into ``out_dir``; returns the manifest."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; stages are {STAGES}")
+    if stage not in ALL_STAGES:
+        raise ValueError(f"unknown stage {stage!r}; stages are {ALL_STAGES}")
     config = config or PipelineConfig()
     executor = executor or LocalExecutor()
     out = Path(out_dir)
     groups = _input_groups(inputs)
     section = {"extract": config.extract, "normalize": None, "dedup-exact": None, "dedup-fuzzy": config.dedup, "langid": config.langid,
-               "filter": config.filter, "safety": config.safety, "decontam": config.decontam, "mix": config.mix}[stage]
+               "filter": config.filter, "perplexity": config.perplexity, "safety": config.safety, "decontam": config.decontam, "mix": config.mix}[stage]
     params = asdict(section) if section is not None else {}
     # compare as stored: the manifest is JSON, where tuples come back as lists
     suffix = OUTPUT_FORMATS[config.output_format]
@@ -316,6 +329,25 @@ def run_stage(stage: str, inputs: Any, out_dir: str | Path, config: PipelineConf
         for i, part in enumerate(np.split(keep, np.cumsum(sizes)[:-1]) if sizes else []):
             _save_npy(work / f"keep-{i:05d}.npy", part)
         tasks = _map_tasks("apply_mask", {"reason": reason}, groups, out, work, suffix)
+    elif stage == "perplexity":
+        if not config.perplexity.model:
+            raise ValueError("the perplexity stage needs a model: set perplexity.model (or --lm) to an n-gram model "
+                             "from openqwen data train-lm --text REFERENCE --out lm.npz")
+        work.mkdir(exist_ok=True)
+        phase1 = [{"op": "perplexity_score", "params": params, "in": g, "out": str(work / f"ppl-{i:05d}.npy")}
+                  for i, g in enumerate(groups)]
+        executor.map(run_shard, [t for t in phase1 if not Path(t["out"] + ".langs.json").exists()],
+                     desc="perplexity score")
+        ppl = [np.load(t["out"]) for t in phase1]
+        langs = [json.loads(Path(t["out"] + ".langs.json").read_text()) for t in phase1]
+        cutoffs = bucket_cutoffs(np.concatenate(ppl) if ppl else np.zeros(0), [x for ls in langs for x in ls],
+                                 config.perplexity)
+        extra = {"perplexity_cutoffs": {lang: {"head_max": round(a, 2), "middle_max": round(b, 2)}
+                                        for lang, (a, b) in cutoffs.items()}}
+        tasks = _map_tasks("perplexity_apply", {"cutoffs": cutoffs, "keep": list(config.perplexity.keep)},
+                           groups, out, None, suffix)
+        for i, t in enumerate(tasks):
+            t["mask"] = phase1[i]["out"]
     elif stage == "decontam":
         work.mkdir(exist_ok=True)
         index_path = work / "eval-ngrams.npy"
