@@ -27,7 +27,7 @@ from ..infer.loading import load_model_and_tokenizer  # the loader (and dtype na
 from .prompts import model_system_prompt, with_system
 
 MC_TASKS = ("mmlu", "ceval", "cmmlu", "mc")
-TASKS = MC_TASKS + ("humaneval", "mbpp", "gsm8k", "math401", "synthetic-math", "perplexity")
+TASKS = MC_TASKS + ("humaneval", "mbpp", "gsm8k", "math401", "synthetic-math", "perplexity", "tools")
 
 # The report's protocol for base models (Table 2 and the Code/Math sections); chat models: 0-shot.
 BASE_SHOTS = {"mmlu": 5, "ceval": 5, "cmmlu": 5, "mc": 5, "humaneval": 0, "mbpp": 3, "gsm8k": 8, "math401": 0,
@@ -38,11 +38,12 @@ _DATA_HELP = {
     "ceval": "a C-Eval CSV file or folder (id,question,A,B,C,D,answer)",
     "cmmlu": "a CMMLU CSV file or folder (Question,A,B,C,D,Answer)",
     "mc": "a .jsonl/.csv of four-way questions (question, answer_a..d, correct_answer, topic)",
-    "mbpp": "an MBPP-shaped .jsonl (task_id, text, code, test_list)",
+    "mbpp": "an MBPP-shaped .jsonl (task_id, text, code, test_list), or 'builtin' for the project's own tasks",
     "gsm8k": "a GSM8K-shaped .jsonl (question, answer ending in '#### 42')",
     "mmlu": "the MMLU .jsonl (question, answer_a..d, correct_answer, topic)",
     "humaneval": "HumanEval.jsonl(.gz)",
     "perplexity": "a text file, .jsonl with 'text', .zip of texts, or a folder",
+    "tools": "a .jsonl of tool cases (messages, tools, gold calls); default: the bundled benchmark",
 }
 
 
@@ -249,9 +250,12 @@ def _run_code(model, tok, cfg: EvalConfig) -> dict[str, Any]:
     from .sandbox import run_many  # noqa: PLC0415
     from .tasks import code  # noqa: PLC0415
 
-    path = task_data_path(cfg.task, cfg.data)
     shots = cfg.resolved_shots()
-    problems = code.load_humaneval(path) if cfg.task == "humaneval" else code.load_mbpp(path, shots)
+    if cfg.task == "mbpp" and cfg.data == "builtin":
+        problems = code.builtin_mbpp(shots, cfg.seed)
+    else:
+        path = task_data_path(cfg.task, cfg.data)
+        problems = code.load_humaneval(path) if cfg.task == "humaneval" else code.load_mbpp(path, shots)
     problems = problems[: cfg.limit] if cfg.limit is not None else problems
     n = cfg.samples
     if cfg.temperature <= 0 and n > 1:
@@ -348,8 +352,15 @@ def _run_perplexity(model, tok, cfg: EvalConfig) -> dict[str, Any]:
             "counts": {"total_tokens": len(ids), "documents": len(texts)}, "breakdown": rows}
 
 
+def _run_tools(model, tok, cfg: EvalConfig) -> dict[str, Any]:
+    from .tasks.tools import run_tools  # noqa: PLC0415
+
+    return run_tools(model, tok, cfg)
+
+
 _RUNNERS = {**{t: _run_mc for t in MC_TASKS}, "humaneval": _run_code, "mbpp": _run_code,
-            "gsm8k": _run_math, "math401": _run_math, "synthetic-math": _run_math, "perplexity": _run_perplexity}
+            "gsm8k": _run_math, "math401": _run_math, "synthetic-math": _run_math, "perplexity": _run_perplexity,
+            "tools": _run_tools}
 
 
 def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
@@ -358,7 +369,8 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None) -> dict[
         raise ValueError(f"unknown task {cfg.task!r}; choose one of: {', '.join(TASKS)}")
     if cfg.mode not in ("base", "chat"):
         raise ValueError(f"--mode must be base or chat, got {cfg.mode!r}")
-    if cfg.task not in ("math401", "synthetic-math"):  # generated, no file
+    builtin = cfg.task in ("math401", "synthetic-math", "tools") or (cfg.task == "mbpp" and cfg.data == "builtin")
+    if not builtin:  # generated or bundled, no file needed
         task_data_path(cfg.task, cfg.data)  # a missing task file is reported before the (slow) model load
     t0 = time.perf_counter()
     if model is None or tokenizer is None:

@@ -101,7 +101,19 @@ def load_mbpp(path: str | Path, shots: int = 3) -> list[CodeProblem]:
     Base prompts follow the MBPP paper: ``shots`` solved examples (the first rows of the file, which
     are then not evaluated) in ``[BEGIN] ... [DONE]`` brackets, then the task and ``[BEGIN]``.
     """
-    rows = _read_jsonl(Path(path))
+    return mbpp_problems(_read_jsonl(Path(path)), shots, str(path))
+
+
+def builtin_mbpp(shots: int = 3, seed: int = 0) -> list[CodeProblem]:
+    """The project's own held-out Python function tasks (:mod:`openqwen.data.synthetic_code`) in
+    MBPP's protocol: ``shots`` solved examples from the train split, then every test task."""
+    from ...data.synthetic_code import code_tasks  # noqa: PLC0415
+
+    return mbpp_problems(code_tasks("train", shots, seed) + code_tasks("test", 1000, seed), shots, "builtin")
+
+
+def mbpp_problems(rows: list[dict[str, Any]], shots: int, path: str) -> list[CodeProblem]:
+    """MBPP rows as problems; the first ``shots`` rows are the few-shot examples."""
     for i, r in enumerate(rows):
         missing = {"task_id", "text", "test_list"} - set(r)
         if missing:
