@@ -129,13 +129,13 @@ def _run(args: argparse.Namespace) -> int:
 
     executor = _executor(args)
     try:
-        summary = run_pipeline(args.input, args.out, _pipeline_config(args), executor)
+        summary = run_pipeline(args.input, args.out, _pipeline_config(args), executor, card_plot=True)
     finally:
         getattr(executor, "close", lambda: None)()
     _refuse_unreadable(summary["stages"][0] if summary.get("stages") else None, args.input, summary["output"])
     mb = summary["bytes_in"] / 1e6
     print(f"{summary['docs_in']} documents ({mb:.2f} MB) -> {summary['docs_out']} in {summary['output']} "
-          f"({summary['seconds']:.1f} s, {mb / max(summary['seconds'], 1e-9):.2f} MB/s)")
+          f"({summary['seconds']:.1f} s, {mb / max(summary['seconds'], 1e-9):.2f} MB/s); data card {summary['card']}")
     for k, m in enumerate(summary["stages"], 1):
         if m.get("errors"):
             print(f"{m['stage']}: {m['errors']} bad line{'s' if m['errors'] != 1 else ''}", file=sys.stderr)

@@ -316,6 +316,23 @@ class StageStats:
     added: int = 0
     # reason -> the first few removed documents (doc_label), so every removal can be looked up
     removed_examples: dict[str, list[str]] = field(default_factory=dict)
+    # source -> [documents, bytes] read and written (copies from mix included), language -> written
+    # documents: what the data card reports per source and language
+    sources_in: dict[str, list[int]] = field(default_factory=dict)
+    sources_out: dict[str, list[int]] = field(default_factory=dict)
+    langs_out: dict[str, int] = field(default_factory=dict)
+
+    def tally_in(self, doc: dict[str, Any], nbytes: int) -> None:
+        row = self.sources_in.setdefault(str(doc.get("source", "unknown")), [0, 0])
+        row[0] += 1
+        row[1] += nbytes
+
+    def tally_out(self, doc: dict[str, Any]) -> None:
+        row = self.sources_out.setdefault(str(doc.get("source", "unknown")), [0, 0])
+        row[0] += 1
+        row[1] += len(doc["text"].encode("utf-8", "surrogatepass"))
+        if "lang" in doc:
+            self.langs_out[doc["lang"]] = self.langs_out.get(doc["lang"], 0) + 1
 
     def add_in(self, text: str) -> None:
         self.docs_in += 1
@@ -353,6 +370,14 @@ class StageStats:
         for reason, labels in other.removed_examples.items():
             mine = self.removed_examples.setdefault(reason, [])
             mine.extend(labels[: max(MAX_EXAMPLES - len(mine), 0)])
+        for name in ("sources_in", "sources_out"):
+            table = getattr(self, name)
+            for src, (docs, nbytes) in getattr(other, name).items():
+                row = table.setdefault(src, [0, 0])
+                row[0] += docs
+                row[1] += nbytes
+        for lang, n in other.langs_out.items():
+            self.langs_out[lang] = self.langs_out.get(lang, 0) + n
 
     @property
     def balanced(self) -> bool:

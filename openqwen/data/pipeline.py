@@ -213,8 +213,10 @@ def run_shard(task: dict[str, Any]) -> dict[str, Any]:
             if "html" in d and op == "extract":  # a raw page: its size is the HTML read
                 stats.docs_in += 1
                 stats.bytes_in += len(d["html"])
+                stats.tally_in({"source": d.get("source", params.get("source", "web"))}, len(d["html"]))
             else:
                 stats.add_in(d["text"])
+                stats.tally_in(d, len(d["text"].encode("utf-8", "surrogatepass")))
         if op == "perplexity_apply":
             results = apply_buckets(docs, mask[offset : offset + len(docs)], params["cutoffs"], params["keep"])
         elif mask is not None:
@@ -232,6 +234,8 @@ def run_shard(task: dict[str, Any]) -> dict[str, Any]:
                 stats.keep(r[0]["text"])
                 stats.added += len(r) - 1
                 kept.extend(r)
+                for copy in r:
+                    stats.tally_out(copy)
         writer.write(kept)
     if mask is not None and offset != mask.size:
         raise RuntimeError("keep mask does not match the shard (the input changed during the stage?)")
@@ -408,9 +412,12 @@ def reshard(inputs: Any, out_dir: str | Path, docs_per_shard: int = 1000,
 
 
 def run_pipeline(inputs: Any, out_dir: str | Path, config: PipelineConfig | None = None,
-                 executor: Executor | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+                 executor: Executor | None = None, log: Callable[[str], None] = print,
+                 card_plot: bool = False) -> dict[str, Any]:
     """Run ``config.stages`` in order, each into ``out_dir/NN-stage``; returns a summary dict
-    (also written to ``out_dir/pipeline.json``) whose ``output`` is the last stage's folder."""
+    (also written to ``out_dir/pipeline.json``) whose ``output`` is the last stage's folder.
+    ``out_dir/data_card.md`` sums the run up (:mod:`~openqwen.data.card`), with
+    ``data_card.png`` when ``card_plot`` (matplotlib)."""
     config = config or PipelineConfig()
     executor = executor or LocalExecutor()
     out = Path(out_dir)
@@ -425,13 +432,17 @@ def run_pipeline(inputs: Any, out_dir: str | Path, config: PipelineConfig | None
     first, last = manifests[0], manifests[-1]
     summary = {
         "output": str(current),
-        "stages": [{k: m[k] for k in ("stage", "docs_in", "bytes_in", "kept", "bytes_kept", "removed",
-                                       "errors", "error_lines", "added", "seconds")} for m in manifests],
+        "stages": [{k: m.get(k) for k in ("stage", "docs_in", "bytes_in", "kept", "bytes_kept", "removed",
+                                           "errors", "error_lines", "added", "seconds", "removed_examples",
+                                           "sources_in", "sources_out", "langs_out")} for m in manifests],
         "docs_in": first["docs_in"],
         "bytes_in": first["bytes_in"],
         "docs_out": last["kept"] + last.get("added", 0),
         "seconds": round(seconds, 3),
         "config": asdict(config),
     }
+    from .card import write_data_card
+
+    summary["card"] = str(write_data_card(out, summary, inputs, plot=card_plot))
     atomic_write_json(out / "pipeline.json", summary)
     return summary

@@ -36,6 +36,10 @@ def build_web_sample(out_dir: str | Path, warc: bool = True, copies: int = 1) ->
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pages = sample_pages()
+    # the sources table the data card reads licences from
+    (out / "manifest.json").write_text(json.dumps({"stage": "web-sample", "sources": {"web": {
+        "licence": "Apache-2.0 (pages written for openqwen; one quotes HumanEval/2, MIT)",
+        "origin": "openqwen/data/web_sample", "documents": len(pages) * copies}}}, indent=1) + "\n")
     if not warc:
         for k in range(copies):
             for p in pages:

@@ -102,7 +102,7 @@ def test_sample_pages_end_where_pages_json_says(tmp_path, artifact):
     artifact("humaneval")  # the forum page leaks a HumanEval problem
     warc = build_web_sample(tmp_path / "in")
     summary = run_pipeline(warc, tmp_path / "out", PipelineConfig(decontam=DecontamConfig(eval_sets=["humaneval"])),
-                           log=quiet)
+                           log=quiet, card_plot=True)
     removed_by: dict[str, str] = {}
     for k, s in enumerate(summary["stages"], 1):
         m = json.loads((tmp_path / "out" / f"{k:02d}-{s['stage']}" / "manifest.json").read_text())
@@ -120,3 +120,21 @@ def test_sample_pages_end_where_pages_json_says(tmp_path, artifact):
             assert where == expect, (p["file"], where)
         else:
             assert where.startswith(expect + ":"), (p["file"], where)
+    _check_data_card(tmp_path / "out", summary)
+
+
+def _check_data_card(run: Path, summary: dict) -> None:
+    """The run's data card holds every removal reason with its count, the licence, the language mix."""
+    card = (run / "data_card.md").read_text()
+    assert (run / "data_card.png").stat().st_size > 10_000
+    for s in summary["stages"]:
+        for reason, n in s["removed"].items():
+            assert f"| {s['stage']} | {reason} | {n} |" in card
+    out_docs = read_out(Path(summary["output"]))
+    for lang in {d["lang"] for d in out_docs}:
+        n = sum(d["lang"] == lang for d in out_docs)
+        assert f"| {lang} | {n} | {n / len(out_docs):.1%} |" in card
+    # the licence from the sample's manifest, and the documents in / out of the source
+    assert (f"| web | Apache-2.0 (pages written for openqwen; one quotes HumanEval/2, MIT) | {len(sample_pages()) + 1} | "
+            in card)
+    assert f"| {len(out_docs)} |" in card.split("| web |")[1].split("\n")[0]
