@@ -2,7 +2,9 @@
 read from the text it generates (Qwen2.5: ``<tool_call>{"name": ..., "arguments": ...}</tool_call>``,
 several in a row for parallel calls; results go back as ``tool`` messages the template renders as
 ``<tool_response>``). Parsing is :func:`openqwen.serve.tools.parse_tool_calls`, the same parser the
-API's responses and streams use.
+API's responses and streams use, plus one leniency (:func:`read_calls`): a reply that is nothing
+but call objects without the ``<tool_call>`` tags (what the 0.5B Qwen2.5-Coder writes) counts as
+those calls.
 
 >>> FunctionCallFormat().parse('<tool_call>\\n{"name": "calculator", "arguments": {"expression": "1+1"}}\\n</tool_call>').calls[0].arguments
 '{"expression": "1+1"}'
@@ -12,12 +14,48 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..serve.tools import TOOL_CALL_START, parse_tool_calls
+import json
+
+from ..serve.tools import TOOL_CALL_START, ToolCall, parse_tool_calls
 from .loop import Parsed
 
-__all__ = ["FunctionCallFormat"]
+__all__ = ["FunctionCallFormat", "bare_calls", "read_calls"]
 
 _CHAT_SPECIALS = ("<|im_end|>", "<|im_start|>", "<|endoftext|>")
+
+
+def bare_calls(text: str) -> list[ToolCall]:
+    """The calls of a reply made only of ``{"name": ..., "arguments": {...}}`` objects (optionally
+    in a ```json fence), without tags; [] when the reply holds anything else."""
+    body = text.strip()
+    if body.startswith("```"):
+        body = body.split("\n", 1)[1] if "\n" in body else ""
+        body = body[: body.rfind("```")] if body.rstrip().endswith("```") else body
+        body = body.strip()
+    decoder, calls, i = json.JSONDecoder(), [], 0
+    while i < len(body):
+        try:
+            obj, end = decoder.raw_decode(body, i)
+        except json.JSONDecodeError:
+            return []
+        if not (isinstance(obj, dict) and isinstance(obj.get("name"), str) and obj["name"]
+                and isinstance(obj.get("arguments", {}), (dict, str))):
+            return []
+        args = obj.get("arguments", {})
+        calls.append(ToolCall(obj["name"], args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)))
+        i = end
+        while i < len(body) and body[i] in " \t\r\n,":
+            i += 1
+    return calls
+
+
+def read_calls(text: str) -> tuple[str, list[ToolCall], bool]:
+    """(content, calls, bare): calls in ``<tool_call>`` tags, else a reply of bare call objects."""
+    content, calls = parse_tool_calls(text)
+    if calls:
+        return content, calls, False
+    bare = bare_calls(text)
+    return ("", bare, True) if bare else (content, [], False)
 
 
 class FunctionCallFormat:
@@ -37,7 +75,7 @@ class FunctionCallFormat:
     def parse(self, text: str) -> Parsed:
         for special in _CHAT_SPECIALS:  # kept with the tool-call markers; never part of an answer
             text = text.replace(special, "")
-        content, calls = parse_tool_calls(text)
+        content, calls, _ = read_calls(text)
         if not calls and TOOL_CALL_START in content:
             return Parsed(content, malformed="the text between <tool_call> and </tool_call> is not a JSON object "
                                              'with a "name" and "arguments"')

@@ -65,6 +65,11 @@ class EvalConfig:
     """Task file; defaults to the fetched artifact where one exists (MMLU, HumanEval, Shakespeare)."""
     tokenizer: str | None = None
     """Tokenizer path when it is not with the model."""
+    api_url: str | None = None
+    """Generate through this OpenAI-compatible server (``http://host:8000/v1``) instead of in-process;
+    ``model`` is then the served model's name and ``tokenizer`` its tokenizer (:mod:`openqwen.eval.api`)."""
+    api_key: str | None = None
+    """Bearer key for ``api_url`` (default: the ``OPENAI_API_KEY`` environment variable)."""
     system_prompt: str | None = None
     """Chat mode: the system message of every prompt. None: the model's own default, read from the
     chat template stored with it (Qwen2.5: "You are Qwen, created by Alibaba Cloud. You are a helpful
@@ -129,7 +134,14 @@ def task_data_path(task: str, data: str | None) -> Path:
 # ------------------------------------------------------------------------------------ generation
 def generate(model: Any, tokenizer: Any, prompts: list[list[int]], cfg: EvalConfig, *, chat: bool,
              stop: list[str] | None = None, max_new_tokens: int = 512) -> list[Any]:
-    """Completions for token-id prompts through the inference engine (batched)."""
+    """Completions for token-id prompts through the inference engine (batched), or through the
+    OpenAI-compatible server at ``cfg.api_url``."""
+    if cfg.api_url:
+        from .api import api_generate  # noqa: PLC0415
+
+        return api_generate(cfg.api_url, cfg.model, tokenizer, prompts, chat=chat, stop=list(stop or []),
+                            max_new_tokens=max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                            seed=cfg.seed, concurrency=cfg.batch_size, api_key=cfg.api_key)
     from ..infer.engine import Engine  # noqa: PLC0415
     from ..infer.sampling import SamplingParams  # noqa: PLC0415
 
@@ -363,6 +375,25 @@ _RUNNERS = {**{t: _run_mc for t in MC_TASKS}, "humaneval": _run_code, "mbpp": _r
             "tools": _run_tools}
 
 
+def _api_model_and_tokenizer(cfg: EvalConfig, tokenizer: Any) -> tuple[Any, Any]:
+    """``--api``: no local model; the tokenizer (prompts are built here, as token ids) from
+    ``--tokenizer``, else from ``--model`` when that names a local path."""
+    from .api import API_TASKS, api_model  # noqa: PLC0415
+
+    if cfg.task not in API_TASKS:
+        raise ValueError(f"--api runs the generation tasks ({', '.join(API_TASKS)}); {cfg.task} scores "
+                         "log-probabilities of given tokens, which needs the model in-process")
+    if tokenizer is None:
+        from ..tokenizer import QwenTokenizer  # noqa: PLC0415
+
+        path = cfg.tokenizer or (cfg.model if Path(cfg.model).expanduser().exists() else None)
+        if path is None:
+            raise ValueError("--api needs the served model's tokenizer to build the prompts: pass --tokenizer "
+                             "(a tokenizer file or model folder)")
+        tokenizer = QwenTokenizer.from_pretrained(Path(path).expanduser())
+    return api_model(), tokenizer
+
+
 def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
     """Run one task; load the model from ``cfg.model`` unless ``model``/``tokenizer`` are given."""
     if cfg.task not in TASKS:
@@ -373,7 +404,9 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None) -> dict[
     if not builtin:  # generated or bundled, no file needed
         task_data_path(cfg.task, cfg.data)  # a missing task file is reported before the (slow) model load
     t0 = time.perf_counter()
-    if model is None or tokenizer is None:
+    if cfg.api_url:
+        model, tokenizer = _api_model_and_tokenizer(cfg, tokenizer)
+    elif model is None or tokenizer is None:
         m, t = load_model_and_tokenizer(cfg.model, cfg.dtype, cfg.tokenizer)
         model, tokenizer = model or m, tokenizer or t
     load_s = time.perf_counter() - t0

@@ -123,3 +123,10 @@ def test_unreadable_tool_call_is_reported_to_the_model(tok, qwen25_template):
 def test_function_calling_needs_a_template_that_knows_tools(tok):
     with pytest.raises(ValueError, match="use the ReAct format"):
         Agent(ScriptedEngine(tok, []), registry(), FunctionCallFormat(), template=None)
+
+
+def test_function_calling_reads_a_reply_of_bare_call_objects(tok, qwen25_template):
+    # what the 0.5B Qwen2.5-Coder writes: the call object without its <tool_call> tags
+    eng = ScriptedEngine(tok, ['{"name": "calculator", "arguments": {"expression": "17 * 23"}}', "17 * 23 = 391."])
+    res = Agent(eng, registry(), FunctionCallFormat(), template=qwen25_template).run("17*23?")
+    assert res.answer == "17 * 23 = 391." and res.calls[0]["observation"] == "391"
