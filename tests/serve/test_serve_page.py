@@ -382,6 +382,9 @@ def test_conversations_persist_across_reload_with_their_settings(page, tmp_path)
     assert page.inner_text("#chats li.current .chat-title") == "Renamed A"
     assert [m["content"] for m in current_chat(page)["messages"]] == ["first question", "answer **one**"]
     assert (page.input_value("#system"), page.input_value("#temperature")) == ("You are A.", "0.3")
+    with page.expect_download() as dl:
+        page.click("#export_all")
+    assert [c["title"] for c in json.loads(Path(dl.value.path()).read_text())] == ["Renamed A", "second question"]
 
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"role": "bot", "content": "x"}]))
