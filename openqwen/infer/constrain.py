@@ -63,7 +63,7 @@ class VocabularyIndex:
         self.text_to_id: dict[str, int] = {}
         self.number_tokens: list[tuple[int, str]] = []
         unsafe = re.compile(rb'["\\\x00-\x1f]')
-        safe_ids = []
+        safe_ids, safe_lengths = [], []
         for raw, i in sorted(tokenizer.mergeable_ranks.items(), key=lambda kv: kv[1]):
             try:
                 text = raw.decode("utf-8")
@@ -72,13 +72,15 @@ class VocabularyIndex:
             self.text_to_id.setdefault(text, i)
             if not unsafe.search(raw):
                 safe_ids.append(i)
+                safe_lengths.append(len(text))
             if set(text) <= _NUMBER_CHARS:
                 self.number_tokens.append((i, text))
         self.string_safe = torch.zeros(self.size, dtype=torch.bool)
         self.string_safe[torch.tensor(safe_ids, dtype=torch.long)] = True
-        self.string_or_quote = self.string_safe.clone()
+        # characters of each in-string token (a huge number elsewhere), for maxLength
+        self.string_lengths = torch.full((self.size,), 1 << 30, dtype=torch.long)
+        self.string_lengths[torch.tensor(safe_ids, dtype=torch.long)] = torch.tensor(safe_lengths, dtype=torch.long)
         self.quote = self.text_to_id['"']
-        self.string_or_quote[self.quote] = True
         self.id_text = {i: t for t, i in self.text_to_id.items()} | {i: t for t, i in self.special.items()}
 
     def prefixes(self, text: str) -> list[int]:
@@ -295,9 +297,11 @@ class SchemaConstraint:
         if isinstance(seg, FreeString):
             if seg.chars >= seg.max_chars:
                 return [index.quote]
+            fits = index.string_lengths <= seg.max_chars - seg.chars  # never past maxLength
             if seg.chars < seg.min_chars:
-                return index.string_safe
-            return index.string_or_quote
+                return fits
+            fits[index.quote] = True
+            return fits
         prefix, done = (_INT_PREFIX, _INT_DONE) if seg.integer else (_NUM_PREFIX, _NUM_DONE)
         ids = {i for i, t in index.number_tokens if prefix.fullmatch(seg.text + t)}
         if done.fullmatch(seg.text):

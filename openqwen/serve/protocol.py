@@ -46,6 +46,7 @@ class ChatMessage(_Request):
     name: str | None = None
     tool_calls: list[Any] | None = None  # assistant: the calls it made (checked by the adapter)
     tool_call_id: str | None = None  # tool: the call this message answers
+    id: str | None = None  # tool: qwen-agent's name for tool_call_id (its raw-API mode sends this)
     function_call: Any | None = None  # assistant, legacy functions API: the one call it made
 
     def text(self) -> str:

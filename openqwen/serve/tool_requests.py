@@ -68,16 +68,17 @@ def request_messages(req: P.ChatCompletionRequest) -> list[dict]:
                 if m.content is None:
                     turn["content"] = None
         elif role == "tool":
-            if not m.tool_call_id:
+            call_id = m.tool_call_id or m.id
+            if not call_id:
                 raise APIError(400, f"messages[{i}] has role 'tool' but no tool_call_id; give the id of the "
                                "assistant tool call it answers.", param=f"messages.{i}.tool_call_id",
                                code="missing_required_parameter")
-            if m.tool_call_id not in open_calls:
-                raise _bad(f"messages[{i}].tool_call_id {m.tool_call_id!r} answers no earlier assistant tool call "
+            if call_id not in open_calls:
+                raise _bad(f"messages[{i}].tool_call_id {call_id!r} answers no earlier assistant tool call "
                            "(a 'tool' message must follow the assistant message whose tool_calls hold its id).",
                            f"messages.{i}.tool_call_id")
-            turn["tool_call_id"] = m.tool_call_id
-            turn["name"] = open_calls.pop(m.tool_call_id)
+            turn["tool_call_id"] = call_id
+            turn["name"] = open_calls.pop(call_id)
         elif role == "function":  # legacy result: answers the oldest legacy call still open
             waiting = [c for c in last_legacy if c in open_calls]
             if not waiting:

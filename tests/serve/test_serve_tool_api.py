@@ -8,13 +8,11 @@ import asyncio
 import json
 
 import pytest
-import torch
-from serve_helpers import API_KEY, MODEL_NAME, LiveServer, close_engine
+from serve_helpers import MODEL_NAME
 
 from openqwen.serve.stream import DONE, StreamWriter
 from openqwen.serve.tool_requests import ChoiceTools, ToolPlan
 from openqwen.tokenizer.chat import chat_prompt_ids
-from openqwen.tokenizer.template import ChatTemplate
 
 jsonschema = pytest.importorskip("jsonschema")
 openai = pytest.importorskip("openai")
@@ -34,39 +32,6 @@ SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 # greedy and no repetition penalty: sampling over 152K ids is the slow part of these tests
 FAST = dict(temperature=0, max_tokens=100, extra_body={"repetition_penalty": 1.0})
-
-
-@pytest.fixture(scope="module")
-def template(artifact) -> ChatTemplate:
-    return ChatTemplate.from_checkpoint(artifact("qwen25-coder-0.5b-instruct-gguf"))
-
-
-@pytest.fixture(scope="module")
-def qwen25_server(tokenizer, template):
-    """A tiny random model with room for Qwen2.5's long tools prompt, served with the real Qwen2.5
-    template (tools as <tool_call> JSON)."""
-    from openqwen import Qwen, QwenConfig
-    from openqwen.infer.engine import Engine
-    from openqwen.serve.app import ServerConfig, create_app
-
-    torch.set_num_threads(1)
-    torch.manual_seed(1)
-    config = QwenConfig(vocab_size=151936, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024, seq_length=1024)
-    model = Qwen(config).eval()
-    with torch.no_grad():
-        model.lm_head.weight.normal_(0.0, 1.0)
-    engine = Engine(model, tokenizer, max_batch_size=8, max_seq_len=1024)
-    live = LiveServer(create_app(engine, ServerConfig(model_name=MODEL_NAME, api_key=API_KEY,
-                                                      chat_template=template)))
-    yield live
-    live.close()
-    close_engine(engine)
-
-
-@pytest.fixture
-def qwen25(qwen25_server):
-    return openai.OpenAI(base_url=qwen25_server.url + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
 
 
 def _valid_call(call) -> None:
@@ -119,7 +84,7 @@ def test_stream_helpers_accumulate_the_unstreamed_tool_calls(qwen25):
     assert len(pieces) > 2 and all(p.index == 0 and p.id is None and p.function.name is None for p in pieces[1:])
 
 
-def test_tool_results_round_trip(qwen25, tokenizer, template):
+def test_tool_results_round_trip(qwen25, qwen25_tokenizer, template):
     """A conversation with parallel calls and their results is rendered by the model's template
     (usage counts the template's prompt), and the reply may call again."""
     calls = [{"id": "call_a", "type": "function", "function": {"name": "get_weather",
@@ -131,7 +96,7 @@ def test_tool_results_round_trip(qwen25, tokenizer, template):
     r = qwen25.chat.completions.create(model=MODEL_NAME, messages=messages, tools=TOOLS, tool_choice="required",
                                        **FAST)
     _valid_call(r.choices[0].message.tool_calls[0])
-    expected = chat_prompt_ids(tokenizer, [dict(m, name=n) if m["role"] == "tool" else m for m, n in zip(
+    expected = chat_prompt_ids(qwen25_tokenizer, [dict(m, name=n) if m["role"] == "tool" else m for m, n in zip(
         messages, [None, None, "get_weather", "add"])], 4096, tools=TOOLS, template=template)
     assert r.usage.prompt_tokens == len(expected)
 
