@@ -196,6 +196,7 @@ def run(out: str | Path, dc: DemoConfig) -> dict[str, Any]:
     from openqwen.data.demo_corpus import DemoCorpusConfig, build_demo_corpus
     from openqwen.data.packing import pack_documents
     from openqwen.data.pipeline import run_pipeline
+    from openqwen.data.recipe import prepare_demo_data
     from openqwen.tokenizer import QwenTokenizer
     from openqwen.tokenizer.train import train_tokenizer
     from openqwen.train import pretrain, sft
@@ -226,10 +227,15 @@ def run(out: str | Path, dc: DemoConfig) -> dict[str, Any]:
     with stage("data pipeline"):
         if dc.pipeline:
             done = out / "pipeline" / "pipeline.json"  # written last by run_pipeline: the folder is complete
+            # every stage on, the web sample added, the quality and n-gram models trained first
             summary = (json.loads(done.read_text()) if done.exists()
-                       else run_pipeline(out / "corpus", out / "pipeline", log=_log))
+                       else run_pipeline(out / "corpus", out / "pipeline", prepare_demo_data(
+                           out / "corpus", out / "data-models", log=_log), log=_log, card_plot=True))
             clean = Path(summary["output"])
-            info["data pipeline"] = f"{summary['docs_in']} -> {summary['docs_out']} documents"
+            quality = json.loads((out / "data-models" / "quality_report.json").read_text())
+            info["data pipeline"] = (f"{summary['docs_in']} -> {summary['docs_out']} documents (card: "
+                                     f"{summary.get('card')}; quality filter held-out precision "
+                                     f"{quality['precision']:.2f}, recall {quality['recall']:.2f})")
         else:
             clean = out / "corpus"
             info["data pipeline"] = "skipped (pipeline=false)"

@@ -14,7 +14,7 @@ gsm8k      question + worked answer                                     none: gi
 mmlu       question + the four choices                                  the MMLU artifact
 ceval      question + the four choices (C-Eval CSV)                     none: give a file/folder
 cmmlu      question + the four choices (CMMLU CSV)                      none: give a file/folder
-math       the specialist's built-in held-out math problems             generated (when present)
+math       the built-in math test split (question + worked solution)      generated (synthetic_math)
 tools      the agent's bundled tool benchmark (queries + gold calls)    package data (when present)
 ========== ============================================================ ======================
 
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 Item = tuple[str, str]
+MATH_TEST_ITEMS = 2000
 MC_SETS = ("mmlu", "ceval", "cmmlu", "mc")
 DEFAULT_ARTIFACT = {"humaneval": "humaneval", "mmlu": "mmlu-test"}
 # the data files `openqwen eval` needs for the sets without an artifact (for the error messages)
@@ -128,10 +129,10 @@ def _math(path: Path | None) -> list[Item]:
         from . import synthetic_math
     except ImportError as e:
         raise EvalSetUnavailable("the built-in math sets (openqwen/data/synthetic_math.py) are not installed") from e
-    heldout = getattr(synthetic_math, "heldout_texts", None)
-    if heldout is None:
-        raise EvalSetUnavailable("openqwen.data.synthetic_math has no heldout_texts() to decontaminate against")
-    return [(str(i), t) for i, t in heldout()]
+    # the test split is disjoint from training by construction (a hash bucket of the question); this
+    # checks the corpus against it: its first MATH_TEST_ITEMS questions with their worked solutions
+    items = synthetic_math.math_items("test", MATH_TEST_ITEMS, seed=0)
+    return [(f"{it.category}/{i}", it.question + "\n" + it.solution) for i, it in enumerate(items)]
 
 
 def _tools(path: Path | None) -> list[Item]:
@@ -147,6 +148,8 @@ def _tools(path: Path | None) -> list[Item]:
         for loc, _, r in _rows(f):
             # the query and whatever the gold answer is (a call, a final answer): free text around them
             parts = [_get(r, "query", "question", "prompt")]
+            parts += [str(m.get("content") or "") for m in r.get("messages") or [] if isinstance(m, dict)
+                      and m.get("role") == "user"]
             for key in ("answer", "gold", "expected", "final_answer", "calls"):
                 if r.get(key) is not None:
                     parts.append(r[key] if isinstance(r[key], str) else json.dumps(r[key], ensure_ascii=False))

@@ -41,7 +41,8 @@ DISCOUNT = 0.75
 class PerplexityConfig:
     """model: the n-gram model (``.npz`` from ``openqwen data train-lm``); the stage refuses to run
     without one. head_percentile / tail_percentile: bucket edges per language (CCNet: 30 and 60).
-    keep: buckets kept. exempt_domains: domains not scored. max_chars: text scored per document."""
+    keep: buckets kept. exempt_domains: domains not scored. max_chars: text scored per document.
+    sources: the only sources scored (None: all; the others pass as exempt)."""
 
     model: str | None = None
     head_percentile: float = 30.0
@@ -49,6 +50,8 @@ class PerplexityConfig:
     keep: list[str] = field(default_factory=lambda: ["head", "middle"])
     exempt_domains: list[str] = field(default_factory=lambda: ["code", "math"])
     max_chars: int = 20_000
+    # only these sources are scored (None: all); CCNet is a filter for web crawl, curated sources pass
+    sources: list[str] | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.head_percentile <= self.tail_percentile <= 100:
@@ -166,7 +169,8 @@ def score_documents(docs: list[dict[str, Any]], config: PerplexityConfig) -> tup
     lm = load_lm(config.model)
     ppl = np.full(len(docs), np.nan)
     for i, d in enumerate(docs):
-        if d.get("domain") not in config.exempt_domains and d.get("lang") != "code":
+        if (d.get("domain") not in config.exempt_domains and d.get("lang") != "code"
+                and (config.sources is None or d.get("source") in config.sources)):
             ppl[i] = lm.perplexity(d["text"][: config.max_chars])
     return ppl, [str(d.get("lang", "und")) for d in docs]
 

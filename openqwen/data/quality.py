@@ -137,3 +137,41 @@ def synthetic_negatives(texts: list[str], n: int, seed: int = 0) -> list[str]:
             items = ["Home", "About", "Contact", "Login", "Sign up", "Privacy", "Terms", "Cart", "Menu"]
             out.append("\n".join(" | ".join(rng.sample(items, 5)) for _ in range(rng.randint(5, 30))))
     return out
+
+
+def precision_recall(scores: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """Precision and recall of *removal* (a document scoring below ``threshold`` is removed, label 0
+    = low quality): precision = removed documents that are bad / removed; recall = bad documents
+    removed / bad. Also the share of good documents kept."""
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
+    removed, bad = scores < threshold, labels == 0
+    tp = int((removed & bad).sum())
+    return {"threshold": threshold, "precision": tp / max(int(removed.sum()), 1), "recall": tp / max(int(bad.sum()), 1),
+            "good_kept": float((~removed & ~bad).sum() / max(int((~bad).sum()), 1)),
+            "heldout_good": int((~bad).sum()), "heldout_bad": int(bad.sum())}
+
+
+def train_with_heldout(good: list[str], bad: list[str] | None = None, heldout: float = 0.2, seed: int = 0,
+                       threshold: float = 0.5, config: QualityConfig | None = None
+                       ) -> tuple[QualityClassifier, dict[str, float]]:
+    """Fit on all but a seeded ``heldout`` share of the good and bad documents (bad ones default to
+    :func:`synthetic_negatives`, made from the training share's vocabulary only) and report
+    :func:`precision_recall` on the held-out share."""
+    rng = random.Random(seed)
+    good = list(good)
+    rng.shuffle(good)
+    cut = max(1, int(len(good) * heldout))
+    good_test, good_train = good[:cut], good[cut:]
+    if bad is None:
+        bad_train = synthetic_negatives(good_train, len(good_train), seed=seed)
+        bad_test = synthetic_negatives(good_train, len(good_test), seed=seed + 1)
+    else:
+        bad = list(bad)
+        rng.shuffle(bad)
+        bcut = max(1, int(len(bad) * heldout))
+        bad_test, bad_train = bad[:bcut], bad[bcut:]
+    if not good_train or not bad_train:
+        raise ValueError("the quality classifier needs more documents to hold some out")
+    clf = QualityClassifier(config).fit(good_train + bad_train, [1] * len(good_train) + [0] * len(bad_train))
+    scores = clf.score(good_test + bad_test)
+    return clf, precision_recall(scores, np.array([1] * len(good_test) + [0] * len(bad_test)), threshold)
