@@ -15,6 +15,9 @@ EXAMPLES = """examples:
       --output results/humaneval.json
   # pass@1/pass@10 from 20 samples at temperature 0.8
   openqwen eval --model MODEL --task humaneval --samples 20 --temperature 0.8
+  # the same task through an OpenAI-compatible server (openqwen serve, or vLLM on a cluster)
+  openqwen eval --api http://localhost:8000/v1 --model qwen2.5-coder --tokenizer MODEL_DIR \
+      --task humaneval --mode chat --batch-size 32
   # Math401-style arithmetic (generated from --seed), GSM8K-shaped file 8-shot
   openqwen eval --model MODEL --task math401 --mode chat
   openqwen eval --model MODEL --task gsm8k --data gsm8k_test.jsonl
@@ -40,6 +43,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_model_arguments(p)
     p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--api", default=None, metavar="URL",
+                   help="generate through an OpenAI-compatible server (openqwen serve, vLLM) at URL, e.g. "
+                        "http://localhost:8000/v1; --model is then the served model's name and --tokenizer its "
+                        "tokenizer (generation tasks only)")
+    p.add_argument("--api-key", default=None, help="key for --api (default: $OPENAI_API_KEY)")
     p.add_argument("--mode", choices=["base", "chat"], default="base",
                    help="base: raw k-shot prompts; chat: ChatML 0-shot (default: base)")
     p.add_argument("--shots", type=int, default=None,
@@ -93,6 +101,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
+    import os  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
     from ..infer.loading import set_threads  # noqa: PLC0415
@@ -102,7 +111,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     cfg = EvalConfig(
         model=args.model, task=args.task, mode=args.mode, shots=args.shots, limit=args.limit,
         per_subject=args.per_subject, data=args.data, tokenizer=args.tokenizer, dtype=args.dtype,
-        system_prompt=args.system_prompt,
+        system_prompt=args.system_prompt, api_url=args.api,
+        api_key=args.api_key or os.environ.get("OPENAI_API_KEY"),
         batch_size=args.batch_size, samples=args.samples, temperature=args.temperature, top_p=args.top_p,
         max_new_tokens=args.max_new_tokens, seed=args.seed, context_lengths=args.context_lengths,
         max_windows=args.max_windows, timeout_s=args.timeout, workers=args.workers, sanitize=not args.no_sanitize,
