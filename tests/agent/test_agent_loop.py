@@ -130,3 +130,19 @@ def test_function_calling_reads_a_reply_of_bare_call_objects(tok, qwen25_templat
     eng = ScriptedEngine(tok, ['{"name": "calculator", "arguments": {"expression": "17 * 23"}}', "17 * 23 = 391."])
     res = Agent(eng, registry(), FunctionCallFormat(), template=qwen25_template).run("17*23?")
     assert res.answer == "17 * 23 = 391." and res.calls[0]["observation"] == "391"
+
+
+@pytest.mark.slow
+def test_real_qwen25_coder_calls_the_calculator_and_answers(artifact):
+    from openqwen.infer.engine import Engine
+
+    gguf = artifact("qwen25-coder-0.5b-instruct-gguf")
+    engine = Engine.from_pretrained(gguf, max_batch_size=1, max_seq_len=2048)
+    try:
+        agent = Agent(engine, registry(), FunctionCallFormat(), template=ChatTemplate.from_checkpoint(gguf),
+                      limits=AgentLimits(max_steps=3, max_new_tokens=96))
+        res = agent.run("What is 123456789 * 987654321? Use the calculator.")
+    finally:
+        engine.close()
+    assert res.calls and res.calls[0]["name"] == "calculator" and res.calls[0]["ok"]
+    assert res.calls[0]["observation"] == str(123456789 * 987654321)
