@@ -32,6 +32,7 @@ typedef struct {
     const float *input_norm, *post_norm; /* RMSNorm weights [hidden] */
     Linear qkv, o, gate_up, down;        /* fused Q|K|V and gate|up, as in openqwen/model.py */
     float *keys, *values;                /* this layer's cache: [rows, kv_heads, max_len, head_dim] */
+    int64_t window;                      /* attention window in positions (0: full attention) */
 } Layer;
 
 typedef struct {
@@ -39,6 +40,7 @@ typedef struct {
     double eps;
     const Layer *layer;
     const float *final_norm;
+    int64_t sinks; /* windowed layers also see positions 0 .. sinks-1 (attention sinks) */
 } Model;
 
 /* ------------------------------------------------------------------------------ vector helpers */
@@ -368,8 +370,11 @@ static inline float dot(const float *a, const float *b, int64_t d) {
 /* ------------------------------------------------------------------------------- decode step
    x: [M, hidden] input embeddings; on return the final-norm hidden states.
    lengths: [M] tokens already cached per row (the new token goes to that position; int64, not changed
-   here). row0: first cache row of these M sequences. cos/sin: [M, head_dim] rotary tables.
-   scratch: decode_scratch_floats(model, M) floats. */
+   here). row0: first cache row of these M sequences. cos/sin: [M, head_dim] rotary tables (each row's
+   own: dynamic NTK gives rows different bases). q_scale: [M] LogN multipliers of the rotated queries,
+   or NULL. scratch: decode_scratch_floats(model, M) floats.
+   A layer with a window w sees positions [n - w, n) of a row holding n (with the new token), and the
+   first `sinks` positions: the same keys as the torch model's window mask. */
 static int64_t widest_input(const Model *md) {
     int64_t k = md->hidden > md->inter ? md->hidden : md->inter;
     return k > md->heads * md->head_dim ? k : md->heads * md->head_dim;
@@ -383,7 +388,7 @@ int64_t decode_scratch_floats(const Model *md, int64_t M) {
 }
 
 void decode_step(const Model *md, float *x, const int64_t *lengths, int64_t row0, const float *cos,
-                 const float *sin, int64_t M, float *scratch, int nthreads) {
+                 const float *sin, const float *q_scale, int64_t M, float *scratch, int nthreads) {
     const int64_t H = md->heads, G = md->kv_heads, D = md->head_dim, HD = md->hidden, I = md->inter;
     const int64_t S = md->max_len, QKV = (H + 2 * G) * D, group = H / G;
     const float eps = (float)md->eps, inv_sqrt_d = 1.0f / sqrtf((float)D);
@@ -404,6 +409,8 @@ void decode_step(const Model *md, float *x, const int64_t *lengths, int64_t row0
             float *row = qkv + m * QKV;
             if (head < H) {
                 rope(row + head * D, cos + m * D, sin + m * D, D);
+                if (q_scale)
+                    for (int64_t i = 0; i < D; i++) row[head * D + i] *= q_scale[m];
             } else {
                 int64_t g = head - H;
                 float *k = row + (H + g) * D, *v = row + (H + G + g) * D;
@@ -412,23 +419,27 @@ void decode_step(const Model *md, float *x, const int64_t *lengths, int64_t row0
                 for (int64_t i = 0; i < D; i++) { ly->keys[at + i] = k[i]; ly->values[at + i] = v[i]; }
             }
         }
-        /* attention of each (row, query head) over the row's cached positions 0..lengths[m] */
+        /* attention of each (row, query head) over the row's visible positions: 0..lengths[m], or with a
+           window, the sinks [0, sk) and the window [lo, n); s walks them in order */
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < M * H; t++) {
             int64_t m = t / H, head = t % H, g = head / group, n = lengths[m] + 1;
+            int64_t lo = ly->window > 0 && n > ly->window ? n - ly->window : 0;
+            int64_t sk = md->sinks < lo ? md->sinks : lo, first = sk > 0 ? 0 : lo;
             const float *q = qkv + m * QKV + head * D;
             const float *kb = ly->keys + (size_t)((row0 + m) * G + g) * S * D;
             const float *vb = ly->values + (size_t)((row0 + m) * G + g) * S * D;
             float *p = scores + t * S, best = -INFINITY, total = 0.0f;
-            for (int64_t s = 0; s < n; s++) {
+#define VISIBLE(s) for (int64_t s = first; s < n; s = s + 1 == sk ? lo : s + 1)
+            VISIBLE(s) {
                 p[s] = dot(q, kb + s * D, D) * inv_sqrt_d;
                 best = p[s] > best ? p[s] : best;
             }
-            for (int64_t s = 0; s < n; s++) { p[s] = expf(p[s] - best); total += p[s]; }
+            VISIBLE(s) { p[s] = expf(p[s] - best); total += p[s]; }
             float inv = 1.0f / total;
             __m256 acc[16]; /* head_dim <= 128 */
             for (int64_t i = 0; i < D / 8; i++) acc[i] = _mm256_setzero_ps();
-            for (int64_t s = 0; s < n; s++) {
+            VISIBLE(s) {
                 __m256 ps = _mm256_set1_ps(p[s] * inv);
                 for (int64_t i = 0; i < D / 8; i++) acc[i] = _mm256_fmadd_ps(ps, _mm256_loadu_ps(vb + s * D + 8 * i), acc[i]);
             }

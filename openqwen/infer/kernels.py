@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..long_context import is_dynamic, logn_factors, rope_type
 from ..model import rope_cos_sin, rope_inverse_frequencies
 
 _SOURCE = Path(__file__).with_name("kernels.c")
@@ -53,14 +54,14 @@ class LinearSpec(ctypes.Structure):
 class LayerSpec(ctypes.Structure):
     _fields_ = [("input_norm", ctypes.c_void_p), ("post_norm", ctypes.c_void_p),
                 ("qkv", LinearSpec), ("o", LinearSpec), ("gate_up", LinearSpec), ("down", LinearSpec),
-                ("keys", ctypes.c_void_p), ("values", ctypes.c_void_p)]
+                ("keys", ctypes.c_void_p), ("values", ctypes.c_void_p), ("window", ctypes.c_int64)]
 
 
 class ModelSpec(ctypes.Structure):
     _fields_ = [("layers", ctypes.c_int64), ("hidden", ctypes.c_int64), ("heads", ctypes.c_int64),
                 ("kv_heads", ctypes.c_int64), ("head_dim", ctypes.c_int64), ("inter", ctypes.c_int64),
                 ("max_len", ctypes.c_int64), ("eps", ctypes.c_double),
-                ("layer", ctypes.POINTER(LayerSpec)), ("final_norm", ctypes.c_void_p)]
+                ("layer", ctypes.POINTER(LayerSpec)), ("final_norm", ctypes.c_void_p), ("sinks", ctypes.c_int64)]
 
 
 def _cpu_has_avx2_fma() -> bool:
@@ -108,7 +109,8 @@ def load_kernels() -> ctypes.CDLL | None:
         lib.decode_scratch_floats.argtypes = [ctypes.POINTER(ModelSpec), ctypes.c_int64]
         lib.decode_step.restype = None
         lib.decode_step.argtypes = [ctypes.POINTER(ModelSpec), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                    ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
+                                    ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
+                                    ctypes.c_int]
         _lib = lib
         return lib
 
@@ -166,7 +168,10 @@ class FusedDecoder:
     models, or bf16/int8 linears from :mod:`openqwen.infer.quant`), no dropout, no forward hooks on the
     layers (the fused step would skip them; hooks on the output head are honoured), head_dim a multiple
     of 8 and at most 128. The result equals ``model.hidden_states`` for one new token per row within fp32
-    rounding (tests/infer/test_infer_kernels.py).
+    rounding (tests/infer/test_infer_kernels.py), long-context options included: per-row RoPE tables
+    (dynamic NTK, re-rotation, yarn) come from :meth:`openqwen.model.Qwen.rope_tables`, LogN multipliers
+    scale the queries in the kernel, and windowed layers (with sinks) read only the keys they may see
+    (tests/infer/test_infer_long_context.py).
     """
 
     why_not: str = ""
@@ -183,6 +188,7 @@ class FusedDecoder:
         self._scratch = torch.empty(n, dtype=torch.float32)
         cfg = model.config
         self._inv_freq = rope_inverse_frequencies(cfg.head_dim, cfg.rope_theta)
+        self._plain_rope = not is_dynamic(cfg) and rope_type(cfg) == "default"
         # only a plain fp32 head needs this: Int8Linear / BF16Linear heads reach the kernel by themselves
         head = model.lm_head
         self._head_spec = linear_spec(head) if type(head) is nn.Linear else None
@@ -220,8 +226,9 @@ class FusedDecoder:
                                               block.mlp.gate_up_proj, block.mlp.down_proj)]
             if any(s is None for s in specs):
                 return no("a linear layer is neither fp32 nn.Linear, Int8Linear nor BF16Linear")
+            window = (cfg.window_sizes or [None] * cfg.num_hidden_layers)[i]
             layers[i] = LayerSpec(norms[0].data_ptr(), norms[1].data_ptr(), *specs,
-                                  cache.keys[i].data_ptr(), cache.values[i].data_ptr())
+                                  cache.keys[i].data_ptr(), cache.values[i].data_ptr(), window or 0)
             keep.extend(norms)
         final = model.norm.weight
         if final.dtype != torch.float32:
@@ -229,7 +236,7 @@ class FusedDecoder:
         keep.append(final)
         spec = ModelSpec(cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads,
                          cfg.head_dim, cfg.intermediate_size, cache.max_length, cfg.rms_norm_eps,
-                         ctypes.cast(layers, ctypes.POINTER(LayerSpec)), final.data_ptr())
+                         ctypes.cast(layers, ctypes.POINTER(LayerSpec)), final.data_ptr(), cfg.attention_sinks)
         return cls(model, cache, spec, layers, keep)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -257,8 +264,17 @@ class FusedDecoder:
                 f"{self.cache.max_length}; allocate a longer cache or shorten the request"
             )
         x = self.model.embed_tokens(input_ids[:, 0]).float().contiguous()
-        cos, sin = (t.reshape(M, -1).contiguous() for t in rope_cos_sin(lengths[:, None], self._inv_freq))
+        positions = lengths[:, None]
+        cfg = self.model.config
+        if self._plain_rope:
+            tables = rope_cos_sin(positions, self._inv_freq)
+        else:  # each row's RoPE base (dynamic NTK), cached keys re-rotated as rope_update says; yarn's scale
+            tables = self.model.rope_tables(positions, self.cache.rows(row0, row0 + M))
+        cos, sin = (t.reshape(M, -1).float().contiguous() for t in tables)
+        q_scale = logn_factors(positions, cfg.seq_length) if cfg.use_logn_attn else None
+        q_scale = None if q_scale is None else q_scale.reshape(M).float().contiguous()
         self._lib.decode_step(ctypes.byref(self._spec), x.data_ptr(), lengths.data_ptr(), row0,
-                              cos.data_ptr(), sin.data_ptr(), M, self._scratch.data_ptr(), torch.get_num_threads())
+                              cos.data_ptr(), sin.data_ptr(), _ptr(q_scale), M, self._scratch.data_ptr(),
+                              torch.get_num_threads())
         lengths += 1
         return x[:, None]

@@ -148,9 +148,9 @@ class ModelRunner:
         ids = torch.zeros(len(prompts), max(len(p) for p in prompts), dtype=torch.long)
         for i, p in enumerate(prompts):
             ids[i, : len(p)] = torch.tensor(p)
-        hidden = self.model.hidden_states(ids, cache=cache)
         lengths = torch.tensor([len(p) for p in prompts])
-        cache.lengths.copy_(lengths)  # undo the right padding
+        # num_tokens: each row's true length (dynamic NTK decides its alpha from it; the cache advances by it)
+        hidden = self.model.hidden_states(ids, cache=cache, num_tokens=lengths)
         return self.logits(hidden[torch.arange(len(prompts)), lengths - 1])  # only the last positions
 
     def decode(self, start: int, ids: list[int], idle: list[int]) -> torch.Tensor:

@@ -152,8 +152,8 @@ class Scorer:
             ids = torch.zeros(len(batch), T, dtype=torch.long, device=device)
             for i, j in enumerate(batch):
                 ids[i, : len(j.tokens)] = torch.tensor(j.tokens)
-            hidden = self.model.hidden_states(ids, cache=cache)
-            cache.lengths.copy_(torch.tensor([j.base_len + len(j.tokens) for j in batch]))  # undo the padding
+            # each row's true token count (dynamic NTK decides its alpha from it; the cache advances by it)
+            hidden = self.model.hidden_states(ids, cache=cache, num_tokens=torch.tensor([len(j.tokens) for j in batch]))
             self._score_positions(batch, hidden, conts, logprobs, greedy)
             for i, j in enumerate(batch):
                 if j.snapshot_for:
@@ -197,7 +197,9 @@ class Scorer:
 
 
 def _copy_rows(src: KVCache, dst: KVCache, dst_row: int, length: int, src_row: int = 0) -> None:
-    """Copy the keys/values of positions [0, length) from ``src`` row ``src_row`` to ``dst`` row ``dst_row``."""
+    """Copy the keys/values of positions [0, length) from ``src`` row ``src_row`` to ``dst`` row ``dst_row``
+    (and the RoPE base the keys were rotated with)."""
+    dst.rope_bases[dst_row] = src.rope_bases[src_row]
     for layer in range(len(src.keys)):
         dst.keys[layer][dst_row, :, :length] = src.keys[layer][src_row, :, :length]
         dst.values[layer][dst_row, :, :length] = src.values[layer][src_row, :, :length]

@@ -1,0 +1,109 @@
+"""Long-context options on every path of the engine: the fused C step, batched rows of different lengths,
+prefix reuse and scoring, each against the torch model run alone (tests/test_long_context.py holds the
+model against independent references)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from infer_helpers import ByteTokenizer, tiny_model
+
+from openqwen.infer import kernels
+from openqwen.infer.engine import Engine
+from openqwen.infer.kernels import FusedDecoder
+from openqwen.infer.sampling import SamplingParams
+
+S = 8
+OPTIONS = {
+    "ntk-logn": dict(use_dynamic_ntk=True, use_logn_attn=True),
+    "ntk-rotate": dict(use_dynamic_ntk=True, rope_update="rotate"),
+    "windows-sinks": dict(window_sizes=[5, None], attention_sinks=2),
+    "all-rotate": dict(use_dynamic_ntk=True, use_logn_attn=True, window_sizes=[6, 11], attention_sinks=1,
+                       rope_update="rotate"),
+    "yarn": dict(rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": S}),
+}
+
+
+def model_with(name: str, seed: int = 3):
+    return tiny_model(seed=seed, seq_length=S, max_position_embeddings=64, **OPTIONS[name]).eval()
+
+
+def check_greedy(model, prompt: list[int], got: list[int]) -> None:
+    """Each token the engine chose is the argmax of a full forward over the text so far (a tie within
+    1e-3 of logits ~20 is fp32 noise, not a choice), with the alpha the engine must use: rope_update
+    "rotate" re-decides it at each length, "prefill" keeps the prompt's (the base pinned to it)."""
+    pinned = _pinned(model, len(prompt))
+    with torch.no_grad():
+        for i, token in enumerate(got):
+            logits = pinned(torch.tensor([prompt + got[:i]]))[0, -1, :259]
+            assert logits.max() - logits[token] < 1e-3, (i, token, int(logits.argmax()))
+
+
+def _pinned(model, prompt_len: int):
+    pinned = model
+    cfg = model.config
+    if cfg.use_dynamic_ntk and cfg.rope_update == "prefill":
+        from openqwen.long_context import rope_base
+
+        pinned = type(model)(cfg.replace(use_dynamic_ntk=False, rope_theta=rope_base(cfg, prompt_len))).eval()
+        pinned.load_state_dict(model.state_dict())
+    return pinned
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "torch"])
+@pytest.mark.parametrize("name", OPTIONS)
+def test_engine_greedy_equals_the_full_forward_reference(name, fused):
+    """Three prompts of 3, 7 and 12 tokens (alpha 1, 1, 3) decode together past 4 S (alpha 7), in one
+    batch: each equals its own full-forward greedy continuation."""
+    if fused and kernels.load_kernels() is None:
+        pytest.skip(kernels.kernel_status())
+    model = model_with(name)
+    prompts = [[1, 2, 3], [9, 8, 7, 6, 5, 4, 3], list(range(40, 52))]
+    params = SamplingParams(max_new_tokens=26, temperature=0, ignore_eos=True)
+    engine = Engine(model, ByteTokenizer(), max_batch_size=4, max_seq_len=48, fused=fused, background=False)
+    got = [c.token_ids for c in engine.generate(prompts, params)]
+    assert ("fused C" in engine.fused_status) == fused, engine.fused_status
+    for p, g in zip(prompts, got):
+        check_greedy(model, p, g)
+
+
+@pytest.mark.skipif(kernels.load_kernels() is None, reason=f"C kernels: {kernels.kernel_status()}")
+@pytest.mark.parametrize("name", OPTIONS)
+def test_fused_step_equals_the_torch_step_with_every_option(name):
+    model = model_with(name, seed=4)
+    lengths = [3, 9, 17]  # alpha 1, 3, 7 (dynamic NTK): every row its own base
+    caches = model.new_cache(3, 40), model.new_cache(3, 40)
+    with torch.no_grad():
+        for cache in caches:
+            for i, n in enumerate(lengths):
+                model.hidden_states(torch.randint(0, 259, (1, n), generator=torch.Generator().manual_seed(i)),
+                                    cache=cache.rows(i, i + 1))
+        fused = FusedDecoder.build(model, caches[1])
+        assert fused is not None, FusedDecoder.why_not
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(9):  # row 0 crosses S (3 -> 12), row 1 crosses 2S (9 -> 18)
+            ids = torch.randint(0, 259, (3, 1), generator=gen)
+            ref = model.hidden_states(ids, cache=caches[0])
+            torch.testing.assert_close(fused.hidden_states(ids), ref, atol=2e-4, rtol=2e-4)
+    assert torch.equal(caches[0].rope_bases, caches[1].rope_bases)
+
+
+def test_prefix_reuse_and_scoring_carry_the_options():
+    """A second turn that reuses the first turn's cached keys across an alpha boundary, and Engine.score
+    of rows of different lengths in one batch, equal the model run on the whole text."""
+    model = model_with("all-rotate", seed=5)
+    engine = Engine(model, ByteTokenizer(), max_batch_size=2, max_seq_len=96, background=False)
+    first = list(range(60, 100))  # 40 tokens: past the 32-token prefix-reuse threshold
+    params = SamplingParams(max_new_tokens=4, temperature=0, ignore_eos=True)
+    a = engine.generate([first], params)[0].token_ids
+    second = first + a + [5, 6, 7]
+    b = engine.generate([second], params)[0].token_ids
+    assert engine.reused_tokens > 0
+    check_greedy(model, second, b)
+    prompts, conts = [[1, 2], [3, 4, 5, 6, 7, 8, 9, 10, 11]], [list(range(10, 40)), [12, 13, 14]]
+    scores = engine.score(prompts, conts)
+    with torch.no_grad():
+        for p, c, got in zip(prompts, conts, scores):
+            logp = torch.log_softmax(model(torch.tensor([p + c]))[0, len(p) - 1 : -1].float(), -1)
+            want = logp[torch.arange(len(c)), torch.tensor(c)]
+            torch.testing.assert_close(torch.tensor(got.token_logprobs), want, atol=1e-4, rtol=0)
