@@ -444,6 +444,46 @@ def test_regenerate_edit_and_stop_from_the_keyboard(page):
     assert page.input_value("#input") == "q3" and len(current_chat(page)["messages"]) == 4
 
 
+def test_tool_call_from_the_server_and_its_result(page, client):
+    """The server's own tool-call stream (tool_choice required: the call is forced by the schema, so
+    even the random model makes one), shown in the page, equal to the SDK's unstreamed call; the
+    result typed into the page goes back to the server, whose answer equals the SDK's."""
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"unit": {"type": "string", "enum": ["c", "f"]}}, "required": ["unit"]}}}]
+    page.fill("#tools", json.dumps(tools))
+    page.select_option("#tool_choice", "required")
+    page.fill("#temperature", "0")
+    page.fill("#repetition_penalty", "1")
+    page.fill("#max_tokens", "64")
+    send(page, "weather?")
+    wait_answers(page, 1)
+    kept = current_chat(page)["messages"][-1]
+    system = {"role": "system", "content": "You are a helpful assistant."}
+    asked = [system, {"role": "user", "content": "weather?"}]
+    ref = client.chat.completions.create(model=MODEL_NAME, messages=asked, tools=tools, tool_choice="required",
+                                         temperature=0, max_tokens=64, extra_body={"repetition_penalty": 1.0})
+    (call,) = ref.choices[0].message.tool_calls
+    assert [(c["function"]["name"], c["function"]["arguments"]) for c in kept["tool_calls"]] == [
+        (call.function.name, call.function.arguments)]
+    assert kept["stats"]["finish"] == "tool_calls" and kept["tool_calls"][0]["id"].startswith("call_")
+    assert page.locator("details.tool-call summary").inner_text().startswith("tool call: get_weather (call_")
+    assert page.locator("details.tool-call pre code").text_content() == json.dumps(json.loads(call.function.arguments), indent=2)
+
+    page.select_option("#tool_choice", "")  # the model decides how to go on
+    page.fill("#max_tokens", "8")
+    page.fill(".tool-form textarea", "18 C")
+    page.click(".tool-form button")
+    wait_answers(page, 2)
+    messages = current_chat(page)["messages"]
+    followed = asked + [{"role": "assistant", "content": None, "tool_calls": kept["tool_calls"]},
+                        {"role": "tool", "tool_call_id": kept["tool_calls"][0]["id"], "content": "18 C"}]
+    assert page.evaluate("window.__requests[1].messages") == followed
+    ref2 = client.chat.completions.create(model=MODEL_NAME, messages=followed, tools=tools, temperature=0,
+                                          max_tokens=8, extra_body={"repetition_penalty": 1.0}).choices[0].message
+    assert (messages[-1]["content"], messages[-1].get("tool_calls")) == (
+        ref2.content, [c.model_dump() for c in ref2.tool_calls] if ref2.tool_calls else None)
+
+
 def png_data_url(width: int, height: int) -> str:
     from PIL import Image
 
@@ -507,6 +547,12 @@ def test_tool_calls_stream_inline_and_results_continue_the_chat(page, tmp_path):
     page.set_input_files("#import_file", str(path))
     page.wait_for_function("() => document.querySelector('details.tool-result img.tool-image')?.naturalWidth === 40")
     assert page.locator("details.tool-result pre").inner_text() == "Figure saved"
+    script(page, chunks("You are welcome."))
+    send(page, "thanks")  # the served models read text: the image goes as "[image]", the page keeps the PNG
+    wait_answers(page, 3)
+    assert page.evaluate("window.__requests[2].messages[2].content") == [
+        {"type": "text", "text": "Figure saved"}, {"type": "text", "text": "[image]"}]
+    assert current_chat(page)["messages"][2]["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")
 
 
 def test_narrow_layout_drawer_and_api_key(page, server):

@@ -4,12 +4,12 @@
 // export/import, and the keyboard. js/store.js keeps the conversations, js/api.js talks to the server,
 // js/render.js turns untrusted text into sanitised DOM.
 import { headers, errorText, sseEvents, Reply } from "./js/api.js";
-import { Store, SAMPLING, apiMessage, requestFields, exportChat, textOf } from "./js/store.js";
+import { Store, SAMPLING, requestMessage, requestFields, exportChat, textOf } from "./js/store.js";
 import { download, fileName, readImport } from "./js/transfer.js";
 import { renderMarkdown, toolCallsView, toolResultView, statsText, copyButton } from "./js/render.js";
 
 const $ = (id) => document.getElementById(id);
-const SETTING_FIELDS = ["system", ...SAMPLING, "tools"];
+const SETTING_FIELDS = ["system", ...SAMPLING, "tools", "tool_choice"];
 const store = new Store();
 let controller = null; // AbortController of the running request
 let editing = false; // the last user turn is open for editing
@@ -127,7 +127,7 @@ function fillSettings() {
 }
 
 for (const k of SETTING_FIELDS) {
-  $(k).addEventListener("input", () => {
+  $(k).addEventListener(k === "tool_choice" ? "change" : "input", () => {
     store.current.settings[k] = $(k).value;
     save();
   });
@@ -262,7 +262,7 @@ function requestBody(chat) {
   const body = { model: $("model").value, stream: true, stream_options: { include_usage: true }, ...requestFields(chat.settings) };
   body.messages = [];
   if (chat.settings.system.trim()) body.messages.push({ role: "system", content: chat.settings.system });
-  body.messages.push(...chat.messages.map(apiMessage));
+  body.messages.push(...chat.messages.map(requestMessage));
   return body;
 }
 

@@ -12,7 +12,7 @@ const KEY = "openqwen.chats.v1";
 export const SAMPLING = ["temperature", "top_p", "top_k", "repetition_penalty", "max_tokens", "seed"];
 export const DEFAULT_SETTINGS = Object.freeze({
   system: "You are a helpful assistant.", temperature: "0.7", top_p: "0.8", top_k: "0",
-  repetition_penalty: "1.1", max_tokens: "512", seed: "", tools: "",
+  repetition_penalty: "1.1", max_tokens: "512", seed: "", tools: "", tool_choice: "",
 });
 const ROLES = ["system", "user", "assistant", "tool"];
 const NEW_TITLE = "New chat";
@@ -109,6 +109,16 @@ export function apiMessage(m) {
   return out;
 }
 
+/** A message as the model is sent it: the served models read text only, so an image part (a plot a
+ * tool made, shown in the page) goes as the text "[image]"; export keeps the image. */
+export function requestMessage(m) {
+  const out = apiMessage(m);
+  if (Array.isArray(out.content)) {
+    out.content = out.content.map((p) => (p.type === "image_url" ? { type: "text", text: "[image]" } : p));
+  }
+  return out;
+}
+
 /** The per-conversation settings as request fields; throws naming the field that is not valid. */
 export function requestFields(settings) {
   const body = {};
@@ -129,6 +139,7 @@ export function requestFields(settings) {
     }
     if (!Array.isArray(parsed)) throw new Error("tools must be a JSON list of OpenAI tool definitions");
     if (parsed.length) body.tools = parsed;
+    if (parsed.length && settings.tool_choice) body.tool_choice = settings.tool_choice; // "" = the server's auto
   }
   return body;
 }
@@ -183,6 +194,7 @@ export function parseImport(value) {
       settings[k] = String(item[k]);
     }
     if (item.tools !== undefined) settings.tools = JSON.stringify(item.tools, null, 1);
+    if (["none", "auto", "required"].includes(item.tool_choice)) settings.tool_choice = item.tool_choice === "auto" ? "" : item.tool_choice;
     const first = messages.find((m) => m.role === "user");
     const title = typeof item.title === "string" && item.title.trim() ? item.title.trim().slice(0, 200)
       : first ? titleFrom(textOf(first.content)) : NEW_TITLE;
