@@ -55,5 +55,5 @@ def base_dir(tmp_path_factory):
     return out
 
 
-QUICK = ["--model.seq_length", "128", "--train.progress", "false", "--train.tensorboard", "false", "--train.peak_flops", "1e10",
+QUICK = ["--model.seq_length", "128", "--train.plot", "false", "--train.progress", "false", "--train.tensorboard", "false", "--train.peak_flops", "1e10",
          "--train.batch_size", "4", "--train.eval_every", "0", "--train.eval_batches", "2"]

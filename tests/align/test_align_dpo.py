@@ -60,15 +60,15 @@ def test_dpo_loss_is_log2_at_the_start_and_matches_the_formula():
 
 def test_dpo_through_the_trainer_prefers_chosen_on_heldout_pairs(tmp_path):
     model = tiny_qwen(seed=4)
-    _, rows = _rows(model, 300)
-    _, val = _rows(model, 64, "heldout")
-    cfg = TrainConfig.load(None, {"train.out_dir": str(tmp_path), "train.max_steps": 40, "train.batch_size": 16,
+    _, rows = _rows(model, 200)
+    _, val = _rows(model, 32, "heldout")
+    cfg = TrainConfig.load(None, {"train.out_dir": str(tmp_path), "train.max_steps": 12, "train.batch_size": 8,
                                   "optim.lr": 3e-3, "optim.warmup_steps": 2, "optim.schedule": "constant",
-                                  "train.progress": False, "train.tensorboard": False, "train.peak_flops": 1e10,
+                                  "train.progress": False, "train.tensorboard": False, "train.peak_flops": 1e10, "train.plot": False,
                                   "train.eval_batches": 4})
     summary = Trainer(cfg, model, rows, task=DPOTask(beta=0.5), val_data=val, name="dpo").fit()
-    assert summary["val_loss"] < 0.5 * math.log(2)
-    assert summary["val_accuracy"] > 0.8 and summary["val_reward_margin"] > 0
+    assert summary["val_loss"] < math.log(2) - 0.2  # log 2 at the start (policy == reference)
+    assert summary["val_accuracy"] > 0.65 and summary["val_reward_margin"] > 0
 
 
 def test_dpo_cli_runs_on_the_builtin_task(tmp_path, base_dir, capsys):
