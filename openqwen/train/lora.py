@@ -39,6 +39,10 @@ class LoRALinear(nn.Module):
     def weight(self) -> torch.Tensor:  # code that reads .weight (e.g. tying) sees the merged weight
         return self.base.weight + self.lora_scale * self.lora_b @ self.lora_a
 
+    @property
+    def bias(self) -> torch.Tensor | None:  # code that reads a linear's .bias (the engine's fused step) sees it
+        return self.base.bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + self.lora_scale * F.linear(F.linear(self.dropout(x), self.lora_a), self.lora_b)
 

@@ -189,3 +189,38 @@ def test_resume_after_sigkill_is_bitwise_the_uninterrupted_run(tmp_path):
                 for line in (d / "metrics.jsonl").read_text().splitlines()]
 
     assert records(tmp_path / "straight") == records(killed)
+
+
+def test_lora_on_policy_and_value_trains_only_the_adapters_and_the_value_head(tmp_path):
+    trainer = nano_ppo(tmp_path, {"lora.rank": 4, "train.max_steps": 2})
+    policy0 = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    value0 = {k: v.clone() for k, v in trainer.modules["value"].state_dict().items()}
+    trainer.train_step()
+    trainer.train_step()
+    for module, before in ((trainer.model, policy0), (trainer.modules["value"], value0)):
+        changed = {k for k, v in module.state_dict().items() if not torch.equal(v, before[k])}
+        assert changed and all(".lora_" in k or k == "head.weight" for k in changed)
+        assert any(".lora_b" in k for k in changed)
+    # the reference stays the starting model (no adapters)
+    assert not any("lora" in k for k in trainer.source.reference.state_dict())
+
+
+def test_ppo_cli_teaches_and_refuses_bad_settings_in_one_line(tmp_path, capsys):
+    import yaml
+
+    from openqwen.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["ppo", "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    for words in ("value_warmup_steps", "0.04", "top-p 0.9", "ppo-nano.yaml", "--ppo.kl_coef"):
+        assert words in text
+    code = main(["ppo", "--config", "ppo-nano.yaml", "--model.init_from", str(tmp_path), "--ppo.kl_estimator", "k2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "ppo.kl_estimator must be one of k1, k3" in err and "Traceback" not in err
+    assert main(["ppo", "--config", "ppo.yaml", "--print-config"]) == 0
+    report = yaml.safe_load(capsys.readouterr().out)  # the report's settings
+    assert report["optim"]["lr"] == 1e-6 and report["ppo"]["value_lr"] == 5e-6 and report["ppo"]["kl_coef"] == 0.04
+    assert report["ppo"]["value_clip"] == 0.15 and report["ppo"]["top_p"] == 0.9
+    assert report["ppo"]["responses_per_prompt"] == 2 and report["ppo"]["value_warmup_steps"] == 50
