@@ -173,3 +173,46 @@ def test_parse_react():
     step = parse_react("Thought: a\nAction: add\nAction Input: {}\nAction: get_weather\nAction Input: {}")
     assert (step.action, step.action_input) == ("add", "{}")  # the first call of two
     assert parse_react("just talking").final_answer is None
+
+
+# ------------------------------------------------------------------------------ real weights' files
+@pytest.mark.slow
+def test_gguf_template_and_vocabulary_equal_transformers_on_the_tool_benchmark(artifact, qwen2_json, tmp_path):
+    """The real Qwen2.5-Coder GGUF (its template and its own vocabulary) against transformers with the
+    same template and the Qwen2 tokenizer.json cut to Qwen2.5's 22 added tokens, on every case of the
+    bundled tool benchmark: the question alone, and the conversation carried on with the gold calls
+    (ids as OpenAI clients send them) and a tool result for each."""
+    from pathlib import Path
+
+    transformers = pytest.importorskip("transformers")
+    bench = Path(__file__).parents[2] / "openqwen" / "agent" / "data" / "tool_bench.jsonl"
+    if not bench.exists():
+        pytest.skip("the agent's bundled tool benchmark is not there")
+    gguf = artifact("qwen25-coder-0.5b-instruct-gguf")
+    ours = QwenTokenizer.from_pretrained(gguf)
+    template = ChatTemplate.from_checkpoint(gguf)
+    data = json.loads(Path(qwen2_json).read_text(encoding="utf-8"))
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] in ours.special_tokens]
+    assert {t["content"]: t["id"] for t in data["added_tokens"]} == ours.special_tokens
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"))
+    cases = [json.loads(line) for line in bench.read_text(encoding="utf-8").splitlines() if line.strip()]
+    checked = 0
+    for case in cases:
+        conversations = [case["messages"]]
+        gold = case.get("gold") or []  # the expected calls, [] where no tool is needed
+        if gold:
+            calls = [{"id": f"call_{k}", "type": "function", "function": c} for k, c in enumerate(gold)]
+            results = [{"role": "tool", "tool_call_id": c["id"], "content": json.dumps({"ok": True, "k": k})}
+                       for k, c in enumerate(calls)]
+            conversations.append(case["messages"] + [{"role": "assistant", "content": None, "tool_calls": calls}]
+                                 + results)
+        for messages in conversations:
+            wire = json.loads(json.dumps(messages))  # as a client sends it: arguments as JSON text
+            for m in wire:
+                for c in m.get("tool_calls") or []:
+                    c["function"]["arguments"] = json.dumps(c["function"]["arguments"])
+            ids = chat_prompt_ids(ours, wire, window=32768, tools=case["tools"], template=template)
+            assert ids == _hf_ids(hf, template, messages, case["tools"]), case["id"]
+            checked += 1
+    assert checked == len(cases) + len([c for c in cases if c.get("gold")]) >= 300
