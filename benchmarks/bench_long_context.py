@@ -89,7 +89,7 @@ def train_model(docs: list[bytes], steps: int, out: Path):
     model = Qwen(config)
     cfg = TrainConfig()
     for key, value in {"optim.lr": 3e-3, "optim.warmup_steps": 50, "train.max_steps": steps, "train.batch_size": BATCH,
-                       "train.out_dir": str(out / "train"), "train.save_every": 0, "train.resume": False,
+                       "train.out_dir": str(out / "train"), "train.save_every": 0, "train.resume": True,
                        "train.tensorboard": False, "train.progress": False, "train.log_every": 50,
                        "train.peak_flops": 1e11}.items():
         cfg.set(key, value)
@@ -141,32 +141,16 @@ def evaluate(model, held: list[bytes], budget: int) -> dict[str, dict[int, float
 
 
 def markdown(table: dict[str, dict[int, float]]) -> str:
-    head = "| options | " + " | ".join(f"{f * S} ({f}x S)" for f in FACTORS) + " |"
-    rows = [head, "|" + "---|" * (len(FACTORS) + 1)]
-    for name, row in table.items():
-        rows.append(f"| {name} | " + " | ".join(f"{row[f * S]:.3f}" for f in FACTORS) + " |")
-    return "\n".join(rows)
+    from openqwen.eval.tasks.perplexity import markdown_table
+
+    return markdown_table(table)
 
 
 def plot(table: dict[str, dict[int, float]], path: Path) -> None:
-    import matplotlib
+    from openqwen.eval.tasks.perplexity import plot_curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for name, row in table.items():
-        xs = sorted(row)
-        ax.plot(xs, [row[x] for x in xs], marker="o", label=name)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.axvline(S, color="grey", ls=":", lw=1)
-    ax.set_xlabel(f"context length (tokens = bytes); training length S = {S}")
-    ax.set_ylabel("perplexity (held-out plays + stdlib)")
-    ax.set_title("Table 3 in shape: a nano Qwen trained at S, evaluated to 16x S")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    plot_curves(table, path, training_length=S,
+                title=f"Table 3 in shape: a nano Qwen trained at S={S} (bytes), to 16x S")
 
 
 def main() -> int:
@@ -185,16 +169,18 @@ def main() -> int:
     train, held = corpus()
     saved = out / "model"
     t0 = time.perf_counter()
-    if (saved / "config.json").exists():
+    steps_file = saved / "steps.txt"
+    if steps_file.exists() and int(steps_file.read_text()) == args.steps:
         from openqwen.checkpoint import load_model
 
         model = load_model(saved).eval()
         print(f"loaded {saved}")
-    else:
+    else:  # a fresh run, or more steps on top of the last checkpoint (the trainer resumes from it)
         model = train_model(train, args.steps, out)
         from openqwen.checkpoint import save_model
 
         save_model(model, saved)
+        steps_file.write_text(f"{args.steps}\n")
         print(f"trained in {time.perf_counter() - t0:.0f} s; saved {saved}")
     t1 = time.perf_counter()
     table = evaluate(model, held, args.budget)

@@ -68,6 +68,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling when temperature > 0 (default 0.95)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="generation budget (default 512; 48 for math401, 128 for synthetic-math)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed and Math401 generation seed (default 0)")
+    p.add_argument("--lengths", dest="context_lengths", type=_comma_ints, default=argparse.SUPPRESS,
+                   metavar="L1,L2,...", help="perplexity: the same as --context-lengths, comma-separated "
+                   "(e.g. 1024,2048,4096,8192; docs/long-context.md)")
     p.add_argument("--context-lengths", type=int, nargs="+", default=[256, 512, 1024],
                    help="perplexity: window lengths in tokens (default 256 512 1024)")
     p.add_argument("--max-windows", type=int, default=16, help="perplexity: windows per length (default 16)")
@@ -100,11 +103,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     c.set_defaults(func=_run_contamination)
 
 
+def _comma_ints(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 2:
+        raise argparse.ArgumentTypeError(f"expected lengths like 1024,2048,4096 (each >= 2), got {text!r}")
+    return values
+
+
 def _run_eval(args: argparse.Namespace) -> int:
     import os  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
-    from ..infer.loading import set_threads  # noqa: PLC0415
+    from ..infer.loading import long_context_from_args, set_threads  # noqa: PLC0415
     from .harness import EvalConfig, markdown_table, run_eval, write_result  # noqa: PLC0415
 
     set_threads(args.threads)
@@ -115,6 +128,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         api_key=args.api_key or os.environ.get("OPENAI_API_KEY"),
         batch_size=args.batch_size, samples=args.samples, temperature=args.temperature, top_p=args.top_p,
         max_new_tokens=args.max_new_tokens, seed=args.seed, context_lengths=args.context_lengths,
+        long_context=long_context_from_args(args),
         max_windows=args.max_windows, timeout_s=args.timeout, workers=args.workers, sanitize=not args.no_sanitize,
         progress=not args.no_progress,
         partial_path=str(args.output) + ".partial.jsonl" if args.output else None,
@@ -128,6 +142,12 @@ def _run_eval(args: argparse.Namespace) -> int:
     if args.output:
         js, md = write_result(result, args.output)
         print(f"wrote {js} and {md}", file=sys.stderr)
+        if cfg.task == "perplexity":  # the curve beside the table (docs/long-context.md)
+            from .tasks.perplexity import plot_curves  # noqa: PLC0415
+
+            curve = {int(L): r["perplexity"] for L, r in result["breakdown"].items()}
+            png = plot_curves({Path(cfg.model).name: curve}, Path(js).with_suffix(".png"))
+            print(f"wrote {png}", file=sys.stderr)
         Path(cfg.partial_path).unlink(missing_ok=True)
     print(markdown_table(result), end="")
     return 0

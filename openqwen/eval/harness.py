@@ -89,6 +89,9 @@ class EvalConfig:
     context_lengths: list[int] = field(default_factory=lambda: [256, 512, 1024])
     """Perplexity: window lengths in tokens."""
     max_windows: int | None = 16
+    long_context: dict[str, Any] = field(default_factory=dict)
+    """Long-context overrides (the ``--rope-scaling/--logn/--window-sizes ...`` flags, see
+    :func:`openqwen.infer.loading.apply_long_context`)."""
     """Perplexity: windows per context length (None: all the text)."""
     timeout_s: float = 10.0
     """Code: seconds per sandboxed test run."""
@@ -407,7 +410,7 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None) -> dict[
     if cfg.api_url:
         model, tokenizer = _api_model_and_tokenizer(cfg, tokenizer)
     elif model is None or tokenizer is None:
-        m, t = load_model_and_tokenizer(cfg.model, cfg.dtype, cfg.tokenizer)
+        m, t = load_model_and_tokenizer(cfg.model, cfg.dtype, cfg.tokenizer, cfg.long_context)
         model, tokenizer = model or m, tokenizer or t
     load_s = time.perf_counter() - t0
     if cfg.mode == "chat" and cfg.system_prompt is None:  # the model's own default, recorded in settings

@@ -98,12 +98,12 @@ def _params_from_args(args: argparse.Namespace):
 def load_engine_from_args(args: argparse.Namespace, **engine_kwargs: Any):
     """The engine for the flags of :func:`openqwen.infer.loading.add_model_arguments` (``generate``,
     ``chat`` and ``serve`` load through this)."""
-    from .loading import load_model_and_tokenizer, set_threads  # noqa: PLC0415
+    from .loading import load_model_and_tokenizer, long_context_from_args, set_threads  # noqa: PLC0415
 
     set_threads(args.threads)
     # what Engine.from_pretrained does, with the engine (torch) imported only once the model is
     # known to exist: a mistyped path answers at once
-    model, tokenizer = load_model_and_tokenizer(args.model, args.dtype, args.tokenizer)
+    model, tokenizer = load_model_and_tokenizer(args.model, args.dtype, args.tokenizer, long_context_from_args(args))
     from .engine import Engine  # noqa: PLC0415
 
     engine_kwargs.setdefault("name", Path(args.model).name)

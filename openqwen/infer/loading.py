@@ -9,6 +9,10 @@ flags from :func:`add_model_arguments`, so they accept the same precisions under
 - ``int8``: weight-only int8 linears on float32 activations (the fastest CPU decode).
 
 ``float32`` and ``bfloat16`` are accepted as spellings of the first two.
+
+The long-context flags (``--rope-scaling``, ``--rope-update``, ``--logn``, ``--window-sizes``,
+``--attention-sinks``, ``--seq-length``) override what the checkpoint says, through
+:func:`long_context_from_args` and :func:`apply_long_context` (docs/long-context.md).
 """
 
 from __future__ import annotations
@@ -55,10 +59,10 @@ def load_for_inference(path: str | Path, dtype: str = "fp32") -> "Qwen":
     return model.eval()
 
 
-def load_model_and_tokenizer(path: str | Path, dtype: str = "fp32",
-                             tokenizer_path: str | Path | None = None) -> tuple["Qwen", Any]:
+def load_model_and_tokenizer(path: str | Path, dtype: str = "fp32", tokenizer_path: str | Path | None = None,
+                             long_context: dict[str, Any] | None = None) -> tuple["Qwen", Any]:
     """The model in ``dtype`` (see :func:`load_for_inference`) and its tokenizer (from ``tokenizer_path``,
-    else stored with the model)."""
+    else stored with the model); ``long_context``: overrides from :func:`long_context_from_args`."""
     from ..tokenizer import QwenTokenizer  # noqa: PLC0415
 
     if not Path(path).expanduser().exists():
@@ -66,6 +70,8 @@ def load_model_and_tokenizer(path: str | Path, dtype: str = "fp32",
     if tokenizer_path is not None and not Path(tokenizer_path).expanduser().exists():
         raise FileNotFoundError(f"tokenizer {tokenizer_path} does not exist; pass a tokenizer folder or file")
     model = load_for_inference(Path(path).expanduser(), dtype)
+    if long_context:
+        apply_long_context(model, long_context)
     tokenizer = QwenTokenizer.from_pretrained(Path(tokenizer_path or path).expanduser())
     return model, tokenizer
 
@@ -106,3 +112,107 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help=DTYPE_HELP)
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="CPU threads for torch (default: torch's choice)")
+    add_long_context_arguments(parser)
+
+
+# ------------------------------------------------------------------------------ long-context flags
+ROPE_SCALING_HELP = ("RoPE past the training length: ntk (dynamic NTK as the first generation released it: alpha "
+                     "1, 3, 7, 15 ... from each row's length), dynamic:F / yarn:F / linear:F (transformers' "
+                     "rope_scaling with factor F; yarn and linear change every length), none (plain RoPE). "
+                     "Default: what the checkpoint says")
+
+
+def parse_rope_scaling(text: str) -> dict[str, Any]:
+    """``--rope-scaling`` as QwenConfig fields: ntk, none, dynamic:F, yarn:F or linear:F."""
+    kind, _, factor = text.strip().lower().partition(":")
+    if kind in ("ntk", "none") and not factor:
+        return {"use_dynamic_ntk": kind == "ntk", "rope_scaling": None}
+    if kind in ("dynamic", "yarn", "linear") and factor:
+        try:
+            f = float(factor)
+        except ValueError:
+            f = 0.0
+        if f >= 1:
+            return {"use_dynamic_ntk": False, "rope_scaling": {"rope_type": kind, "factor": f}}
+    raise ValueError(f"--rope-scaling takes ntk, none, dynamic:F, yarn:F or linear:F with F >= 1, got {text!r}")
+
+
+def parse_window_sizes(text: str, layers: int) -> list[int | None] | None:
+    """``--window-sizes``: one window for every layer (``4096``), one per layer (``2048,2048,4096,null``),
+    groups of layers (``4x2048,4x4096,16x8192``; ``null``/``full`` for full attention), or ``none``."""
+    text = text.strip().lower()
+    if text in ("none", "off"):
+        return None
+
+    def one(item: str) -> int | None:
+        if item in ("null", "full"):
+            return None
+        value = int(item)
+        if value < 1:
+            raise ValueError
+        return value
+
+    try:
+        items = [i.strip() for i in text.split(",") if i.strip()]
+        if len(items) == 1 and "x" not in items[0]:
+            return [one(items[0])] * layers
+        sizes: list[int | None] = []
+        for item in items:
+            count, sep, size = item.partition("x")
+            sizes += [one(size)] * int(count) if sep else [one(item)]
+    except ValueError:
+        raise ValueError(f"--window-sizes: expected W, W1,W2,... or NxW,... (positive token counts, null for "
+                         f"full attention), got {text!r}") from None
+    if len(sizes) != layers:
+        raise ValueError(f"--window-sizes names {len(sizes)} layers; the model has {layers}")
+    return sizes
+
+
+def long_context_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The long-context flags that were given (raw: windows are resolved against the model's layers)."""
+    out: dict[str, Any] = {}
+    for flag in ("rope_scaling", "rope_update", "logn", "window_sizes", "attention_sinks", "seq_length"):
+        value = getattr(args, flag, None)
+        if value is not None:
+            out[flag] = value
+    return out
+
+
+def apply_long_context(model: "Qwen", settings: dict[str, Any]) -> None:
+    """Set the long-context options of ``settings`` (from :func:`long_context_from_args`) on the loaded
+    model; ValueError for a combination the config refuses."""
+    fields: dict[str, Any] = {}
+    if "rope_scaling" in settings:
+        fields.update(parse_rope_scaling(settings["rope_scaling"]))
+    if "rope_update" in settings:
+        fields["rope_update"] = settings["rope_update"]
+    if "logn" in settings:
+        fields["use_logn_attn"] = bool(settings["logn"])
+    if "window_sizes" in settings:
+        fields["window_sizes"] = parse_window_sizes(settings["window_sizes"], model.config.num_hidden_layers)
+    if "attention_sinks" in settings:
+        fields["attention_sinks"] = int(settings["attention_sinks"])
+    if "seq_length" in settings:
+        fields["seq_length"] = int(settings["seq_length"])
+    model.config = model.config.replace(**fields)
+
+
+def add_long_context_arguments(parser: argparse.ArgumentParser) -> None:
+    """The long-context flags (each overrides the checkpoint's setting; docs/long-context.md)."""
+    g = parser.add_argument_group(
+        "long context", "inference-time context extension; each is a bit-exact no-op up to the training length "
+        "(yarn/linear excepted). Example: --rope-scaling ntk --logn --window-sizes 4x2048,4x4096,24x8192")
+    g.add_argument("--rope-scaling", default=None, metavar="SPEC", help=ROPE_SCALING_HELP)
+    g.add_argument("--rope-update", default=None, choices=("prefill", "rotate", "stale"),
+                   help="how a dynamic base follows decoding: prefill (the release: kept from the prompt), rotate "
+                        "(re-decided as the text grows; cached keys re-rotated once per alpha step, so decoding "
+                        "equals a full forward), stale (transformers: cached keys keep their base)")
+    g.add_argument("--logn", default=None, action=argparse.BooleanOptionalAction,
+                   help="LogN attention scaling past the training length (--no-logn switches a checkpoint's off)")
+    g.add_argument("--window-sizes", default=None, metavar="LIST",
+                   help="per-layer attention windows: W for all layers, W1,W2,... per layer, or NxW groups "
+                        "(short low, long high, as the report); none: full attention")
+    g.add_argument("--attention-sinks", type=int, default=None, metavar="N",
+                   help="windowed layers also see the first N tokens (StreamingLLM); needs --window-sizes")
+    g.add_argument("--seq-length", type=positive_int, default=None, metavar="S",
+                   help="training length S where NTK and LogN switch on (default: the checkpoint's)")

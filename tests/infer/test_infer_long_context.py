@@ -107,3 +107,33 @@ def test_prefix_reuse_and_scoring_carry_the_options():
             logp = torch.log_softmax(model(torch.tensor([p + c]))[0, len(p) - 1 : -1].float(), -1)
             want = logp[torch.arange(len(c)), torch.tensor(c)]
             torch.testing.assert_close(torch.tensor(got.token_logprobs), want, atol=1e-4, rtol=0)
+
+
+# ------------------------------------------------------------------------------ the command-line flags
+def test_long_context_flags_set_the_model_options():
+    import argparse
+
+    from openqwen.infer.loading import add_model_arguments, apply_long_context, long_context_from_args
+
+    p = argparse.ArgumentParser()
+    add_model_arguments(p)
+    model = tiny_model(seed=1, layers=4, seq_length=S)
+    args = p.parse_args(["--model", "m", "--rope-scaling", "ntk", "--logn", "--window-sizes", "2x16,null,32",
+                         "--attention-sinks", "4", "--rope-update", "rotate", "--seq-length", "64"])
+    apply_long_context(model, long_context_from_args(args))
+    c = model.config
+    assert (c.use_dynamic_ntk, c.use_logn_attn, c.window_sizes, c.attention_sinks, c.rope_update, c.seq_length) == (
+        True, True, [16, 16, None, 32], 4, "rotate", 64)
+    apply_long_context(model, long_context_from_args(p.parse_args(["--model", "m", "--rope-scaling", "yarn:4",
+                                                                   "--no-logn", "--window-sizes", "none",
+                                                                   "--attention-sinks", "0"])))
+    c = model.config
+    assert (c.use_dynamic_ntk, c.rope_scaling, c.use_logn_attn, c.window_sizes) == (
+        False, {"rope_type": "yarn", "factor": 4.0}, False, None)
+    assert long_context_from_args(p.parse_args(["--model", "m"])) == {}  # nothing given: the checkpoint's own
+    for flags, message in ((["--rope-scaling", "yarn"], "--rope-scaling takes"),
+                           (["--window-sizes", "3x16"], "names 3 layers; the model has 4"),
+                           (["--window-sizes", "16,abc"], "expected W"),
+                           (["--attention-sinks", "2"], "only acts beside windows")):
+        with pytest.raises(ValueError, match=message):
+            apply_long_context(tiny_model(seed=1, layers=4), long_context_from_args(p.parse_args(["--model", "m", *flags])))

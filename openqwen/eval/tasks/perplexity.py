@@ -10,6 +10,13 @@ Each window is one row of :meth:`openqwen.infer.engine.Engine.score` (prompt: it
 continuation: the rest), whose output head runs in chunks of positions, so a 16K window of a
 152K-vocabulary model needs 0.6 GB of logits at a time, not 10 GB. The engine's ``max_seq_len`` must
 hold the longest window.
+
+Windows are chunked (non-overlapping), as the report's Table 3 measures: every token of a window of L
+is predicted from the tokens of that window before it, so the mean covers positions 0..L-1 alike; a
+model that breaks past its training length S shows it as soon as L > S. Long-context options
+(``openqwen eval --task perplexity --lengths 1024,2048,4096 --rope-scaling ntk --logn --window-sizes
+...``) are the model's own settings; :func:`markdown_table` and :func:`plot_curves` lay several runs side
+by side (docs/long-context.md).
 """
 
 from __future__ import annotations
@@ -76,3 +83,39 @@ def perplexity(engine: Any, token_ids: Sequence[int], context_length: int, max_w
     mean = nll / count
     return {"perplexity": math.exp(mean), "mean_nll": mean, "tokens": count, "windows": n_windows,
             "context_length": context_length}
+
+
+def markdown_table(curves: dict[str, dict[int, float]]) -> str:
+    """One row per option set (name -> {length: perplexity}), one column per length."""
+    lengths = sorted({L for row in curves.values() for L in row})
+    lines = ["| options | " + " | ".join(str(L) for L in lengths) + " |", "|---" * (len(lengths) + 1) + "|"]
+    for name, row in curves.items():
+        lines.append(f"| {name} | " + " | ".join(f"{row[L]:.3f}" if L in row else "" for L in lengths) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(curves: dict[str, dict[int, float]], path: str | Path, training_length: int | None = None,
+                title: str = "perplexity by context length") -> Path:
+    """Perplexity against context length (log-log), one line per option set; a dotted line at S."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, row in curves.items():
+        xs = sorted(row)
+        ax.plot(xs, [row[x] for x in xs], marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    if training_length:
+        ax.axvline(training_length, color="grey", ls=":", lw=1, label=f"training length {training_length}")
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("perplexity")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
