@@ -272,7 +272,8 @@ def test_markdown_renders_while_streaming(page):
 HOSTILE = ("<script>window.__xss = 'script'</script>\n\n"
            "Inline <img src=x onerror=\"window.__xss='img'\"> and <b onmouseover=\"window.__xss='b'\">bold</b>.\n\n"
            "[click me](javascript:window.__xss='link') and <a href=\"javascript:window.__xss='a'\">raw link</a> "
-           "and ![remote](https://example.invalid/track.png)\n\n"
+           "and ![remote](https://example.invalid/track.png) and [data](data:text/html;base64,PHNjcmlwdD4=) "
+           "and [fine](https://example.invalid/page)\n\n"
            "```html\n<script>window.__xss='fence'</script>\n<img src=x onerror=\"window.__xss='fence-img'\">\n```\n\n"
            "<svg onload=\"window.__xss='svg'\"></svg><iframe src=\"javascript:window.__xss='iframe'\"></iframe>")
 
@@ -284,6 +285,7 @@ DANGER_CHECK = """() => {
     tags: [...document.querySelectorAll('#messages script, #messages iframe, #messages svg, #messages object')].length,
     jsLinks: all.filter((el) => /^\\s*javascript:/i.test(el.getAttribute('href') || el.getAttribute('src') || '')).length,
     remote: [...document.querySelectorAll('#messages img')].filter((i) => !i.src.startsWith('data:')).length,
+    links: [...document.querySelectorAll('#messages a[href]')].map((a) => [a.getAttribute('href'), a.rel, a.target]),
   };
 }"""
 
@@ -323,7 +325,11 @@ def test_untrusted_markup_never_runs_and_shows_as_text(page, tmp_path):
     page.locator("#chats .chat-title", has_text="hi").click()  # back to the hostile answer
     page.wait_for_timeout(300)  # time for any load/error handler to fire
     found = page.evaluate(DANGER_CHECK)
-    assert found == {"xss": None, "handlers": [], "tags": 0, "jsLinks": 0, "remote": 0}
+    # the only link left is the https one (the remote image became one too), opened apart from the page
+    new_tab = ["noopener noreferrer nofollow", "_blank"]
+    assert found == {"xss": None, "handlers": [], "tags": 0, "jsLinks": 0, "remote": 0, "links": [
+        ["https://example.invalid/track.png", *new_tab], ["https://example.invalid/page", *new_tab]]}
+    assert answer.locator("a", has_text="data").get_attribute("href") is None
 
 
 def test_conversations_persist_across_reload_with_their_settings(page, tmp_path):
