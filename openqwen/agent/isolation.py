@@ -96,7 +96,8 @@ class IsolationPolicy:
     max_open_files: int = 256
     """Open file descriptors per process (RLIMIT_NOFILE)."""
     wall_timeout_s: float = 30.0
-    """Wall-clock seconds a run (or one interpreter call) may take before everything is killed."""
+    """Wall-clock seconds a run (or one interpreter call) may take before everything is killed; the
+    caller that waits enforces it (:meth:`Sandbox.run`, the interpreter, the eval sandbox)."""
     network: bool = False
     """False: an empty network namespace (no network at all). True: the host's network."""
     uid: int = NOBODY
@@ -454,6 +455,17 @@ class Sandbox:
                                     **kwargs)
         finally:
             self.close_fds()
+
+    def run(self, argv: Sequence[str], timeout_s: float | None = None, **kwargs) -> int | None:
+        """Run ``argv`` to the end, or kill everything at ``timeout_s`` (default: the policy's wall
+        timeout); its exit status, or None when it was killed for time."""
+        proc = self.popen(argv, **kwargs)
+        try:
+            rc: int | None = proc.wait(timeout=self.policy.wall_timeout_s if timeout_s is None else timeout_s)
+        except subprocess.TimeoutExpired:
+            rc = None
+        self.kill(proc)
+        return rc
 
     # -------------------------------------------------------------------------------- ending
     def pids(self) -> list[int]:
