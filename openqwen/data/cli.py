@@ -101,6 +101,11 @@ def _pipeline_config(args: argparse.Namespace):
         config.decontam.eval_sets = [s for s in args.eval_sets.split(",") if s]
     if getattr(args, "eval_file", None):
         config.decontam.extra = list(args.eval_file)
+    for item in getattr(args, "eval_data", None) or []:
+        name, sep, path = item.partition("=")
+        if not sep or not path:
+            raise ValueError(f"--eval-data {item!r}: expected SET=PATH, e.g. gsm8k=test.jsonl")
+        config.decontam.eval_files[name] = path
     if getattr(args, "weight", None):
         for item in args.weight:
             name, _, value = item.partition("=")
@@ -115,6 +120,7 @@ def _pipeline_config(args: argparse.Namespace):
     config.__post_init__()
     config.dedup.__post_init__()
     config.mix.__post_init__()
+    config.decontam.__post_init__()
     return config
 
 
@@ -242,8 +248,12 @@ def _add_stage_options(sp: argparse.ArgumentParser, stage: str | None) -> None:
     if stage in (None, "perplexity"):
         sp.add_argument("--lm", default=None, help="n-gram model (.npz from train-lm) for the perplexity stage")
     if stage in (None, "decontam"):
-        sp.add_argument("--eval-sets", default=None, help="built-in sets, comma-separated (humaneval,mmlu)")
+        sp.add_argument("--eval-sets", default=None, help="evaluation sets, comma-separated (default: all of "
+                        "humaneval,mbpp,gsm8k,mmlu,ceval,cmmlu,math,tools; those without data are skipped)")
         sp.add_argument("--eval-file", action="append", help="extra evaluation file (repeatable)")
+        sp.add_argument("--eval-data", action="append", metavar="SET=PATH",
+                        help="the file of a set without a built-in copy, e.g. --eval-data gsm8k=test.jsonl "
+                        "(mbpp, gsm8k, ceval, cmmlu, mc)")
     if stage in (None, "mix"):
         sp.add_argument("--weight", action="append", metavar="SOURCE=W",
                         help="per-source weight, e.g. --weight arithmetic=2 --weight python_stdlib=0.5")
