@@ -135,15 +135,17 @@ def test_page_stop_button_cancels(page, server):
     assert kept["role"] == "assistant" and kept["content"] and kept["stats"]["finish"] == "stopped"
     assert page.inner_text(".msg.assistant .stats").startswith("≈")
 
-    # a request the server refuses: its message, nothing stored, and Retry once the setting is fixed
+    # a request the server refuses: its message, no answer stored, and Retry once the setting is fixed
     page.fill("#temperature", "5")
     send(page, "again")
-    page.wait_for_selector(".msg.assistant.error .retry")
-    assert "temperature" in page.inner_text("#status.error")
+    page.wait_for_selector(".msg.assistant.error")
+    assert "temperature" in page.inner_text("#status.error") and "temperature" in page.inner_text(".msg.assistant.error")
     assert [m["role"] for m in current_chat(page)["messages"]] == ["user", "assistant", "user"]
+    page.reload()  # the unanswered message keeps its Retry after a reload too
+    ready(page)
     page.fill("#temperature", "0")
     page.fill("#max_tokens", "3")
-    page.click(".msg.assistant.error .retry")
+    page.click(".msg.user .actions .retry")
     wait_answers(page, 2)
     assert page.locator(".msg.assistant.error").count() == 0
     assert current_chat(page)["messages"][-1]["stats"]["tokens"] == 3

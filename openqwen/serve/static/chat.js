@@ -191,8 +191,10 @@ function drawMessages() {
   const lastUser = lastIndex(chat.messages, "user");
   const last = chat.messages.length - 1;
   if (lastUser >= 0) {
-    const view = views[lastUser];
-    view.append(actions([["Edit", "edit", () => startEdit(lastUser)]]));
+    const items = [["Edit", "edit", () => startEdit(lastUser)]];
+    // unanswered (the request failed, or the page was closed mid-answer): a way to ask again
+    if (lastUser === last) items.push(["Retry", "retry", regenerate]);
+    views[lastUser].append(actions(items));
   }
   for (const [i, m] of chat.messages.entries()) {
     if (m.role !== "assistant") continue;
@@ -338,10 +340,7 @@ async function generate() {
     if (chat === store.current) {
       drawChats();
       drawMessages();
-      if (!got && view.classList.contains("error")) { // nothing to keep: show why, and a way to try again
-        view.append(actions([["Retry", "retry", regenerate]]));
-        $("messages").append(view);
-      }
+      if (!got && view.classList.contains("error")) $("messages").append(view); // nothing kept: say why
     }
     $("input").focus();
   }

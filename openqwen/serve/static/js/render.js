@@ -23,6 +23,7 @@ function highlighted(code, lang) {
 
 marked.use({
   gfm: true,
+  breaks: true, // a single newline is a line break, as people (and models) mean it in chat
   renderer: {
     html({ text }) {
       return escapeHtml(text);
