@@ -15,9 +15,14 @@ EXAMPLES = """\
 examples:
   openqwen data demo-corpus --out data/demo            # the built-in corpus (~15 MB)
   openqwen data demo-corpus --out /tmp/dq --quick      # ~0.3 MB, for tests
-  openqwen data run --in data/demo --out data/clean    # all cleaning stages, then mix
+  openqwen data run --in data/demo --out data/clean    # all default stages, then mix; data/clean/data_card.md
+  openqwen data web-sample --out data/web              # 13 planted pages as a WARC archive
+  openqwen data run --in data/web --out data/web-clean --output-format parquet
+  openqwen data train-lm --text data/demo/shakespeare.jsonl.gz --out lm.npz
+  openqwen data run --in data/demo data/web --out data/all --lm lm.npz \
+      --stages extract,normalize,dedup-exact,dedup-fuzzy,langid,filter,perplexity,safety,decontam,mix
   openqwen data shard --in data/demo --out data/shards --docs-per-shard 500   # more shards, more workers
-  openqwen data pack --in data/clean/07-mix --out data/packed --seq-len 512
+  openqwen data pack --in data/clean/09-mix --out data/packed --seq-len 512
   openqwen data dedup-fuzzy --in shards/ --out dedup/ --threshold 0.8 --workers 2
   openqwen data run --in data/demo --out data/clean --executor ray
 """
@@ -206,6 +211,14 @@ def _train_quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def _web_sample(args: argparse.Namespace) -> int:
+    from .websample import build_web_sample, sample_pages
+
+    path = build_web_sample(args.out, warc=not args.html)
+    print(f"{len(sample_pages())} pages in {path}")
+    return 0
+
+
 def _train_lm(args: argparse.Namespace) -> int:
     from .io import iter_texts
     from .perplexity import NgramLM
@@ -288,10 +301,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     k.add_argument("--no-shuffle", action="store_true", help="keep the input document order")
     k.set_defaults(func=_pack)
 
-    r = sub.add_parser("run", help="run the cleaning stages in order (normalize ... mix)",
-                       description="normalize -> dedup-exact -> dedup-fuzzy -> langid -> filter -> decontam "
-                       "-> mix, each into OUT/NN-stage with its manifest. Finished stages are skipped, "
-                       "a killed run resumes.", epilog=EXAMPLES,
+    r = sub.add_parser("run", help="run the cleaning stages in order (extract ... mix)",
+                       description="extract -> normalize -> dedup-exact -> dedup-fuzzy -> langid -> filter -> "
+                       "safety -> decontam -> mix (perplexity when listed in --stages), each into OUT/NN-stage with "
+                       "its manifest, and OUT/data_card.md + .png. Finished stages are skipped, a killed run "
+                       "resumes.", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_common(r)
     r.add_argument("--stages", default=None, help="comma-separated subset of the stages, in order")
@@ -327,6 +341,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     h.add_argument("--out", required=True, help="output folder")
     h.add_argument("--docs-per-shard", type=int, default=1000, help="documents per shard (1000)")
     h.set_defaults(func=_shard)
+
+    w = sub.add_parser("web-sample", help="write the built-in web sample (13 planted pages) as WARC or HTML",
+                       description="Pages written for openqwen, each planting one case (boilerplate, copies, a "
+                       "HumanEval leak, abuse, spam, a login wall...); pages.json says where each should end.")
+    w.add_argument("--out", required=True, help="output folder")
+    w.add_argument("--html", action="store_true", help="plain .html files instead of pages.warc.gz")
+    w.set_defaults(func=_web_sample)
 
     lm = sub.add_parser("train-lm", help="train the n-gram language model of the perplexity stage",
                         description="Interpolated Kneser-Ney n-gram model (numpy, hashed units) on clean "
