@@ -59,8 +59,10 @@ class StreamWriter:
         (tool-call pieces), or the finish."""
         head = dict(id=self.id, created=self.created, model=self.model, system_fingerprint=self.fingerprint)
         if self.chat:
-            if delta is None:
-                delta = {"role": "assistant", "content": ""} if role else ({} if text is None else {"content": text})
+            if delta is None and role:  # with tools the reply may be calls only: no content until some comes
+                delta = {"role": "assistant"} if self.tools is not None else {"role": "assistant", "content": ""}
+            elif delta is None:
+                delta = {} if text is None else {"content": text}
             data = P.ChatCompletionChunk(**head, choices=[P.ChatChunkChoice(
                 index=index, delta=P.Delta(), finish_reason=finish, logprobs=logprobs)]).model_dump()
             data["choices"][0]["delta"] = delta  # only the fields this delta sets, as OpenAI sends them

@@ -28,7 +28,8 @@ from typing import Any
 from ..tokenizer.react import parse_react
 from . import protocol as P
 from .errors import APIError
-from .tools import ContentDelta, ToolCall, ToolCallDelta, ToolCallStream, new_call_id, parse_tool_calls
+from .tools import (ContentDelta, ToolCall, ToolCallDelta, ToolCallStream, bare_json_calls, may_be_bare_call,
+                    new_call_id, parse_tool_calls)
 
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
@@ -220,6 +221,9 @@ class ChoiceTools:
         self.content: str | None = None
         self._stream = ToolCallStream() if plan.style == "hermes" and not plan.legacy else None
         self._text: list[str] = []
+        self._names = {t["function"]["name"] for t in plan.tools}
+        # the reply's start, held while it may be a bare JSON call (then it is held to the end)
+        self._held: list[str] | None = [] if self._stream is not None else None
 
     def _deltas(self, items: list) -> list[dict]:
         out: list[dict] = []
@@ -234,13 +238,30 @@ class ChoiceTools:
         if self._stream is None:
             self._text.append(text)
             return []
+        if self._held is not None:
+            self._held.append(text)
+            head = "".join(self._held).lstrip()
+            if not head or may_be_bare_call(head):
+                return []
+            text, self._held = "".join(self._held), None
         return self._deltas(self._stream.feed(text))
 
     def finish(self, engine_reason: str) -> tuple[list[dict], str]:
         """The deltas still to send, and the finish reason (``tool_calls`` / ``function_call`` when the
         reply made a call and was not cut off)."""
-        if self._stream is not None:
-            deltas = self._deltas(self._stream.finish())
+        deltas: list[dict] = []
+        bare = None
+        if self._held is not None:  # the whole reply looked like JSON: bare calls, or ordinary text after all
+            whole, self._held = "".join(self._held), None
+            bare = bare_json_calls(whole, self._names)
+            if not bare:
+                deltas = self._deltas(self._stream.feed(whole))
+        if bare:
+            calls, content = bare, ""
+            deltas = [{"tool_calls": [ToolCallDelta(k, c.arguments, c.id, c.name).openai()]}
+                      for k, c in enumerate(calls) if self.plan.parallel or k == 0]
+        elif self._stream is not None:
+            deltas += self._deltas(self._stream.finish())
             calls, content = self._stream.calls, self._stream.content
         else:
             content, calls = self._parse("".join(self._text))
@@ -258,7 +279,8 @@ class ChoiceTools:
 
     def _parse(self, text: str) -> tuple[str, list[ToolCall]]:
         if self.plan.style == "hermes":
-            return parse_tool_calls(text)
+            bare = bare_json_calls(text, self._names)
+            return ("", bare) if bare else parse_tool_calls(text)
         step = parse_react(text)
         if step.action:
             arguments = step.action_input or "{}"

@@ -22,6 +22,7 @@ the arguments generated so far once its name was sent.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from dataclasses import dataclass, field
 
@@ -364,6 +365,43 @@ def _merge(deltas: list) -> list:
     return merged
 
 
+_FENCE = re.compile(r"^```(?:json)?[ \t]*\n(.*?)\n?```$", re.S)
+
+
+def may_be_bare_call(head: str) -> bool:
+    """Whether a reply that starts with ``head`` (leading whitespace removed) may still turn out to be
+    a bare JSON call (see :func:`bare_json_calls`)."""
+    return head[:1] in ("{", "[") or "```".startswith(head[:3])
+
+
+def bare_json_calls(text: str, names: set[str]) -> list[ToolCall] | None:
+    """The calls of a reply that is nothing but JSON calls without Qwen2.5's markers (small models
+    write them so): one ``{"name": ..., "arguments": {...}}`` object or a list of them, bare or in a
+    Markdown code fence, every name one of ``names``. None for anything else (it stays content)."""
+    body = text.strip()
+    fenced = _FENCE.match(body)
+    if fenced:
+        body = fenced.group(1).strip()
+    try:
+        value = json.loads(body)
+    except json.JSONDecodeError:
+        return None
+    calls = []
+    for item in value if isinstance(value, list) else [value]:
+        if not isinstance(item, dict) or item.get("name") not in names:
+            return None
+        arguments = item.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except json.JSONDecodeError:
+                return None
+        if not isinstance(arguments, dict):
+            return None
+        calls.append(ToolCall(item["name"], json.dumps(arguments, ensure_ascii=False)))
+    return calls or None
+
+
 def parse_tool_calls(text: str, start: str = TOOL_CALL_START, end: str = TOOL_CALL_END) -> tuple[str, list[ToolCall]]:
     """The content and the tool calls of a whole generated text (the streaming parser run once)."""
     stream = ToolCallStream(start, end)
@@ -372,5 +410,5 @@ def parse_tool_calls(text: str, start: str = TOOL_CALL_START, end: str = TOOL_CA
     return stream.content, stream.calls
 
 
-__all__ = ["ContentDelta", "TOOL_CALL_END", "TOOL_CALL_START", "ToolCall", "ToolCallDelta", "ToolCallStream",
+__all__ = ["bare_json_calls", "may_be_bare_call", "ContentDelta", "TOOL_CALL_END", "TOOL_CALL_START", "ToolCall", "ToolCallDelta", "ToolCallStream",
            "new_call_id", "parse_tool_calls"]

@@ -166,17 +166,32 @@ PARALLEL_REPLY = ('I will look both up.\n<tool_call>\n{"name": "get_weather", "a
                   '{"name": "add", "arguments": {"a": 1.5, "b": -2}}\n</tool_call>')
 
 
+FENCED = '```json\n{\n  "name": "get_weather",\n  "arguments": {"city": "Paris", "unit": "c"}\n}\n```'
+SCRIPTS = {  # reply -> (content, [(name, arguments)]) read by the non-streamed path
+    "parallel": (PARALLEL_REPLY, "I will look both up.", [
+        ("get_weather", '{"city": "</tool_call> <|im_end|>", "unit": "c"}'), ("add", '{"a": 1.5, "b": -2}')]),
+    # what Qwen2.5-Coder-0.5B writes under tool_choice auto: the call as a JSON block, no markers
+    "fenced bare call": (FENCED, None, [("get_weather", '{"city": "Paris", "unit": "c"}')]),
+    "bare list": ('[{"name": "add", "arguments": {"a": 1, "b": 2}}, {"name": "add", "arguments": "{\\"a\\": 3}"}]',
+                  None, [("add", '{"a": 1, "b": 2}'), ("add", '{"a": 3}')]),
+    "JSON, not a call": ('{"name": "nobody", "arguments": {}}', '{"name": "nobody", "arguments": {}}', []),
+    "code, not JSON": ("```python\nprint(1)\n```", "```python\nprint(1)\n```", []),
+}
+
+
 @pytest.mark.parametrize("parallel", [True, False])
-def test_parallel_calls_stream_into_the_sdk_state(tokenizer, parallel):
-    """A scripted parallel-call reply cut into 3-character pieces goes through the SSE writer; the SDK's
+@pytest.mark.parametrize("script", list(SCRIPTS))
+def test_scripted_replies_stream_into_the_sdk_state(tokenizer, parallel, script):
+    """Scripted replies cut into 3-character pieces go through the SSE writer; the SDK's
     ChatCompletionStreamState rebuilds the message the non-streamed path builds from the whole text."""
     from openai.lib.streaming.chat import ChatCompletionStreamState
     from openai.types.chat import ChatCompletionChunk
 
     from openqwen.serve.adapter import RequestAdapter
 
+    reply, content, calls = SCRIPTS[script]
     plan = ToolPlan(tools=TOOLS, choice="auto", parallel=parallel)
-    pieces = [PARALLEL_REPLY[i:i + 3] for i in range(0, len(PARALLEL_REPLY), 3)]
+    pieces = [reply[i:i + 3] for i in range(0, len(reply), 3)]
     writer = StreamWriter(RequestAdapter(tokenizer, 256), "id-1", 1, "tiny", None, True, False, 9, plan)
 
     async def collect():
@@ -189,12 +204,11 @@ def test_parallel_calls_stream_into_the_sdk_state(tokenizer, parallel):
         state.handle_chunk(ChatCompletionChunk.model_validate(json.loads(piece[6:-2])))
     streamed = state.get_final_completion().choices[0]
     reader = ChoiceTools(plan)
-    reader.feed(PARALLEL_REPLY)
+    reader.feed(reply)
     _, reason = reader.finish("stop")
     whole = reader.message()
-    assert streamed.finish_reason == reason == "tool_calls"
-    assert streamed.message.content == whole.content == "I will look both up."
-    got = [(c.function.name, c.function.arguments) for c in streamed.message.tool_calls]  # ids: fresh per parse
-    assert got == [(c.function.name, c.function.arguments) for c in whole.tool_calls]
-    assert [g[0] for g in got] == (["get_weather", "add"] if parallel else ["get_weather"])
-    assert json.loads(got[0][1])["city"] == "</tool_call> <|im_end|>"
+    expected = calls if parallel else calls[:1]
+    assert streamed.finish_reason == reason == ("tool_calls" if calls else "stop")
+    assert streamed.message.content == whole.content == content
+    got = [(c.function.name, c.function.arguments) for c in streamed.message.tool_calls or []]  # ids: per parse
+    assert got == [(c.function.name, c.function.arguments) for c in whole.tool_calls or []] == expected
