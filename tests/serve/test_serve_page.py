@@ -315,6 +315,17 @@ def test_conversations_persist_across_reload_with_their_settings(page, tmp_path)
                                           "expected one of system, user, assistant, tool")
     assert page.locator("#chats li").count() == 2
 
+    other = page.context.new_page()  # a second tab sees what the first one keeps
+    other.goto(page.url)
+    ready(other)
+    script(page, chunks("three"))
+    page.click("#new_chat")
+    send(page, "third question")
+    wait_answers(page, 1)
+    other.wait_for_function("() => document.querySelectorAll('#chats li').length === 3")
+    assert other.locator("#chats .chat-title").all_inner_texts() == ["third question", "Renamed A", "second question"]
+    other.close()
+
 
 def test_regenerate_edit_and_stop_from_the_keyboard(page):
     script(page, chunks("r1"))

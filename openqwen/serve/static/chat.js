@@ -4,7 +4,7 @@
 // export/import, and the keyboard. js/store.js keeps the conversations, js/api.js talks to the server,
 // js/render.js turns untrusted text into sanitised DOM.
 import { headers, errorText, sseEvents, Reply } from "./js/api.js";
-import { Store, SAMPLING, requestMessage, requestFields, exportChat, textOf } from "./js/store.js";
+import { Store, STORE_KEY, SAMPLING, requestMessage, requestFields, exportChat, textOf } from "./js/store.js";
 import { download, fileName, readImport } from "./js/transfer.js";
 import { renderMarkdown, toolCallsView, toolResultView, statsText, copyButton } from "./js/render.js";
 
@@ -296,7 +296,7 @@ async function generate() {
   controller = new AbortController();
   setBusy(true);
   setStatus("generating...");
-  let frame = 0, stopped = false;
+  let frame = 0, cut = null;
   const paint = () => { // at most once per animation frame: markdown is re-rendered whole each time
     frame = 0;
     const box = $("messages");
@@ -313,13 +313,14 @@ async function generate() {
     for await (const chunk of sseEvents(resp)) {
       if (reply.add(chunk) && !frame) frame = requestAnimationFrame(paint);
     }
-    const msg = reply.message(false);
+    const msg = reply.message();
     setStatus(`done (${msg.stats.finish}) · ${statsText(msg.stats)}`);
   } catch (e) {
     if (e.name === "AbortError") {
-      stopped = true;
+      cut = "stopped";
       setStatus("stopped");
     } else {
+      cut = "error";
       setStatus(e.message, true);
       view.classList.add("error");
       if (!reply.content && !reply.toolCalls.length) content.textContent = "error: " + e.message;
@@ -331,7 +332,7 @@ async function generate() {
     // a stopped reply stays in the conversation as far as it got, like any chat UI
     const got = reply.content || reply.toolCalls.length;
     if (got && store.chats.includes(chat)) {
-      chat.messages.push(reply.message(stopped));
+      chat.messages.push(reply.message(cut)); // a cut answer is kept as far as it got, and says so
       store.touch(chat);
       save();
     }
@@ -488,6 +489,13 @@ $("new_chat").addEventListener("click", newChat);
 $("api_key").addEventListener("change", () => {
   localStorage.setItem("openqwen_api_key", $("api_key").value);
   loadModels();
+});
+
+// another tab of this page changed the conversations: take its version unless an answer is streaming here
+window.addEventListener("storage", (ev) => {
+  if (ev.key !== STORE_KEY || controller || editing) return;
+  store.reload();
+  showCurrent();
 });
 
 $("api_key").value = localStorage.getItem("openqwen_api_key") || "";

@@ -85,13 +85,14 @@ export class Reply {
     return changed;
   }
 
-  /** The OpenAI assistant message, with `stats` for the line under it. */
-  message(stopped) {
+  /** The OpenAI assistant message, with `stats` for the line under it; `cut` names why the stream
+   * ended early ("stopped", "error"), if it did. */
+  message(cut = null) {
     const msg = { role: "assistant", content: this.content || (this.toolCalls.length ? null : "") };
     const calls = this.toolCalls.filter(Boolean);
     if (calls.length) msg.tool_calls = calls;
     const tokens = this.usage ? this.usage.completion_tokens : this.chunks;
-    const stats = { tokens, estimated: !this.usage, finish: stopped ? "stopped" : this.finish || "stop" };
+    const stats = { tokens, estimated: !this.usage, finish: cut || this.finish || "stop" };
     if (this.firstAt !== null) {
       stats.ttft_s = (this.firstAt - this.started) / 1000;
       const span = (this.lastAt - this.firstAt) / 1000;

@@ -8,7 +8,8 @@
 // exported).
 "use strict";
 
-const KEY = "openqwen.chats.v1";
+export const STORE_KEY = "openqwen.chats.v1";
+const KEY = STORE_KEY;
 export const SAMPLING = ["temperature", "top_p", "top_k", "repetition_penalty", "max_tokens", "seed"];
 export const DEFAULT_SETTINGS = Object.freeze({
   system: "You are a helpful assistant.", temperature: "0.7", top_p: "0.8", top_k: "0",
@@ -29,19 +30,26 @@ export function titleFrom(text) {
 export class Store {
   constructor(storage = window.localStorage) {
     this.storage = storage;
+    this.reload();
+  }
+
+  /** (Re)reads the saved conversations; starts one empty chat when there are none. */
+  reload() {
+    const keep = this.currentId;
     this.chats = [];
     this.currentId = null;
     this.loadError = null;
     try {
-      const saved = JSON.parse(storage.getItem(KEY) || "null");
+      const saved = JSON.parse(this.storage.getItem(KEY) || "null");
       if (saved && Array.isArray(saved.chats)) {
         this.chats = saved.chats;
         this.currentId = saved.current;
       }
     } catch (e) { // a corrupt entry must not lock the user out of the page: keep it aside, start clean
-      storage.setItem(KEY + ".corrupt", storage.getItem(KEY));
+      this.storage.setItem(KEY + ".corrupt", this.storage.getItem(KEY));
       this.loadError = "saved conversations could not be read (kept under " + KEY + ".corrupt)";
     }
+    if (keep && this.chats.some((c) => c.id === keep)) this.currentId = keep; // each tab stays where it is
     if (!this.current) this.currentId = this.chats.length ? this.sorted()[0].id : this.create().id;
   }
 
