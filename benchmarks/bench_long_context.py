@@ -36,6 +36,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 S = 128
 BATCH = 16
+ROWS = 16_000
+"""Training crops drawn once (the trainer walks epochs over them)."""
 EVAL_PLAYS = ("comedies/as-you-like-it.md", "histories/henry-v.md", "tragedies/hamlet.md", "tragedies/othello.md")
 EVAL_CODE = ("argparse.py", "difflib.py", "tarfile.py")
 
@@ -93,7 +95,7 @@ def train_model(docs: list[bytes], steps: int, out: Path):
                        "train.tensorboard": False, "train.progress": False, "train.log_every": 50,
                        "train.peak_flops": 1e11}.items():
         cfg.set(key, value)
-    Trainer(cfg, model, Crops(docs, steps * BATCH)).fit()
+    Trainer(cfg, model, Crops(docs, ROWS)).fit()  # a fixed set, so a longer run can resume
     return model.eval()
 
 
@@ -153,6 +155,54 @@ def plot(table: dict[str, dict[int, float]], path: Path) -> None:
                 title=f"Table 3 in shape: a nano Qwen trained at S={S} (bytes), to 16x S")
 
 
+def time_decoding(context: int, threads: int) -> dict[str, float]:
+    """Costs at long context, measured against a peer in the same run (a random model of the
+    Qwen2.5-0.5B attention shape, 24 layers x 2 KV heads x 64, hidden 256 so the weights stay small):
+    one re-rotation of a row's cached keys (rope_update="rotate" at an alpha boundary) against one plain
+    decode step, and fused decode steps with windows of 512 in every layer against full attention."""
+    from openqwen import Qwen, QwenConfig
+    from openqwen.infer.kernels import FusedDecoder
+
+    torch.set_num_threads(threads)
+    shape = dict(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=24, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=64, seq_length=context // 2, max_position_embeddings=2 * context)
+    out: dict[str, float] = {"context": context}
+
+    def best(fn, n=5) -> float:
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    with torch.no_grad():
+        for name, extra in (("full", {}), ("window512", {"window_sizes": [512] * 24}),
+                            ("ntk-rotate", {"use_dynamic_ntk": True, "rope_update": "rotate"})):
+            torch.manual_seed(0)
+            model = Qwen(QwenConfig(**shape, **extra)).eval()
+            cache = model.new_cache(1, context + 16)
+            cache.keys = [torch.randn_like(k) for k in cache.keys]  # as if `context` tokens were prefilled
+            cache.lengths.fill_(context)
+            cache.rope_bases.fill_(float(model.config.rope_theta))
+            fused = FusedDecoder.build(model, cache)
+            ids = torch.zeros(1, 1, dtype=torch.long)
+
+            def step():
+                cache.lengths.fill_(context)
+                (fused.hidden_states(ids) if fused is not None else model.hidden_states(ids, cache=cache))
+
+            if name == "ntk-rotate":  # the row just crossed from alpha 1 to 3: each step re-rotates it
+                def crossing():
+                    cache.rope_bases.fill_(float(model.config.rope_theta))
+                    step()
+                out["step_at_boundary_s"] = best(crossing)
+                out["step_after_s"] = best(step)
+            else:
+                out[f"step_{name}_s"] = best(step)
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/longctx", help="working folder (the trained model goes here)")
@@ -161,7 +211,12 @@ def main() -> int:
     p.add_argument("--docs", default=str(ROOT / "docs"), help="where the table json and plot go")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seq-length", type=int, default=S, help=f"training length S (default {S})")
+    p.add_argument("--timing", type=int, default=0, metavar="CONTEXT",
+                   help="only time decoding at this context (re-rotation, windows vs full) and exit")
     args = p.parse_args()
+    if args.timing:
+        print(json.dumps(time_decoding(args.timing, args.threads), indent=2))
+        return 0
     set_seq_length(args.seq_length)
     torch.set_num_threads(args.threads)
     out = Path(args.out)

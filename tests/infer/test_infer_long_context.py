@@ -30,28 +30,33 @@ def model_with(name: str, seed: int = 3):
 
 def check_greedy(model, prompt: list[int], got: list[int]) -> None:
     """Each token the engine chose is the argmax of a full forward over the text so far (a tie within
-    1e-3 of logits ~20 is fp32 noise, not a choice), with the alpha the engine must use: rope_update
-    "rotate" re-decides it at each length, "prefill" keeps the prompt's (the base pinned to it)."""
-    pinned = _pinned(model, len(prompt))
-    with torch.no_grad():
-        for i, token in enumerate(got):
-            logits = pinned(torch.tensor([prompt + got[:i]]))[0, -1, :259]
-            assert logits.max() - logits[token] < 1e-3, (i, token, int(logits.argmax()))
+    1e-3 of logits ~20 is fp32 noise, not a choice), with the RoPE base the engine must use: rope_update
+    "rotate" re-decides it at each length, "prefill" keeps the prompt's. Lengths that share a base share
+    one forward (attention is causal, LogN and windows depend on positions only)."""
+    from openqwen.long_context import is_dynamic, rope_base
 
-
-def _pinned(model, prompt_len: int):
-    pinned = model
     cfg = model.config
-    if cfg.use_dynamic_ntk and cfg.rope_update == "prefill":
-        from openqwen.long_context import rope_base
+    by_base: dict[float, list[int]] = {}
+    for i in range(len(got)):
+        n = len(prompt) + i  # tokens before the i-th choice
+        decided = n if cfg.rope_update == "rotate" else len(prompt)
+        by_base.setdefault(rope_base(cfg, decided) if is_dynamic(cfg) else cfg.rope_theta, []).append(i)
+    for base, steps in by_base.items():
+        pinned = model
+        if is_dynamic(cfg):  # the same model with its base fixed
+            pinned = type(model)(cfg.replace(use_dynamic_ntk=False, rope_scaling=None, rope_theta=base)).eval()
+            pinned.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            logits = pinned(torch.tensor([prompt + got[: max(steps)]]))[0, :, :259]
+        for i in steps:
+            row = logits[len(prompt) + i - 1]
+            assert row.max() - row[got[i]] < 1e-3, (i, got[i], int(row.argmax()))
 
-        pinned = type(model)(cfg.replace(use_dynamic_ntk=False, rope_theta=rope_base(cfg, prompt_len))).eval()
-        pinned.load_state_dict(model.state_dict())
-    return pinned
+
+ENGINE_PATHS = [(name, False) for name in OPTIONS] + [("all-rotate", True), ("yarn", True)]
 
 
-@pytest.mark.parametrize("fused", [True, False], ids=["fused", "torch"])
-@pytest.mark.parametrize("name", OPTIONS)
+@pytest.mark.parametrize("name,fused", ENGINE_PATHS, ids=[f"{n}-{'fused' if f else 'torch'}" for n, f in ENGINE_PATHS])
 def test_engine_greedy_equals_the_full_forward_reference(name, fused):
     """Three prompts of 3, 7 and 12 tokens (alpha 1, 1, 3) decode together past 4 S (alpha 7), in one
     batch: each equals its own full-forward greedy continuation."""
