@@ -6,6 +6,13 @@ rotate-half layout; bias only in the query/key/value projection; RMSNorm compute
 Grouped-query attention covers Qwen1.5/2/2.5. Nothing here knows about parallelism, mixed precision
 or compilation: those are applied from outside (``openqwen.train``).
 
+Long context (docs/long-context.md): :meth:`Qwen.rope_tables` gives each row the RoPE base of its true
+length (dynamic NTK as released, or transformers' rope_scaling), re-rotating a row's cached keys when
+``rope_update="rotate"`` moves its base; LogN multiplies the rotated queries past ``seq_length``;
+:meth:`Qwen._layer_masks` gives windowed layers (with sinks) their own mask. The formulas are in
+:mod:`openqwen.long_context`; with every option off, or a sequence within ``seq_length``, the code takes
+exactly the plain path.
+
 Reading order: RMSNorm -> rotary helpers -> KVCache -> Attention -> MLP -> Block -> Qwen.
 """
 
