@@ -6,7 +6,8 @@ first generation's ``qwen`` architecture, loaded as a dense :class:`openqwen.Qwe
   back to ``gguf.quants.dequantize`` (vectorised numpy, slower). The results equal the ``gguf``
   package's reference dequantisers bit for bit (tested).
 * :func:`config_from_gguf` reads every metadata field that changes the function and refuses what
-  openqwen does not implement (RoPE scaling, partial rotary dimensions, value heads wider than keys).
+  openqwen does not implement (RoPE scaling other than linear / yarn, partial rotary dimensions, value
+  heads wider than keys).
 * :data:`GGUF_NAMES` maps the tensors. llama.cpp's converter stores qwen2 and qwen Q/K rows
   unpermuted (it permutes only LLaMA-family checkpoints), so the projections map across as they
   are; the real-weights test against transformers' own GGUF loading confirms it for qwen2. For qwen
@@ -268,12 +269,7 @@ def config_from_gguf(f: GGUFFile) -> QwenConfig:
 
     if "token_embd.weight" not in f.tensors:
         raise CheckpointError(f"{f.path} lacks tensor 'token_embd.weight'")
-    scaling = get("rope.scaling.type", "none")
-    if scaling not in ("none", "") or float(get("rope.scale_linear", 1.0)) != 1.0:
-        raise CheckpointError(
-            f"{f.path} asks for RoPE scaling {scaling!r}; openqwen implements only unscaled RoPE so far "
-            "(yarn / linear scaling come with long-context support)"
-        )
+    rope_scaling = _rope_scaling(get, f.path)
     hidden, heads = int(get("embedding_length")), int(get("attention.head_count"))
     head_dim = int(get("attention.key_length", hidden // heads))
     if int(get("attention.value_length", head_dim)) != head_dim:
@@ -295,6 +291,7 @@ def config_from_gguf(f: GGUFFile) -> QwenConfig:
             )
         ffn = width
     context = int(get("context_length"))
+    trained = int(rope_scaling.get("original_max_position_embeddings", context)) if rope_scaling else context
     return QwenConfig(
         vocab_size=f.tensors["token_embd.weight"].shape[0],
         hidden_size=hidden,
@@ -308,8 +305,30 @@ def config_from_gguf(f: GGUFFile) -> QwenConfig:
         qkv_bias="blk.0.attn_q.bias" in f.tensors or "blk.0.attn_qkv.bias" in f.tensors,
         tie_word_embeddings="output.weight" not in f.tensors,
         max_position_embeddings=context,
-        seq_length=context,
+        seq_length=trained,
+        rope_scaling=rope_scaling,
     )
+
+
+def _rope_scaling(get: Any, path: Any) -> dict[str, Any] | None:
+    """``QwenConfig.rope_scaling`` from llama.cpp's ``rope.scaling.*`` keys, as its converter wrote them from
+    the Hugging Face config (linear: factor, or the older ``rope.scale_linear``; yarn: factor, original
+    context length, beta_fast / beta_slow when stored); other types are refused."""
+    kind = str(get("rope.scaling.type", "none") or "none")
+    legacy = float(get("rope.scale_linear", 1.0))
+    if kind == "none" and legacy == 1.0:
+        return None
+    if kind in ("none", "linear"):
+        return {"rope_type": "linear", "factor": float(get("rope.scaling.factor", legacy))}
+    if kind == "yarn":
+        out: dict[str, Any] = {"rope_type": "yarn", "factor": float(get("rope.scaling.factor"))}
+        for ours, theirs in (("original_max_position_embeddings", "rope.scaling.original_context_length"),
+                             ("beta_fast", "rope.scaling.yarn_beta_fast"), ("beta_slow", "rope.scaling.yarn_beta_slow")):
+            value = get(theirs, None)
+            if value is not None:
+                out[ours] = int(value) if ours.startswith("original") else float(value)
+        return out
+    raise CheckpointError(f"{path} asks for RoPE scaling {kind!r}; openqwen implements linear and yarn in GGUF files")
 
 
 def load_gguf(path: str | Path, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu",

@@ -250,9 +250,29 @@ def test_first_generation_gguf_is_the_same_function(tmp_path):
         torch.testing.assert_close(loaded(ids), model(ids), rtol=0, atol=0)
 
 
+def test_gguf_rope_scaling_is_read_as_transformers_rope_scaling(tmp_path):
+    model = Qwen(QwenConfig(**GGUF_CONFIG))
+
+    def yarn(w):
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(4.0)
+        w.add_rope_scaling_orig_ctx_len(32)
+
+    write_gguf(tmp_path / "yarn.gguf", model, all_f32=True, metadata=yarn)
+    c = load_model(tmp_path / "yarn.gguf").config
+    assert c.rope_scaling == {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}
+    assert c.seq_length == 32
+
+    def linear(w):
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(2.0)
+
+    write_gguf(tmp_path / "linear.gguf", model, all_f32=True, metadata=linear)
+    assert load_model(tmp_path / "linear.gguf").config.rope_scaling == {"rope_type": "linear", "factor": 2.0}
+
+
 GGUF_REFUSED = {
-    "yarn": (lambda w: w.add_rope_scaling_type(gguf.RopeScalingType.YARN), "RoPE scaling 'yarn'"),
-    "linear": (lambda w: w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR), "RoPE scaling 'linear'"),
+    "longrope": (lambda w: w.add_rope_scaling_type(gguf.RopeScalingType.LONGROPE), "RoPE scaling 'longrope'"),
     "partial-rotary": (lambda w: w.add_rope_dimension_count(32), "RoPE rotates 32 of 64 head dims"),
     "value-width": (lambda w: w.add_value_length(32), "value heads of 32 dims differ from key heads of 64"),
 }
