@@ -10,7 +10,7 @@ task's ``heldout`` split), it measures: the reward model's reward of sampled ans
 rollouts; mean and std), the ground-truth score and accuracy, the mean per-token KL of the policy to the
 starting model on those samples (full distributions, k1), greedy accuracy, and the next-token loss on
 held-out pretraining rows (the last ``--ptx-heldout`` packed sequences, which the ptx term never sees).
-Results go to OUT/results.json and a comparison plot to OUT/ppo_proof.png; each run's own log, loss.png
+Results go to OUT/results-VARIANTS.json and a comparison plot (``--plot-only`` once they are done) to OUT/ppo_proof.png; each run's own log, loss.png
 and ppo.png page go to OUT/<variant>/.
 """
 
@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -74,19 +75,30 @@ def evaluate(policy, reference, rm, tokenizer, heldout, ptx_rows, seed: int = 12
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sft", required=True)
-    ap.add_argument("--reward", required=True)
-    ap.add_argument("--ptx", required=True, help="packed pretraining shards")
+    ap.add_argument("--sft")
+    ap.add_argument("--reward")
+    ap.add_argument("--ptx", help="packed pretraining shards")
     ap.add_argument("--ptx-heldout", type=int, default=64)
     ap.add_argument("--out", default="runs/ppo/proof")
     ap.add_argument("--steps", type=int, default=160)
     ap.add_argument("--heldout", type=int, default=200)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--set", nargs="*", default=[], help="extra overrides KEY=VALUE for every variant")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--real-gguf", help="instead: one PPO step with LoRA on this GGUF (time, peak memory)")
+    ap.add_argument("--plot-only", action="store_true", help="only draw OUT/ppo_proof.png from the variants' logs")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.real_gguf:
+        result = real_lora_step(args.real_gguf, out)
+        print(json.dumps(result))
+        (out / "real-lora.json").write_text(json.dumps(result, indent=2) + "\n")
+        return
+    if args.plot_only:  # variants run as separate processes (one per core) write their own results files
+        plot_comparison(out, [v for v in args.variants.split(",") if (out / v / "metrics.jsonl").exists()])
+        return
     tokenizer = load_tokenizer(args.sft)
     rm = load_reward_model(args.reward).eval()
     packed = PackedRows(args.ptx)
@@ -102,7 +114,7 @@ def main() -> None:
                     "train.progress": False, "train.tensorboard": False, "train.save_every": 0,
                     "ppo.ptx_data": args.ptx, "ppo.ptx_coef": 0.5}
         settings.update(VARIANTS[name])
-        settings.update(dict(kv.split("=", 1) for kv in args.set))
+        settings.update({k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)})
         cfg = PPOConfig.load("ppo-nano.yaml", settings)
         policy = copy.deepcopy(start).train()
         trainer = build_ppo_trainer(cfg, policy, tokenizer, rm, synthetic.prompts("train", cfg.ppo.prompt_pool,
@@ -116,8 +128,33 @@ def main() -> None:
                          "seconds": seconds, "steps": summary["steps"]}
         plot_metric_page(read_metrics(out / name), PPO_PANELS, out / name / "ppo.png", f"PPO {name}")
         print(name, json.dumps(results[name]))
-        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (out / f"results-{args.variants}.json").write_text(json.dumps(results, indent=2) + "\n")
     plot_comparison(out, [v for v in args.variants.split(",")])
+
+
+def real_lora_step(gguf: str, out: Path, rank: int = 8) -> dict[str, float]:
+    """One PPO step with LoRA (policy and value) on real weights; returns its time and peak memory."""
+    import resource
+
+    from openqwen.infer.loading import load_model_and_tokenizer
+
+    policy, tokenizer = load_model_and_tokenizer(gguf, "fp32")
+    policy.train()
+    cfg = PPOConfig.load("ppo-nano.yaml", {
+        "train.out_dir": str(out / "real-lora"), "train.max_steps": 1, "train.resume": False, "train.progress": False,
+        "train.tensorboard": False, "train.plot": False, "train.save_every": 0, "train.peak_flops": 1e12,
+        "lora.rank": rank, "optim.lr": 1e-6, "ppo.value_lr": 5e-6, "ppo.reward": "synthetic", "ppo.value_init": "policy",
+        "ppo.prompts_per_rollout": 2, "ppo.responses_per_prompt": 2, "ppo.epochs": 1, "ppo.minibatches": 1,
+        "ppo.value_warmup_steps": 0, "ppo.max_new_tokens": 16, "ppo.ptx_coef": 0.0, "ppo.ptx_data": None})
+    trainer = build_ppo_trainer(cfg, policy, tokenizer, None, synthetic.prompts("train", 50, 0), builtin_task=True)
+    t0 = time.perf_counter()
+    stats = trainer.train_step()
+    seconds = time.perf_counter() - t0
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+    trainable = sum(p.numel() for m in (trainer.model, trainer.modules["value"]) for p in m.parameters()
+                    if p.requires_grad)
+    return {"seconds": seconds, "peak_rss_gib": peak_gib, "trainable_params": trainable,
+            **{k: stats[k] for k in ("ratio", "kl", "reward_raw", "entropy", "value_loss", "response_length")}}
 
 
 def plot_comparison(out: Path, names: list[str]) -> None:

@@ -65,14 +65,11 @@ def test_first_minibatch_ratio_is_exactly_one_and_old_logprobs_are_the_sampled_d
     assert torch.equal(logp[mask], batch["old_logprobs"][mask])  # ratio exp(0) = 1 exactly, not ~1
     # and those old log-probs are the engine's sampled (top-p renormalised) ones, up to float rounding
     assert float(batch["behaviour_gap"].max()) < 1e-4
-    source.buffer, source.cursor = None, 0  # the loop starts from a fresh rollout of the same stream
-    source.generator.manual_seed(source.seed)
-    trainer.source = type(source)(source.cfg, source.policy, task, source.reference, source.tokenizer,
-                                  source.prompts, source.seed, reward_model=source.reward_model,
-                                  score_fn=source.score_fn, correct_fn=source.correct_fn)
+    trainer = nano_ppo(tmp_path / "loop")  # the same first step, through the loop
     stats = trainer.train_step()
     assert stats["ratio"] == 1.0 and stats["clip_frac"] == 0.0
     assert stats["kl"] == 0.0  # the policy is still the reference: k1 is exactly 0
+    assert trainer.train_step()["ratio"] != 1.0  # the second minibatch sees the updated policy
 
 
 def test_value_warmup_keeps_the_policy_bit_identical_and_value_lr_is_its_own(tmp_path):
