@@ -212,3 +212,16 @@ def test_scripted_replies_stream_into_the_sdk_state(tokenizer, parallel, script)
     assert streamed.message.content == whole.content == content
     got = [(c.function.name, c.function.arguments) for c in streamed.message.tool_calls or []]  # ids: per parse
     assert got == [(c.function.name, c.function.arguments) for c in whole.tool_calls or []] == expected
+
+
+def test_chat_template_flag(artifact, tmp_path):
+    from openqwen.serve.cli import chat_template_from_flag
+
+    gguf = str(artifact("qwen25-coder-0.5b-instruct-gguf"))
+    assert chat_template_from_flag("chatml", gguf) is None
+    assert chat_template_from_flag("auto", gguf).knows_tools
+    assert chat_template_from_flag("auto", str(tmp_path)) is None  # a folder without a template: ChatML
+    (tmp_path / "t.jinja").write_text("{{ messages[0]['content'] }}")
+    assert chat_template_from_flag(str(tmp_path / "t.jinja"), gguf).render([{"role": "user", "content": "x"}]) == "x"
+    with pytest.raises(ValueError, match="--chat-template 'nope' is not auto, chatml or an existing .jinja file"):
+        chat_template_from_flag("nope", gguf)
