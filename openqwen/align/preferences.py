@@ -166,7 +166,8 @@ def read_preferences(path: str | Path, skip_bad: bool = False) -> tuple[list[Pre
                 pairs.append(parse_row(obj, where))
             except PreferenceDataError as e:
                 if not skip_bad:
-                    raise PreferenceDataError(f"{e} (or pass --skip-bad to count and skip bad rows)") from None
+                    raise PreferenceDataError(f"{e} (to count and skip bad rows instead: --skip-bad for reward score, "
+                                              "--reward.skip_bad true or --dpo.skip_bad true for training)") from None
                 report.skipped += 1
                 if len(report.reasons) < MAX_REASONS:
                     report.reasons.append(str(e))

@@ -101,13 +101,17 @@ def encoded(files: list[str], cfg: RewardConfig, kind: str, tokenizer: Any, seq_
     return pairs
 
 
+def is_reward_model_folder(path: str | Path) -> bool:
+    """A folder :func:`~openqwen.align.reward.load_reward_model` reads as a reward model (not a plain LM)."""
+    config = Path(path) / "config.json"
+    return config.exists() and SEQ_CLS_ARCHITECTURE in (json.loads(config.read_text()).get("architectures") or [])
+
+
 def initial_reward_model(cfg: RewardConfig, tokenizer: Any) -> RewardModel:
-    """The model to start from: a reward model folder as it is, else a Qwen (``model.init_from`` or
-    the preset) with a fresh head seeded by ``train.seed``."""
-    init = cfg.model.init_from
-    if init and SEQ_CLS_ARCHITECTURE in (json.loads((Path(init) / "config.json").read_text()).get("architectures") or []
-                                         if (Path(init) / "config.json").exists() else []):
-        rm = load_reward_model(init)
+    """The model to start from: a reward model folder as it is (``model.init_from``), else a Qwen
+    (``init_from`` or the preset) with a fresh head seeded by ``train.seed``."""
+    if cfg.model.init_from and is_reward_model_folder(cfg.model.init_from):
+        rm = load_reward_model(cfg.model.init_from)
     else:
         rm = RewardModel.from_backbone(build_model(cfg, tokenizer.vocab_size, None), seed=cfg.train.seed)
     rm.backbone.train()

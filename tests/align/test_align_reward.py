@@ -159,3 +159,25 @@ def test_reward_cli_pmp_then_finetune_then_score(tmp_path, base_dir, capsys):
     assert main(["reward", "score", "--model", str(out), "--data", str(replies), "--skip-bad"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"line"')]
     assert [r["line"] for r in rows] == [1]
+
+
+# ------------------------------------------------------------------ the nano proof (slow: CPU minutes)
+@pytest.mark.slow
+def test_nano_proof_pmp_then_finetune_beats_finetune_alone(tmp_path):
+    """reward-nano.yaml from the demo's SFT model: held-out pairwise accuracy >= 90 % after PMP then
+    fine-tuning, and above fine-tuning alone at the same fine-tuning steps (docs/alignment.md)."""
+    from pathlib import Path
+
+    from openqwen.align import reward_train
+
+    base = Path("runs/demo/sft")
+    if not (base / "config.json").exists():
+        pytest.skip("needs the demo's SFT model: run `make demo` first")
+    accuracy = {}
+    for name, extra in (("pmp", ["--reward.pmp_steps", "120"]), ("ft", ["--reward.pmp_files", "[]"])):
+        cfg = reward_train.RewardConfig.load("reward-nano.yaml", ["--model.init_from", str(base), "--train.out_dir",
+                                                                   str(tmp_path / name), "--train.progress", "false",
+                                                                   "--train.plot", "false", *extra])
+        accuracy[name] = reward_train.run(cfg)["heldout_accuracy"]
+    assert accuracy["pmp"] >= 0.9
+    assert accuracy["pmp"] > accuracy["ft"]
