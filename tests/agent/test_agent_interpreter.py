@@ -34,6 +34,7 @@ def test_state_stdout_stderr_value_and_errors(ci):
     assert "ZeroDivisionError" in r.observation()
 
 
+@pytest.mark.slow  # importing matplotlib in a fresh kernel takes 5-10 s here
 def test_matplotlib_figures_come_back_as_png(ci):
     r = ci.run("import matplotlib.pyplot as plt\nplt.plot([1, 4, 9])\nplt.title('squares')\nplt.show()", timeout_s=120)
     assert r.ok, r.error
@@ -77,12 +78,19 @@ def test_the_kernel_sees_no_host_files_network_or_processes(ci, tmp_path):
     assert ci.enforced["network"].startswith("none")
 
 
-def test_timeout_kills_the_kernel_and_the_next_call_gets_a_fresh_one(ci):
+def test_timeout_kills_the_kernel_at_the_deadline(ci):
     ci.run("y = 'kept?'\nopen('note.txt', 'w').write('files survive')")
     t0 = time.monotonic()
     r = ci.run("while True:\n    pass", timeout_s=1.5)
     assert r.timed_out and r.restarted and "TimeoutError" in r.error
     assert time.monotonic() - t0 < 4  # returns at its deadline, the restart happens at the next call
+    assert ci.sandbox.pids() == []  # nothing of the kernel is left
+
+
+@pytest.mark.slow
+def test_after_a_timeout_the_next_call_gets_a_fresh_kernel_and_the_files(ci):
+    ci.run("y = 'kept?'\nopen('note.txt', 'w').write('files survive')", timeout_s=120)
+    assert ci.run("while True:\n    pass", timeout_s=1.5).timed_out
     r = ci.run("open('note.txt').read(), 'y' in dir()", timeout_s=120)
     assert r.result == "('files survive', False)"
     assert (ci.workdir / "note.txt").read_text() == "files survive"
@@ -133,8 +141,11 @@ def test_memory_bombs(ci):
 def test_a_200_mb_print_returns_in_time_and_cut(ci):
     t0 = time.monotonic()
     r = ci.run("for _ in range(200):\n    print('x' * 1_000_000)", timeout_s=60)
-    assert len(r.stdout) < 3000 and "more characters of output cut" in r.stdout
-    assert time.monotonic() - t0 < 60
+    assert time.monotonic() - t0 < 60 and len(r.stdout) < 3000
+    # the kernel buffers output in its own memory: either the host cuts what arrives, or the kernel
+    # dies at its memory limit first (seen as SIGSEGV/SIGKILL); either way the call returns in time
+    assert "more characters of output cut" in r.stdout or "KernelDied" in r.error
+    assert ci.run("5 + 5", timeout_s=120).result == "10"
 
 
 @pytest.mark.slow
