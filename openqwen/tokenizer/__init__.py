@@ -6,8 +6,11 @@ Modules, each importing only those above it (no cycles):
   names, GPT-2 byte-to-unicode spelling, :class:`TokenizerError`);
 - :mod:`.formats`: vocabulary files in and out (``qwen.tiktoken``, ``tokenizer.json``,
   ``vocab.json`` + ``merges.txt``, ``tokenizer_config.json``, GGUF) and finding them in a folder;
+- :mod:`.react`: the first generation's ReAct tool prompt and :func:`~.react.parse_react`;
 - :mod:`.chat`: ChatML rendering with the SFT assistant mask, message validation, history trimming
-  (:func:`chat_prompt_ids`), the Jinja chat template;
+  (:func:`chat_prompt_ids`, also with ``tools=`` and the model's own ``template=``), the Jinja chat template;
+- :mod:`.template`: :class:`~.template.ChatTemplate`, the model's own jinja template rendered as
+  transformers renders it, encoded so that message text never becomes special ids;
 - :mod:`.bpe`: :class:`QwenTokenizer` (encode/decode with special-token safety, streaming decode),
   built from a :class:`Vocabulary`;
 - :mod:`.train`: training and extending vocabularies, compression statistics;
