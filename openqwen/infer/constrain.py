@@ -317,10 +317,10 @@ class SchemaConstraint:
         out = torch.full_like(logits, float("-inf"))
         if isinstance(allowed, torch.Tensor):
             n = min(len(allowed), logits.shape[-1])
-            keep = allowed[:n]
+            keep = allowed[:n].to(logits.device)  # (a no-op on the CPU)
             out[:n] = torch.where(keep, logits[:n], out[:n])
         else:
-            idx = torch.tensor([i for i in allowed if i < logits.shape[-1]], dtype=torch.long)
+            idx = torch.tensor([i for i in allowed if i < logits.shape[-1]], dtype=torch.long, device=logits.device)
             out[idx] = logits[idx]
         return out
 
