@@ -36,6 +36,15 @@ def evalplus_prompt(hf_tok, problem_prompt: str) -> str:
     return text.split(_SPLIT)[0]
 
 
+def read_ours(path: Path) -> dict[int, str]:
+    """openqwen's completions by problem index: an ``openqwen eval --output`` JSON (its details) or the
+    JSON lines of a partial / completions file."""
+    text = path.read_text()
+    if text.lstrip().startswith("{") and '"details"' in text[:100_000]:
+        return {i: d["completion"] for i, d in enumerate(json.loads(text)["details"])}
+    return {int(r["index"]): r["text"] for r in map(json.loads, text.splitlines()) if r}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gguf", default=None, help="default: the qwen25-coder-0.5b-instruct-gguf artifact")
@@ -55,10 +64,6 @@ def main() -> None:
 
     gguf = Path(args.gguf or artifact_path("qwen25-coder-0.5b-instruct-gguf"))
     problems = code.load_humaneval(artifact_path("humaneval"))[args.start: args.start + args.count]
-    ours = {}
-    for line in Path(args.ours).read_text().splitlines():
-        r = json.loads(line)
-        ours[int(r.get("index", -1))] = r["text"]
     t0 = time.perf_counter()
     hf_tok = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -88,10 +93,12 @@ def main() -> None:
                 hf_text = hf_text[:j]
         programs.append(code.build_program(p, hf_text, "chat"))
         rows.append({"index": i, "task_id": p.task_id, "prompt_ids_equal": hf_ids == oq_ids,
-                     "prompt_tokens": len(hf_ids), "completion_equal": ours.get(i) == hf_text,
-                     "ours": ours.get(i), "transformers": hf_text})
-        print(f"{p.task_id}: prompt ids equal {hf_ids == oq_ids}, completion equal {ours.get(i) == hf_text}",
-              flush=True)
+                     "prompt_tokens": len(hf_ids), "transformers": hf_text})
+        print(f"{p.task_id}: prompt ids equal {hf_ids == oq_ids}", flush=True)
+    ours = read_ours(Path(args.ours))  # read now: openqwen's run may have been running beside this one
+    for r in rows:
+        r["ours"] = ours.get(r["index"])
+        r["completion_equal"] = r["ours"] == r["transformers"]
     runs = run_many(programs, 10.0, 1024, progress=False)
     ours_prog = [code.build_program(p, ours[args.start + k], "chat") for k, p in enumerate(problems)
                  if args.start + k in ours]
