@@ -15,6 +15,7 @@ TOXIC = [
     "ＹＯＵ　ＭＯＲＯＮ",  # full-width forms do not hide the word
     "go to hell, all of you",
     "你这个傻逼",
+    "Get out of here, you bastard",
 ]
 CLEAN = [
     "The garbage collector frees objects nobody refers to.",
@@ -24,6 +25,8 @@ CLEAN = [
     "The play's villain hides in the garden until the third act.",
     "He lives near the river and walks to the market.",
     "她每天早上喝一杯绿茶。",
+    "_Enter the BASTARD and HUBERT, severally_",  # King John's Philip the Bastard, a speaker label
+    "**BASTARD**",
 ]
 
 
