@@ -142,3 +142,32 @@ def test_long_context_flags_set_the_model_options():
                            (["--attention-sinks", "2"], "only acts beside windows")):
         with pytest.raises(ValueError, match=message):
             apply_long_context(tiny_model(seed=1, layers=4), long_context_from_args(p.parse_args(["--model", "m", *flags])))
+
+
+# ------------------------------------------------------------------------------ the real model (slow)
+@pytest.mark.slow
+@pytest.mark.artifacts
+def test_real_gguf_perplexity_is_bit_exact_under_the_options_below_its_training_length():
+    """The control of docs/long-context.md: Qwen2.5-Coder-0.5B (trained at 32K) scored on 1024 tokens of a
+    long stdlib file gives the same perplexity, bit for bit, with NTK + LogN + windows of 1024, because
+    every option is a no-op below the training length."""
+    import sysconfig
+    from pathlib import Path
+
+    from openqwen.artifacts import artifact_path
+    from openqwen.eval.tasks.perplexity import perplexity
+    from openqwen.infer.loading import apply_long_context, load_for_inference
+    from openqwen.tokenizer import QwenTokenizer
+
+    path = artifact_path("qwen25-coder-0.5b-instruct-gguf")
+    if path is None:
+        pytest.skip("artifact 'qwen25-coder-0.5b-instruct-gguf' not fetched")
+    model, tok = load_for_inference(path, "fp32"), QwenTokenizer.from_pretrained(path)
+    ids = tok.encode((Path(sysconfig.get_paths()["stdlib"]) / "difflib.py").read_text())[:1024]
+    plain = perplexity(Engine(model, tok, max_batch_size=1, max_seq_len=1024, background=False), ids, 1024)
+    apply_long_context(model, {"rope_scaling": "ntk", "logn": True, "window_sizes": "1024"})
+    assert model.config.seq_length == 32768
+    scaled = perplexity(Engine(model, tok, max_batch_size=1, max_seq_len=1024, background=False), ids, 1024)
+    assert scaled == plain, (scaled, plain)
+    print(f"Qwen2.5-Coder-0.5B, difflib.py, 1024 tokens: perplexity {plain['perplexity']:.4f} with and without")
+    assert 1.0 < plain["perplexity"] < 10.0  # a code model on Python source
