@@ -14,6 +14,8 @@ from openqwen.eval.harness import EvalConfig, load_model_and_tokenizer, run_eval
 # minutes of CPU on a 2-core machine; allow for a busy one
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
+QWEN25_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+
 
 def test_coder_humaneval_and_mmlu_small(artifact, tmp_path):
     gguf = artifact("qwen25-coder-0.5b-instruct-gguf")
@@ -28,8 +30,9 @@ def test_coder_humaneval_and_mmlu_small(artifact, tmp_path):
     he = json.loads(js.read_text())
     assert he["counts"]["total"] == 3 and he["shots"] == 0 and he["mode"] == "chat"
     assert set(he["metrics"]) == {"pass@1"}
-    # the first HumanEval problems are easy; the full run solved HumanEval/0 and /2 of these 3 (greedy
-    # fp32 decoding is deterministic), each reply ending by itself well inside the 320-token budget
+    # the first HumanEval problems are easy; the full run and the 8-problem run with EvalPlus' prompt
+    # (docs/results.md) solved HumanEval/0 and /2 of these 3 (greedy fp32 decoding is deterministic),
+    # each reply ending by itself well inside the 320-token budget
     assert [d["passed"] for d in he["details"]] == [1, 0, 1]
     assert he["metrics"]["pass@1"] == pytest.approx(2 / 3)
     assert [he["details"][i]["finish_reason"] for i in (0, 2)] == ["stop", "stop"]
@@ -48,10 +51,11 @@ def test_coder_humaneval_and_mmlu_small(artifact, tmp_path):
     letters = mc.letter_token_ids(tok, leading_space=False)
     want = []
     for it in subset:
-        ids = tok.apply_chat_template(mc.chat_messages(it, [], False), add_generation_prompt=True)
+        # the harness puts the model's own default system prompt first (its GGUF chat template's)
+        ids = tok.apply_chat_template(mc.chat_messages(it, [], False, QWEN25_SYSTEM), add_generation_prompt=True)
         with torch.no_grad():
             want.append(mc.LETTERS[int(model(torch.tensor([ids]))[0, -1, letters].argmax())])
     assert [d["prediction"] for d in mm["details"]] == want
     assert len(set(want)) > 1  # a working model does not answer one letter to everything
-    # measured 5 of 20 on these questions (chance is 0.25: this checks the count, not skill)
-    assert mm["counts"]["correct"] == sum(p == it.answer for p, it in zip(want, subset)) == 5
+    assert mm["settings"]["system_prompt"] == QWEN25_SYSTEM
+    assert mm["counts"]["correct"] == sum(p == it.answer for p, it in zip(want, subset))
