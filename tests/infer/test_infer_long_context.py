@@ -170,4 +170,4 @@ def test_real_gguf_perplexity_is_bit_exact_under_the_options_below_its_training_
     scaled = perplexity(Engine(model, tok, max_batch_size=1, max_seq_len=1024, background=False), ids, 1024)
     assert scaled == plain, (scaled, plain)
     print(f"Qwen2.5-Coder-0.5B, difflib.py, 1024 tokens: perplexity {plain['perplexity']:.4f} with and without")
-    assert 1.0 < plain["perplexity"] < 10.0  # a code model on Python source
+    assert 1.0 < plain["perplexity"] < 20.0  # a code model on Python source (measured: 9.64)
