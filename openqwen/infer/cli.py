@@ -17,7 +17,7 @@ EXAMPLES_GENERATE = """examples:
   openqwen generate --model runs/demo/pretrain --prompt 'Once upon a time' --temperature 0 --max-new-tokens 40
   # fill in the middle of a function (prefix-suffix-middle prompt; prints the middle only)
   openqwen generate --model qwen2.5-coder-0.5b-instruct-q4_k_m.gguf --temperature 0 \
-      --fim-prefix $'def area(w, h):\n    ' --fim-suffix $'\n    return result\n'
+      --fim-prefix $'def area(w, h):\n    ' --fim-suffix $'\n    return result\n' --stop $'\n\n'
 """
 
 EXAMPLES_CHAT = """examples:
@@ -130,7 +130,7 @@ def run_generate(args: argparse.Namespace) -> int:
         raise ValueError("--fim-suffix needs --fim-prefix (the code before the gap; it may be '')")
     if args.fim_prefix is not None and args.chat:
         raise ValueError("--fim-prefix is a plain-completion prompt; drop --chat")
-        params = _params_from_args(args)  # a bad value: ValueError, one line from the dispatcher
+    params = _params_from_args(args)  # a bad value: ValueError, one line from the dispatcher
     prompt = _read_prompt(args.prompt_file) if args.prompt_file else args.prompt
     engine = load_engine_from_args(args, max_batch_size=1, max_seq_len=args.max_seq_len)
     start = time.perf_counter()
