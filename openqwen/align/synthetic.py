@@ -1,8 +1,9 @@
 """The built-in verifiable preference task: arithmetic questions with a checkable answer and format.
 
-Every prompt is one user turn, ``What is A + B?`` or ``What is A - B?`` (operands 0..``MAX_OPERAND``,
-subtraction never negative). The preferred reply is the correct result in the fixed format
-``The answer is N.``; the ground-truth reward (:func:`score_response`) is
+Every prompt is one user turn, ``What is A + B?`` or ``What is A - B?`` with single-digit operands
+(0..``MAX_OPERAND`` = 9, subtraction never negative: 100 sums and 55 differences). The preferred reply
+is the correct result in the fixed format ``The answer is N.``; the ground-truth reward
+(:func:`score_response`) is
 
 ==========================================================  =====
 the reply is exactly ``The answer is N.`` with the right N   1.0
@@ -12,12 +13,19 @@ anything else                                               0.0
 ==========================================================  =====
 
 so a policy can climb by format first and by arithmetic next, and a reward model has to check the
-number (not only the wording) to rank the pairs of :func:`preference_pairs`.
+number (not only the wording) to rank the pairs of :func:`preference_pairs`: wrong numbers are guesses
+from the answers' own range 0..18, so magnitude alone does not give them away.
+
+Why single digits: a nano model (1M parameters, minutes of CPU) cannot check two-digit sums (with
+operands up to 50 the nano reward model ranked wrong-number pairs at 61-67 %, the SFT policy stated
+the right number 0-5 % of the time), so nothing correct was there to learn or reinforce. The
+one-digit table is small enough to learn, and still not given away: held-out questions are never
+seen, so getting them right needs the arithmetic (e.g. ``1 + 3`` is held out, ``3 + 1`` is trained).
 
 Splits are disjoint by construction: an operand triple ``(A, op, B)`` belongs to ``heldout`` when
-``(7*A + 13*B + (op == '-')) % 10 == 0`` (one in ten), else to ``train``, so no held-out question is
-ever asked in training, whatever ``n`` and ``seed`` are. Everything is a pure function of its
-arguments (``random.Random(seed)``), so data made anywhere is the same.
+``(7*A + 11*B + 3*(op == '-')) % 5 == 0`` (31 of the 155 questions), else to ``train``, so no held-out
+question is ever asked in training, whatever ``n`` and ``seed`` are. Everything is a pure function of
+its arguments (``random.Random(seed)``), so data made anywhere is the same.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from functools import lru_cache
 
 from .preferences import PreferencePair
 
-MAX_OPERAND = 50
+MAX_OPERAND = 9
 """Largest operand of the questions."""
 
 SPLITS = ("train", "heldout")
@@ -44,7 +52,7 @@ _OFF_FORMAT = ("{}", "{}.", "It is {}.", "I think it is {}", "The answer: {}", "
 
 
 def _in_heldout(a: int, op: str, b: int) -> bool:
-    return (7 * a + 13 * b + (op == "-")) % 10 == 0
+    return (7 * a + 11 * b + 3 * (op == "-")) % 5 == 0
 
 
 @lru_cache(maxsize=None)

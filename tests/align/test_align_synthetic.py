@@ -17,7 +17,12 @@ def test_splits_are_disjoint_whatever_n_and_seed():
     heldout = _questions("heldout", 2000, 0)  # more than the pool: every held-out question appears
     for seed in range(3):
         assert not _questions("train", 5000, seed) & heldout
-    assert len(heldout) == len(synthetic._pool("heldout")) > 300
+    # single-digit operands: 100 sums and 55 non-negative differences, one in five held out, worked by hand
+    # from (7A + 11B + 3 [op is -]) % 5 == 0
+    assert len(heldout) == len(synthetic._pool("heldout")) == 31
+    assert len(synthetic._pool("train")) == 155 - 31
+    assert {"What is 0 + 0?", "What is 1 + 3?", "What is 2 + 1?", "What is 4 - 4?", "What is 9 - 9?"} <= heldout
+    assert not {"What is 3 + 1?", "What is 1 + 0?", "What is 2 + 3?", "What is 4 - 1?"} & heldout
 
 
 def test_prompts_are_deterministic_and_seeded():
@@ -38,6 +43,11 @@ def test_ground_truth_reward_by_hand():
     assert synthetic.is_correct(m, "it is 42") and not synthetic.is_correct(m, "The answer is 43.")
     sub = [{"role": "user", "content": "What is 30 - 8?"}]
     assert synthetic.formatted_answer(sub) == "The answer is 22."
+    one = [{"role": "user", "content": "What is 7 + 8?"}]  # the task's own range: single digits
+    assert synthetic.score_response(one, "The answer is 15.") == 1.0
+    assert synthetic.score_response(one, "7 + 8 = 15") == 0.5
+    assert synthetic.score_response(one, "The answer is 16.") == 0.25
+    assert synthetic.score_response(one, "The answer is 7.") == 0.25
     with pytest.raises(ValueError, match="not a synthetic"):
         synthetic.score_response([{"role": "user", "content": "hello"}], "x")
 
@@ -56,8 +66,13 @@ def test_pairs_prefer_the_higher_ground_truth_and_noise_swaps_labels():
     assert all(synthetic.score_response(c[:-1], c[-1]["content"]) == 1.0 for c in sft)
 
 
-def test_subtraction_never_negative():
+def test_subtraction_never_negative_and_operands_single_digit():
     rng = random.Random(0)
     for m in synthetic.prompts("train", 3000, 0):
-        assert synthetic.answer_of(m) >= 0
-        assert not synthetic.rejected_response(m, rng).startswith("The answer is -")
+        assert 0 <= synthetic.answer_of(m) <= 18
+        a, _, b = m[0]["content"][len("What is "):-1].split()
+        assert 0 <= int(a) <= 9 and 0 <= int(b) <= 9
+        rejected = synthetic.rejected_response(m, rng)
+        assert not rejected.startswith("The answer is -")
+        # wrong numbers are guesses from the answers' own range 0..18, so the number must be checked
+        assert all(0 <= int(x) <= 18 for x in synthetic._INT_RE.findall(rejected))
