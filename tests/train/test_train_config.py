@@ -39,11 +39,16 @@ def test_bad_keys_and_values_are_refused_clearly():
         parse_override_args(["--optim.lr"])
 
 
+ALIGNMENT_RECIPES = ("reward", "dpo", "ppo")
+
+
 def test_bundled_recipes_load():
     names = list_recipes()
     assert {"nano-pretrain.yaml", "nano-sft.yaml", "pretrain.yaml", "sft.yaml"} <= set(names)
+    # the alignment recipes carry their stage's own section; tests/align/test_align_recipes.py loads them
     for name in names:
-        TrainConfig.load(name)
+        if not name.startswith(ALIGNMENT_RECIPES):
+            TrainConfig.load(name)
     sft = TrainConfig.load("sft.yaml")  # the report's SFT settings
     assert (sft.optim.lr, sft.optim.warmup_steps, sft.model.dropout, sft.optim.weight_decay) == (2e-6, 1430, 0.1, 0.1)
 
