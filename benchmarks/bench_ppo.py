@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from openqwen.align import synthetic  # noqa: E402
 from openqwen.align.ppo import PPO_PANELS, PPOConfig  # noqa: E402
-from openqwen.align.ppo_cli import build_ppo_trainer  # noqa: E402
+from openqwen.align.ppo_run import build_ppo_trainer  # noqa: E402
 from openqwen.align.reward import load_reward_model  # noqa: E402
 from openqwen.align.rollout import full_logprobs, generate_rollouts, rollout_params  # noqa: E402
 from openqwen.checkpoint import load_model  # noqa: E402

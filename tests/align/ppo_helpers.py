@@ -16,7 +16,7 @@ def nano_ppo(out_dir, overrides=None, policy_seed: int = 0, reward: str = "model
     minibatches (4 steps per rollout), the built-in arithmetic prompts, a random reward model."""
     from openqwen.align import synthetic
     from openqwen.align.ppo import PPOConfig
-    from openqwen.align.ppo_cli import build_ppo_trainer
+    from openqwen.align.ppo_run import build_ppo_trainer
     from openqwen.align.reward import RewardModel
 
     settings = {"train.out_dir": str(out_dir), "train.max_steps": 8, "train.progress": False,
