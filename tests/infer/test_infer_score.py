@@ -113,11 +113,14 @@ def test_text_inputs_and_bad_input(engine):
 
 def test_score_while_the_engine_generates():
     model = tiny_model(seed=12)
-    eng = Engine(model, ByteTokenizer(), max_batch_size=2, max_seq_len=300)
+    # the caller steps this engine, so the generation is exactly half-way while it scores
+    eng = Engine(model, ByteTokenizer(), max_batch_size=2, max_seq_len=300, background=False)
     solo = Engine(model, ByteTokenizer(), max_batch_size=2, max_seq_len=300)
     try:
         params = GREEDY.replace(max_new_tokens=200)
         handle = eng.submit("a long generation", params)
+        for _ in range(100):
+            eng.step()
         g = torch.Generator().manual_seed(3)
         prompts = [rand_ids(g, 30) for _ in range(4)]
         conts = [rand_ids(g, 10) for _ in range(4)]
@@ -125,7 +128,7 @@ def test_score_while_the_engine_generates():
         worker = threading.Thread(target=lambda: results.append(eng.score(prompts, conts)))
         worker.start()
         worker.join()
-        assert eng.num_active == 1  # the generation was still running while we scored
+        assert eng.num_active == 1  # the generation holds its slot and KV cache while we score
         check(model, prompts, conts, results[0])
         assert handle.result().token_ids == solo.generate(["a long generation"], params)[0].token_ids
     finally:
