@@ -30,10 +30,10 @@ from openqwen.train.distributed import DistInfo, init_distributed
 from openqwen.train.lora import apply_lora
 from openqwen.train.loop import Trainer
 from openqwen.train.pretrain import build_model, load_tokenizer
-from openqwen.train.tasks import Metrics, Task
+from openqwen.train.tasks import Metrics
 
 from . import synthetic
-from .pairs import EncodedPair, PairRows, encode_pairs, trim
+from .pairs import EncodedPair, PairRows, PairTask, encode_pairs, trim
 from .preferences import PreferencePair, read_preferences
 
 
@@ -76,22 +76,13 @@ def reply_logps(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, prompt_
     return (token_logp * scored).sum(-1)
 
 
-class DPOTask(Task):
+class DPOTask(PairTask):
     """The DPO loss on :class:`DPORows` batches; one unit per pair."""
 
     def __init__(self, beta: float = 0.1) -> None:
         if beta <= 0:
             raise ValueError(f"dpo.beta must be > 0, got {beta}")
         self.beta = float(beta)
-
-    def count(self, batch: dict[str, torch.Tensor]) -> int:
-        return int(batch["chosen_ids"].shape[0])
-
-    def tokens(self, batch: dict[str, torch.Tensor]) -> int:
-        return int(batch["chosen_mask"].sum() + batch["rejected_mask"].sum())
-
-    def flops(self, config, batch: dict[str, torch.Tensor]) -> float:
-        return config.flops_per_token(int(batch["chosen_ids"].shape[-1])) * self.tokens(batch)
 
     def policy_logps(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(chosen, rejected) reply log-probs [B] under ``model``, one forward for both sides."""

@@ -20,6 +20,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from openqwen.train.tasks import Task
+
 from .preferences import PreferencePair
 
 
@@ -108,3 +110,17 @@ def both_sides(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
     """Chosen rows then rejected rows as one [2B, T] batch (one forward for both sides)."""
     return (torch.cat([batch["chosen_ids"], batch["rejected_ids"]]),
             torch.cat([batch["chosen_mask"], batch["rejected_mask"]]))
+
+
+class PairTask(Task):
+    """What the pairwise tasks (reward model, DPO) share: a pair is the unit of loss, and the tokens
+    processed are both sides' real tokens."""
+
+    def count(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["chosen_ids"].shape[0])
+
+    def tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["chosen_mask"].sum() + batch["rejected_mask"].sum())
+
+    def flops(self, config: Any, batch: dict[str, torch.Tensor]) -> float:
+        return config.flops_per_token(int(batch["chosen_ids"].shape[-1])) * self.tokens(batch)

@@ -39,9 +39,9 @@ from openqwen.checkpoint.common import (CheckpointError, atomic_write_text, buil
 from openqwen.checkpoint.hf import ARCHITECTURE, QWEN2_NAMES, config_from_hf, config_to_hf, hf_state_from_model
 from openqwen.model import Qwen
 from openqwen.train.export import MODULES_DIR, load_module
-from openqwen.train.tasks import Metrics, Task, final_hidden_states
+from openqwen.train.tasks import Metrics, final_hidden_states
 
-from .pairs import EncodedPair, both_sides, pad_rows, trim
+from .pairs import EncodedPair, PairTask, both_sides, pad_rows, trim
 
 SEQ_CLS_ARCHITECTURE = "Qwen2ForSequenceClassification"
 HEAD_MODULE = "score"
@@ -128,7 +128,7 @@ class RewardModel(nn.Module):
 
 
 # ------------------------------------------------------------------ the training task
-class RewardTask(Task):
+class RewardTask(PairTask):
     """Pairwise Bradley-Terry loss on :class:`~openqwen.align.pairs.PairRows` batches; one unit per pair.
 
     ``margin`` is added to each pair's own margin (the data's ``margin`` field): the loss asks
@@ -140,15 +140,6 @@ class RewardTask(Task):
 
     def modules(self) -> dict[str, nn.Module]:
         return {HEAD_MODULE: self.head}
-
-    def count(self, batch: dict[str, torch.Tensor]) -> int:
-        return int(batch["chosen_ids"].shape[0])
-
-    def tokens(self, batch: dict[str, torch.Tensor]) -> int:
-        return int(batch["chosen_mask"].sum() + batch["rejected_mask"].sum())
-
-    def flops(self, config, batch: dict[str, torch.Tensor]) -> float:
-        return config.flops_per_token(int(batch["chosen_ids"].shape[-1])) * self.tokens(batch)
 
     def pair_rewards(self, model: nn.Module, batch: dict[str, torch.Tensor],
                      modules: Mapping[str, nn.Module] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
