@@ -116,7 +116,7 @@ def test_reward_task_on_the_trainer_learns_and_its_export_loads(tmp_path):
     held = encode_pairs(synthetic.preference_pairs("heldout", 32, 0), tok, 96)[0]
     before = pair_metrics(*score_pairs(rm.eval(), held, 16, EOT))
     cfg = TrainConfig.load(None, {"train.out_dir": str(tmp_path / "run"), "train.max_steps": 8, "train.batch_size": 8,
-                                  "optim.lr": 1e-2, "optim.warmup_steps": 1, "optim.schedule": "constant",
+                                  "optim.lr": 3e-3, "optim.warmup_steps": 1, "optim.schedule": "constant",
                                   "train.progress": False, "train.tensorboard": False, "train.peak_flops": 1e10, "train.plot": False,
                                   "train.eval_batches": 4})
     trainer = Trainer(cfg, rm.backbone, train, task=RewardTask(rm.head), val_data=PairRows(held, 96, EOT), name="rm")
