@@ -25,6 +25,7 @@ import json
 import re
 import secrets
 from dataclasses import dataclass, field
+from typing import Any
 
 TOOL_CALL_START = "<tool_call>"
 TOOL_CALL_END = "</tool_call>"
@@ -374,6 +375,16 @@ def may_be_bare_call(head: str) -> bool:
     return head[:1] in ("{", "[") or "```".startswith(head[:3])
 
 
+def arguments_object(arguments: Any) -> dict | None:
+    """A call's arguments (an object, or its JSON text) as a dict; None when they are not a JSON object."""
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError:
+            return None
+    return arguments if isinstance(arguments, dict) else None
+
+
 def bare_json_calls(text: str, names: set[str]) -> list[ToolCall] | None:
     """The calls of a reply that is nothing but JSON calls without Qwen2.5's markers (small models
     write them so): one ``{"name": ..., "arguments": {...}}`` object or a list of them, bare or in a
@@ -390,13 +401,8 @@ def bare_json_calls(text: str, names: set[str]) -> list[ToolCall] | None:
     for item in value if isinstance(value, list) else [value]:
         if not isinstance(item, dict) or item.get("name") not in names:
             return None
-        arguments = item.get("arguments", {})
-        if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments)
-            except json.JSONDecodeError:
-                return None
-        if not isinstance(arguments, dict):
+        arguments = arguments_object(item.get("arguments", {}))
+        if arguments is None:
             return None
         calls.append(ToolCall(item["name"], json.dumps(arguments, ensure_ascii=False)))
     return calls or None

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ...agent.fncall import bare_calls, read_calls
-from ...serve.tools import TOOL_CALL_START
+from ...serve.tools import TOOL_CALL_START, arguments_object
 from ...tokenizer.react import parse_react
 
 __all__ = ["CodeCase", "ToolCase", "CaseScore", "bundled_path", "load_code_cases", "load_tool_cases",
@@ -143,14 +143,8 @@ _TOKEN = re.compile(r"\w+|[^\w\s]")
 
 def normalise_arguments(arguments: Any) -> str | None:
     """Arguments (an object or its JSON text) as JSON with sorted keys; None when not a JSON object."""
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments)
-        except json.JSONDecodeError:
-            return None
-    if not isinstance(arguments, dict):
-        return None
-    return json.dumps(arguments, sort_keys=True, ensure_ascii=False)
+    arguments = arguments_object(arguments)
+    return None if arguments is None else json.dumps(arguments, sort_keys=True, ensure_ascii=False)
 
 
 def _lcs(a: Sequence[str], b: Sequence[str]) -> int:
