@@ -7,13 +7,13 @@ value model (``modules/value.safetensors``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
+from openqwen.data.io import read_json_lines
 from openqwen.train.distributed import DistInfo, init_distributed
 from openqwen.train.lora import apply_lora
 from openqwen.train.loop import Trainer
@@ -27,13 +27,7 @@ from .reward import RewardModel
 def read_prompt_file(path: str) -> list[list[dict]]:
     """Chat prompts from JSONL: a ``messages`` list (a trailing assistant turn is dropped) or a ``prompt``."""
     out = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
+    for n, row in read_json_lines(path):
         if isinstance(row.get("messages"), list) and row["messages"]:
             msgs = [m for m in row["messages"]]
             if msgs[-1].get("role") == "assistant":

@@ -202,6 +202,24 @@ def read_documents(path: str | Path, text_key: str = "text") -> Iterator[dict[st
                       "through the extract stage)")
 
 
+def read_json_lines(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) of every non-blank line of a small JSONL file (prompts, benchmark cases).
+    A line that is not a JSON object is a ``ValueError`` naming ``FILE:LINE``."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{n}: each line must be a JSON object")
+            rows.append((n, row))
+    return rows
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
     path = Path(path)

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ...agent.fncall import bare_calls, read_calls
+from ...data.io import read_json_lines
 from ...serve.tools import TOOL_CALL_START, arguments_object
 from ...tokenizer.react import parse_react
 
@@ -84,22 +85,6 @@ def bundled_path(name: str = "tool_bench.jsonl") -> Path:
     return Path(str(resources.files("openqwen.agent").joinpath("data", name)))
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{n}: each line must be a JSON object")
-            rows.append((n, row))
-    return rows
-
-
 def load_tool_cases(path: str | Path | None = None) -> list[ToolCase]:
     """Cases from a JSONL file (default: the bundled benchmark). Each line: ``messages`` (OpenAI
     form), ``tools`` (OpenAI function schemas), ``gold`` (list of ``{"name", "arguments"}``), and
@@ -108,7 +93,7 @@ def load_tool_cases(path: str | Path | None = None) -> list[ToolCase]:
     if not p.exists():
         raise FileNotFoundError(f"tool benchmark {p} does not exist")
     cases = []
-    for n, row in _read_jsonl(p):
+    for n, row in read_json_lines(p):
         missing = [k for k in ("messages", "tools", "gold") if not isinstance(row.get(k), list)]
         if missing:
             raise ValueError(f"{p}:{n}: needs the lists {', '.join(missing)} (messages, tools, gold)")
@@ -130,7 +115,7 @@ def load_code_cases(path: str | Path | None = None) -> list[CodeCase]:
     """Math questions for the code interpreter: ``question`` and a numeric ``answer`` per line."""
     p = Path(path).expanduser() if path else bundled_path("code_bench.jsonl")
     cases = []
-    for n, row in _read_jsonl(p):
+    for n, row in read_json_lines(p):
         if not isinstance(row.get("question"), str) or not isinstance(row.get("answer"), (int, float)):
             raise ValueError(f"{p}:{n}: needs 'question' (text) and a numeric 'answer'")
         cases.append(CodeCase(str(row.get("id", f"line-{n}")), row["question"], float(row["answer"])))
