@@ -160,6 +160,24 @@ def window_binds(window: int | None, longest: int) -> bool:
 
 
 # ------------------------------------------------------------------------------------ re-rotation
+def rerotate_slots(cache, layer: int, row: int, slots: torch.Tensor, old: tuple[torch.Tensor, torch.Tensor],
+                   new: tuple[torch.Tensor, torch.Tensor], apply_rope) -> None:
+    """:func:`rerotate` for the keys of ``slots`` of one row and layer of a KV cache (cos/sin tables of the
+    positions those slots hold); int8 keys are dequantized, turned and rounded again."""
+    from .kv_cache import dequantize_int8, quantize_int8  # noqa: PLC0415 (kv_cache imports nothing of ours)
+
+    keys = cache.keys[layer][row][:, slots]  # [Hkv, n, D]
+    if cache.quantized:
+        keys = dequantize_int8(keys, cache.key_scales[layer][row][:, slots], torch.float32)
+    turned = apply_rope(apply_rope(keys[None].float(), old[0], -old[1]), new[0], new[1])[0]
+    if cache.quantized:
+        q, scale = quantize_int8(turned)
+        cache.keys[layer][row][:, slots] = q
+        cache.key_scales[layer][row][:, slots] = scale
+    else:
+        cache.keys[layer][row][:, slots] = turned.to(cache.keys[layer].dtype)
+
+
 def rerotate(keys: torch.Tensor, length: int, old: tuple[torch.Tensor, torch.Tensor],
              new: tuple[torch.Tensor, torch.Tensor], apply_rope) -> None:
     """Turn cached keys [Hkv, >= length, D] of one row from the angles ``old`` (cos, sin [1, 1, length, D])

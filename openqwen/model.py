@@ -13,7 +13,9 @@ length (dynamic NTK as released, or transformers' rope_scaling), re-rotating a r
 :mod:`openqwen.long_context`; with every option off, or a sequence within ``seq_length``, the code takes
 exactly the plain path.
 
-Reading order: RMSNorm -> rotary helpers -> KVCache -> Attention -> MLP -> Block -> Qwen.
+The KV cache (ring buffers for windowed layers, int8 storage) is :mod:`openqwen.kv_cache`.
+
+Reading order: RMSNorm -> rotary helpers -> Attention -> MLP -> Block -> Qwen.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from torch import nn
 
 from . import long_context as lc
 from .config import QwenConfig
+from .kv_cache import KVCache
+
+__all__ = ["KVCache", "Qwen", "QwenConfig", "RMSNorm", "apply_rope", "rope_cos_sin", "rope_inverse_frequencies"]
 
 
 class RMSNorm(nn.Module):
@@ -63,95 +68,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     x1, x2 = xf.chunk(2, dim=-1)
     rotated = torch.cat((-x2, x1), dim=-1)
     return (xf * cos + rotated * sin).to(x.dtype)
-
-
-# -------------------------------------------------------------------------------------- KV cache
-class KVCache:
-    """Preallocated key/value buffers, one row per sequence, each row with its own length.
-
-    Rows never share a position counter, so sequences of different lengths sit in one batch without
-    left padding (and without the position shift that left padding caused in the release). A caller
-    that right-pads a batched prefill corrects ``lengths`` afterwards; padded slots past a row's
-    length are overwritten by its next tokens and are never attended to.
-
-    The model drives it per forward pass: :meth:`prepare` (mask for the new tokens),
-    :meth:`update` (once per layer), :meth:`advance` (lengths += new tokens).
-    """
-
-    def __init__(
-        self,
-        config: QwenConfig,
-        batch_size: int,
-        max_length: int,
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str | None = None,
-    ) -> None:
-        shape = (batch_size, config.num_key_value_heads, max_length, config.head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
-        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
-        # the RoPE base each row's cached keys are rotated with (0: none yet); dynamic RoPE reads it
-        self.rope_bases = torch.zeros(batch_size, dtype=torch.float64)
-        self.max_length = max_length
-        self._write: torch.Tensor | int = 0  # slot indices [B, T], or the shared start slot
-        self._used = 0  # slots that attention reads this step
-
-    @property
-    def batch_size(self) -> int:
-        return self.lengths.shape[0]
-
-    def rows(self, start: int, stop: int) -> "KVCache":
-        """A cache over rows [start, stop) sharing this one's storage, lengths included (the engine
-        runs a batch over the span of its occupied rows)."""
-        view = object.__new__(KVCache)
-        view.keys = [k[start:stop] for k in self.keys]
-        view.values = [v[start:stop] for v in self.values]
-        view.lengths = self.lengths[start:stop]
-        view.rope_bases = self.rope_bases[start:stop]
-        view.max_length = self.max_length
-        view._write, view._used = 0, 0
-        return view
-
-    def default_positions(self, q_len: int) -> torch.Tensor:
-        return self.lengths[:, None] + torch.arange(q_len, device=self.lengths.device)
-
-    def prepare(self, q_len: int) -> torch.Tensor | None:
-        """Plan where ``q_len`` new tokens go; return the boolean attention mask [B, 1, T, S] (or None
-        when plain causal attention over all used slots is exact)."""
-        start = int(self.lengths.min())
-        end = int(self.lengths.max()) + q_len
-        if end > self.max_length:
-            raise ValueError(
-                f"KV cache overflow: {end} tokens needed, the cache holds {self.max_length}; "
-                "allocate a longer cache or shorten the request"
-            )
-        self._used = end
-        uniform = start + q_len == end
-        if uniform:
-            self._write = start
-            if q_len == 1 or start == 0:
-                return None  # decode step (sees every used slot) or a fresh prefill (plain causal)
-        slots = torch.arange(end, device=self.lengths.device)
-        query_slots = self.default_positions(q_len)  # [B, T]
-        if not uniform:
-            self._write = query_slots
-        return (slots[None, None, :] <= query_slots[:, :, None])[:, None]
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store the new keys/values [B, Hkv, T, D] of one layer; return all used slots."""
-        kbuf, vbuf = self.keys[layer], self.values[layer]
-        if isinstance(self._write, int):
-            start = self._write
-            kbuf[:, :, start : start + k.shape[2]] = k
-            vbuf[:, :, start : start + v.shape[2]] = v
-        else:
-            rows = torch.arange(k.shape[0], device=k.device)[:, None]
-            kbuf[rows, :, self._write] = k.transpose(1, 2)
-            vbuf[rows, :, self._write] = v.transpose(1, 2)
-        return kbuf[:, :, : self._used], vbuf[:, :, : self._used]
-
-    def advance(self, q_len: int) -> None:
-        self.lengths += q_len
 
 
 # ------------------------------------------------------------------------------------ the layers
@@ -294,7 +210,12 @@ class Qwen(nn.Module):
         if cache is not None:
             if segment_ids is not None:
                 raise ValueError("segment_ids (packed training) and a KV cache cannot be combined")
-            mask = cache.prepare(T)
+            if not cache.fits(self.cache_layout(cache.max_length)):
+                raise ValueError(f"this KV cache was laid out for {cache.layout} (windows with a ring, sinks, kv "
+                                 f"dtype); the model now wants {self.cache_layout(cache.max_length)}: allocate a "
+                                 "new cache (model.new_cache) after changing window_sizes, attention_sinks or "
+                                 "kv_cache_dtype")
+            mask = cache.prepare(T, num_tokens)
         elif segment_ids is not None:
             causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()
             mask = (causal & (segment_ids[:, :, None] == segment_ids[:, None, :]))[:, None]
@@ -360,30 +281,42 @@ class Qwen(nn.Module):
 
     @torch.no_grad()
     def _rerotate_cache(self, cache: KVCache, stored: list[float], bases: list[float]) -> None:
-        """Re-rotate the cached keys of every row whose base changes (rare: once per NTK bucket)."""
+        """Re-rotate the cached keys of every row whose base changes (rare: once per NTK bucket); a ring
+        layer's slots by the positions they hold, int8 keys re-rounded."""
         for row, (old, new) in enumerate(zip(stored, bases)):
             n = int(cache.lengths[row])
             if not old or old == new or n == 0:
                 continue
-            pos = torch.arange(n, device=cache.lengths.device)[None]
-            before, after = self._tables_for_bases(pos, [old]), self._tables_for_bases(pos, [new])
-            for keys in cache.keys:
-                lc.rerotate(keys[row], n, before, after, apply_rope)
+            done: dict[int | None, tuple] = {}
+            for layer in range(len(cache.keys)):
+                w = cache.windows[layer]
+                if w not in done:
+                    pos = cache.held_positions(layer, n)
+                    done[w] = (cache.slot_of(layer, pos), self._tables_for_bases(pos[None], [old]),
+                               self._tables_for_bases(pos[None], [new]))
+                slots, before, after = done[w]
+                lc.rerotate_slots(cache, layer, row, slots, before, after, apply_rope)
 
     def _layer_masks(self, mask: torch.Tensor | None, positions: torch.Tensor, cache: KVCache | None,
                      T: int) -> list[torch.Tensor | None]:
         """The attention mask of each layer: ``mask`` where full attention (or a window too wide to
         bind), else the window mask (with sinks) and ``mask`` together."""
         windows = self.config.window_sizes or [None] * len(self.layers)
-        if cache is not None:  # cache slots are positions
+        if cache is not None:  # cache slots are positions (full layers)
             query_pos = cache.default_positions(T)
             key_pos = torch.arange(cache._used, device=positions.device)[None]
         else:
             query_pos, key_pos = positions, positions
         longest = int(query_pos.max()) + 1
         built: dict[int, torch.Tensor] = {}
+        rings: dict[int, torch.Tensor] = {}
         out = []
-        for w in windows:
+        for i, w in enumerate(windows):
+            if cache is not None and cache.is_ring(i):  # the ring, then the new keys, by true positions
+                if w not in rings:
+                    rings[w] = lc.window_mask(query_pos, cache.ring_key_positions(w), w, self.config.attention_sinks)
+                out.append(rings[w])
+                continue
             if not lc.window_binds(w, longest):
                 out.append(mask)
                 continue
@@ -394,10 +327,20 @@ class Qwen(nn.Module):
         return out
 
     # ------------------------------------------------------------------------------ conveniences
-    def new_cache(self, batch_size: int, max_length: int) -> KVCache:
-        """A KV cache on this model's device and dtype."""
+    def new_cache(self, batch_size: int, max_length: int, ring: bool = True) -> KVCache:
+        """A KV cache on this model's device and dtype (int8 storage when ``config.kv_cache_dtype`` says
+        so); windowed layers get ring buffers unless ``ring=False``."""
         p = self.embed_tokens.weight
-        return KVCache(self.config, batch_size, max_length, dtype=p.dtype, device=p.device)
+        return KVCache(self.config, batch_size, max_length, dtype=p.dtype, device=p.device, ring=ring,
+                       kv_dtype=self.config.kv_cache_dtype)
+
+    def cache_layout(self, max_length: int) -> tuple:
+        """The :attr:`KVCache.layout` a cache of ``max_length`` needs for this model's current config
+        (a cache built with ``ring=False`` has no rings and is accepted as the dense reference)."""
+        cfg = self.config
+        windows = cfg.window_sizes or [None] * cfg.num_hidden_layers
+        rings = tuple(w if w is not None and cfg.attention_sinks + w < max_length else None for w in windows)
+        return rings, cfg.attention_sinks, cfg.kv_cache_dtype
 
     @property
     def num_parameters(self) -> int:

@@ -14,14 +14,19 @@ first generation's ``qwen`` architecture, loaded as a dense :class:`openqwen.Qwe
   it keeps the fused ``attn_qkv``, names ``mlp.w2`` ``ffn_gate`` and ``mlp.w1`` ``ffn_up``, and stores
   the config's doubled FFN size as ``feed_forward_length``.
 
-The header is read by :mod:`openqwen.checkpoint.gguf_file`. The model is always dequantised:
-openqwen runs dense weights (float32 by default, or ``dtype``).
+The header is read by :mod:`openqwen.checkpoint.gguf_file`. By default the model is dequantised
+(float32, or ``dtype``). With ``load_gguf(..., linear_builder=...)`` the linear layers are handed over
+as raw blocks instead (:class:`RawLinear`) and never exist in float32: the inference loader packs them
+into its int4 / int8 layers (:func:`q4_k_groups` reads Q4_K blocks as int4 codes, scales and offsets,
+exactly), and the peak memory of a load is the quantised model plus one tensor.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +36,7 @@ import torch
 from ..config import QwenConfig
 from ..model import Qwen
 from .common import CheckpointError, NameMap, Rename, build_model, resolve_dtype
-from .gguf_file import GGUFFile, ggml_type_info
+from .gguf_file import GGUFFile, GGUFTensorInfo, ggml_type_info
 
 SUPPORTED_ARCHITECTURES = ("qwen2", "qwen")
 """qwen2: Qwen1.5 / Qwen2 / Qwen2.5. qwen: the first generation (fused ``attn_qkv``), as converted by llama.cpp."""
@@ -209,6 +214,24 @@ def dequantize(raw: torch.Tensor | np.ndarray, ggml_type: int, shape: tuple[int,
     return out
 
 
+def q4_k_groups(raw: torch.Tensor | np.ndarray, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Q4_K blocks of a [rows, K] tensor as group-wise int4 without dequantising: (codes uint8 [rows, K]
+    0..15, scale fp32 [rows, K / 32], offset fp32 [rows, K / 32]) with weight = code * scale + offset per
+    group of 32, the same fp32 values :func:`dequantize` gives (scale d * sc, offset -(dmin * m))."""
+    if isinstance(raw, np.ndarray):
+        raw = torch.from_numpy(np.ascontiguousarray(raw).view(np.uint8).reshape(-1))
+    rows, k = shape
+    _, block, size = ggml_type_info(_Q4_K)
+    if k % block or raw.numel() != rows * k // block * size:
+        raise CheckpointError(f"Q4_K data of {raw.numel()} bytes does not hold a tensor of shape {tuple(shape)}")
+    b = raw.reshape(-1, size)
+    sc, mn = _k_scales(b[:, 4:16])
+    codes = _unpack_nibbles(b[:, 16:].reshape(-1, 4, 32))  # [blocks, 4, 64]: sub-blocks in order
+    scale = _f16(b[:, :2]) * sc
+    offset = -(_f16(b[:, 2:4]) * mn)
+    return codes.reshape(rows, k), scale.reshape(rows, k // 32), offset.reshape(rows, k // 32)
+
+
 def read_tensor(f: GGUFFile, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
     """One tensor of the file dequantised to float32 (a new tensor, or written into ``out``)."""
     raw = f.raw(name)  # a CheckpointError naming the file when it has no such tensor
@@ -331,10 +354,41 @@ def _rope_scaling(get: Any, path: Any) -> dict[str, Any] | None:
     raise CheckpointError(f"{path} asks for RoPE scaling {kind!r}; openqwen implements linear and yarn in GGUF files")
 
 
+@dataclass(frozen=True)
+class RawLinear:
+    """One linear layer of a GGUF file as stored: its parts (the rows of a fused Q|K|V or gate|up, in
+    order) with their raw bytes, and its bias dequantised (fp32, or None)."""
+
+    name: str
+    """The model's parameter name (``layers.0.self_attn.qkv_proj.weight``)."""
+    parts: tuple[tuple[GGUFTensorInfo, torch.Tensor], ...]
+    bias: torch.Tensor | None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return sum(info.shape[0] for info, _ in self.parts), self.parts[0][0].shape[1]
+
+    def dequantize_part(self, i: int) -> torch.Tensor:
+        """Part ``i`` in float32 (for layers the caller does not keep in their stored blocks)."""
+        info, raw = self.parts[i]
+        return dequantize(raw, info.ggml_type, info.shape)
+
+
+LinearBuilder = Callable[[RawLinear], torch.nn.Module]
+
+
+def _is_linear(key: str) -> bool:
+    return key.endswith("_proj.weight") or key == "lm_head.weight"
+
+
 def load_gguf(path: str | Path, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu",
-              progress: bool | None = None) -> Qwen:
+              progress: bool | None = None, linear_builder: LinearBuilder | None = None) -> Qwen:
     """Load a ``.gguf`` file (architecture qwen2 or qwen) as a dense :class:`Qwen` (float32 unless
     ``dtype`` says otherwise).
+
+    linear_builder: called with each linear layer's :class:`RawLinear` (the output head too, unless
+    tied), returning the module that replaces it; those weights are never dequantised here (the rest,
+    norms and the embedding, are, in ``dtype``). A tied head stays tied to the float embedding.
 
     Every tensor's presence and shape is checked against the metadata before any dequantising, so a
     broken file fails once the header is read (0.67 s of the 0.5B file's 8 s load in
@@ -354,7 +408,10 @@ def load_gguf(path: str | Path, dtype: torch.dtype | str | None = None, device: 
         # that degrades gracefully, where intra-op parallelism over many small ops collapses.
         fused: dict[str, torch.Tensor] = {}
         jobs: list[tuple[str, torch.Tensor]] = []
+        raw_linears = {k: p for k, p in plan.items() if _is_linear(k)} if linear_builder else {}
         for key, parts in plan.items():
+            if key in raw_linears:
+                continue
             rows = sum(shape[0] for _, shape in parts)
             fused[key] = torch.empty((rows, *parts[0][1][1:]), dtype=torch.float32)
             start = 0
@@ -369,4 +426,36 @@ def load_gguf(path: str | Path, dtype: torch.dtype | str | None = None, device: 
             for out in pool.map(lambda job: read_tensor(f, job[0], out=job[1]), jobs):
                 bar.update(out.numel())
         bar.close()
-    return build_model(config, fused, dtype, device)  # build_model casts to dtype and moves to device
+        if not raw_linears:
+            return build_model(config, fused, dtype, device)  # build_model casts to dtype and moves to device
+        layers = [RawLinear(key, tuple((f.tensors[n], torch.from_numpy(f.raw(n))) for n, _ in parts),
+                            fused.pop(key.removesuffix("weight") + "bias", None))
+                  for key, parts in raw_linears.items()]
+        layers.sort(key=lambda layer: -layer.shape[0] * layer.shape[1])  # big first, as above
+        with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            modules = {layer.name.removesuffix(".weight"): module
+                       for layer, module in zip(layers, pool.map(linear_builder, layers))}
+    return _build_with_linears(config, fused, modules, dtype, device)
+
+
+def _build_with_linears(config: QwenConfig, state: dict[str, torch.Tensor], modules: dict[str, torch.nn.Module],
+                        dtype: torch.dtype, device: str | torch.device) -> Qwen:
+    """The model of ``config`` from float ``state`` (everything but the linears) and ready linear ``modules``
+    (by module name), built on the meta device so that no float linear weight is ever allocated."""
+    with torch.device("meta"):
+        model = Qwen(config)
+    for name, module in modules.items():
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, module.to(device))
+    expected = {n: t.shape for n, t in model.state_dict().items() if t.is_meta}
+    if config.tie_word_embeddings:
+        expected.pop("lm_head.weight", None)
+    for name, shape in expected.items():
+        if name not in state:
+            raise CheckpointError(f"checkpoint lacks tensor for {name!r}")
+        if tuple(state[name].shape) != tuple(shape):
+            raise CheckpointError(f"tensor {name!r} has shape {tuple(state[name].shape)}, the config implies {tuple(shape)}")
+    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, strict=False, assign=True)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+    return model.eval()

@@ -38,6 +38,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     p.add_argument("--max-seq-len", type=positive_int, default=None,
                    help="positions per request, prompt + output (default: min(model max, 8192))")
+    p.add_argument("--chat-template", default="auto",
+                   help="how chats are rendered: auto (default) the model's own jinja template when it has one "
+                        "(a GGUF's tokenizer.chat_template, tokenizer_config.json; Qwen2.5's adds its own default "
+                        "system prompt), else the built-in ChatML; chatml: always ChatML; or a .jinja file")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -66,7 +70,8 @@ def add_parser(subparsers: Any) -> None:
                      help="fill in the middle: the code before the gap (Qwen2.5-Coder's <|fim_prefix|> format; "
                           "the output is the middle; use --temperature 0)")
     gen.add_argument("--fim-suffix", default=None, help="fill in the middle: the code after the gap [empty]")
-    gen.add_argument("--chat", action="store_true", help="wrap the prompt as a user turn in ChatML")
+    gen.add_argument("--chat", action="store_true",
+                     help="wrap the prompt as a user turn in the chat template (see --chat-template)")
     gen.add_argument("--system", default=None, help="system prompt with --chat")
     gen.add_argument("--stream", action="store_true", help="print text as it is generated")
     gen.add_argument("--show-stats", action="store_true", help="print token counts and speed to stderr")
@@ -80,7 +85,8 @@ def add_parser(subparsers: Any) -> None:
         epilog=EXAMPLES_CHAT, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_model_args(chat)
-    chat.add_argument("--system", default=None, help="system prompt [You are a helpful assistant.]")
+    chat.add_argument("--system", default=None,
+                      help="system prompt [the template's default; ChatML's: You are a helpful assistant.]")
     chat.add_argument("--window", type=positive_int, default=6144, help="history window in tokens [6144]")
     _add_sampling_args(chat)
     chat.set_defaults(func=run_chat)
@@ -98,9 +104,13 @@ def _params_from_args(args: argparse.Namespace):
 def load_engine_from_args(args: argparse.Namespace, **engine_kwargs: Any):
     """The engine for the flags of :func:`openqwen.infer.loading.add_model_arguments` (``generate``,
     ``chat`` and ``serve`` load through this)."""
+    from ..tokenizer.template import chat_template_from_flag  # noqa: PLC0415
     from .loading import load_model_and_tokenizer, long_context_from_args, set_threads  # noqa: PLC0415
 
     set_threads(args.threads)
+    # a bad --chat-template answers before the model loads; the engine's chat() renders with it
+    engine_kwargs.setdefault("chat_template", chat_template_from_flag(getattr(args, "chat_template", "auto"),
+                                                                      args.model))
     # what Engine.from_pretrained does, with the engine (torch) imported only once the model is
     # known to exist: a mistyped path answers at once
     model, tokenizer = load_model_and_tokenizer(args.model, args.dtype, args.tokenizer, long_context_from_args(args))
@@ -195,7 +205,8 @@ def run_chat(args: argparse.Namespace) -> int:
     history: list[dict] = []
     interactive = sys.stdin.isatty()
     if interactive:
-        print(f"openqwen chat with {args.model} ({args.dtype}). /help for commands, /quit to leave.")
+        rendering = "the model's own chat template" if engine.chat_template is not None else "ChatML"
+        print(f"openqwen chat with {args.model} ({args.dtype}, {rendering}). /help for commands, /quit to leave.")
     while True:
         try:
             line = input(">>> " if interactive else "")

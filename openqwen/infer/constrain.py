@@ -388,5 +388,80 @@ def tool_call_constraint(tokenizer: Any, functions: Sequence[dict], stop_ids: Se
     return ToolCallConstraintFactory(tokenizer, list(functions), list(stop_ids), style)
 
 
-__all__ = ["MAX_ITEMS", "MAX_STRING", "SchemaConstraint", "ToolCallConstraintFactory", "VocabularyIndex",
-           "tool_call_constraint", "vocabulary_index"]
+# ------------------------------------------------------------------------------ a bare JSON reply
+MAX_DEPTH = 4
+"""Nesting of objects/arrays in a schema-free JSON object (``json_object``)."""
+
+
+def _any_value(follow: list[str], depth: int, started: str = "") -> Walk:
+    """Any JSON value (objects and arrays down to ``depth``; no exponents or escapes)."""
+    if not started:
+        starts = ['"', "true", "false", "null"] + list("-0123456789") + (["{", "["] if depth > 0 else [])
+        started = yield Choice(starts)
+    if started == "{":
+        yield from _any_object(depth - 1, "{")
+    elif started == "[":
+        n = 0
+        taken = yield Choice(["]"] + _any_starts(depth - 1))
+        while taken != "]" and n < MAX_ITEMS:
+            yield from _any_value([", ", "]"], depth - 1, taken)
+            n += 1
+            taken = yield Choice([", ", "]"] if n < MAX_ITEMS else ["]"])
+            if taken == ", ":
+                taken = yield Choice(_any_starts(depth - 1))
+    elif started == '"':
+        yield FreeString()
+    elif started in ("true", "false", "null"):
+        return
+    else:
+        yield Number(False, follow, started)
+
+
+def _any_starts(depth: int) -> list[str]:
+    return ['"', "true", "false", "null"] + list("-0123456789") + (["{", "["] if depth > 0 else [])
+
+
+def _any_object(depth: int, started: str = "") -> Walk:
+    """A JSON object with free keys (at most :data:`MAX_ITEMS`) and any values."""
+    if not started:
+        yield Choice(["{"])
+    taken = yield Choice(['"', "}"])
+    n = 0
+    while taken != "}":
+        yield FreeString(min_chars=1, max_chars=64)
+        yield Choice([": "])
+        yield from _any_value([", ", "}"], depth)
+        n += 1
+        taken = yield Choice([', "', "}"] if n < MAX_ITEMS else ["}"])
+
+
+@dataclass
+class JSONConstraintFactory:
+    """A :attr:`SamplingParams.constraint` factory for a reply that is one JSON object: following
+    ``schema`` (an object schema, as in OpenAI's ``response_format: json_schema``) or, with ``schema``
+    None, any object (``json_object``), then one of ``stop_ids``."""
+
+    tokenizer: Any
+    schema: dict | None
+    stop_ids: list[int]
+    index: VocabularyIndex = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.schema is not None and _normalise(self.schema)["type"] != "object":
+            raise ValueError("the schema's root must be an object (type: object with properties)")
+        if not self.stop_ids:
+            raise ValueError("a JSON constraint needs a stop token id to end on")
+        self.index = vocabulary_index(self.tokenizer)
+
+    def __call__(self) -> SchemaConstraint:
+        walk = _any_object(MAX_DEPTH) if self.schema is None else _object(_normalise(self.schema), "")
+        return SchemaConstraint(self.index, walk, self.stop_ids)
+
+
+def json_constraint(tokenizer: Any, schema: dict | None, stop_ids: Sequence[int]) -> JSONConstraintFactory:
+    """The constraint factory of a JSON-object reply (``schema`` None: any object)."""
+    return JSONConstraintFactory(tokenizer, schema, list(stop_ids))
+
+
+__all__ = ["MAX_ITEMS", "MAX_STRING", "JSONConstraintFactory", "SchemaConstraint", "ToolCallConstraintFactory",
+           "VocabularyIndex", "json_constraint", "tool_call_constraint", "vocabulary_index"]

@@ -3,7 +3,8 @@
 Every caller (the CLI, the server, evaluation, RL rollouts) goes through :class:`Engine`:
 
 * ``engine.generate(prompts, params)`` -> ``list[Completion]`` (blocking, batched inside);
-* ``engine.chat(messages_list, params)`` -> ``list[Completion]`` (ChatML, chat stop ids, history trimmed);
+* ``engine.chat(messages_list, params, tools=None)`` -> ``list[Completion]`` (the model's own chat
+  template when the engine has one, else ChatML; chat stop ids; history trimmed);
 * ``engine.stream(prompt, params)`` -> iterator of text deltas;
 * ``engine.submit(prompt, params, sink=None)`` -> :class:`RequestHandle` (thread-safe; the server's
   entry point): iterate it for :class:`StreamEvent` s, or pass ``sink`` to have every event handed to
@@ -43,6 +44,8 @@ import torch
 
 from ..model import Qwen
 from ..tokenizer.chat import DEFAULT_CHAT_WINDOW, chat_prompt_ids
+from ..tokenizer.template import chat_template_from_flag
+from .embed import pool_hidden
 from .loading import load_model_and_tokenizer
 from .requests import Completion, EventSink, Request, RequestHandle, StreamEvent, params_list, wait_all
 from .runner import ModelRunner
@@ -64,15 +67,18 @@ class Engine:
     fused: decode with one C call per step (:class:`openqwen.infer.kernels.FusedDecoder`) when the model
     allows it (fp32 activations on the CPU); ``fused_status`` says which path decodes.
     allow_dropout: generate and score from a model in training mode with dropout (random outputs).
+    chat_template: the model's own :class:`~openqwen.tokenizer.template.ChatTemplate` that
+    :meth:`chat` renders with (``from_pretrained`` reads it from the checkpoint); None: ChatML.
     """
 
     def __init__(self, model: Qwen, tokenizer: Any, max_batch_size: int = 16, max_seq_len: int | None = None,
                  name: str = "openqwen", background: bool = True, fused: bool = True,
-                 allow_dropout: bool = False) -> None:
+                 allow_dropout: bool = False, chat_template: Any = None) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.model = model
         self.tokenizer = tokenizer
+        self.chat_template = chat_template
         self.name = name
         self.config = model.config
         self.max_batch_size = max_batch_size
@@ -94,13 +100,16 @@ class Engine:
         self.threads = torch.get_num_threads()
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, dtype: str = "fp32", tokenizer_path: str | Path | None = None,
-                        **kwargs: Any) -> "Engine":
-        """Load model + tokenizer from a model folder or .gguf file. dtype: fp32 | bf16 | int8
-        (int8: weight-only int8 linears for fast CPU decode, see :mod:`openqwen.infer.loading`)."""
+    def from_pretrained(cls, path: str | Path, dtype: str = "auto", tokenizer_path: str | Path | None = None,
+                        chat_template: Any = "auto", **kwargs: Any) -> "Engine":
+        """Load model + tokenizer from a model folder or .gguf file. dtype: auto (the checkpoint's own
+        precision) | fp32 | bf16 | int8 | int4 (see :mod:`openqwen.infer.loading`).
+        chat_template: ``auto`` (the checkpoint's own template, if any), ``chatml``, a ``.jinja`` file
+        or a ChatTemplate (see :func:`~openqwen.tokenizer.template.chat_template_from_flag`)."""
+        template = chat_template_from_flag(chat_template, path)
         model, tokenizer = load_model_and_tokenizer(path, dtype, tokenizer_path)
         kwargs.setdefault("name", Path(path).name)
-        return cls(model, tokenizer, **kwargs)
+        return cls(model, tokenizer, chat_template=template, **kwargs)
 
     # ------------------------------------------------------------------------------ generation
     def encode_prompt(self, prompt: str | Sequence[int], what: str = "prompt") -> list[int]:
@@ -149,18 +158,26 @@ class Engine:
 
     def chat(self, messages_list: Sequence[Sequence[dict]] | Sequence[dict],
              params: SamplingParams | Sequence[SamplingParams] | None = None,
-             window: int = DEFAULT_CHAT_WINDOW, progress: bool = False) -> list[Completion]:
+             window: int = DEFAULT_CHAT_WINDOW, progress: bool = False,
+             tools: Sequence[dict] | None = None) -> list[Completion]:
         """Answer each conversation (OpenAI-style messages) as the assistant. Uses the chat defaults
-        when params is None; stops at the chat stop ids; history trimmed oldest-first to ``window``."""
+        when params is None; stops at the chat stop ids; history trimmed oldest-first to ``window``;
+        ``tools`` (OpenAI function schemas) offered to every conversation."""
         if messages_list and isinstance(messages_list[0], dict):
             messages_list = [messages_list]  # type: ignore[list-item]
         plist = params_list(params if params is not None else SamplingParams.chat_defaults(), len(messages_list))
-        return wait_all([self.submit_chat(m, sp, window) for m, sp in zip(messages_list, plist)], progress)
+        return wait_all([self.submit_chat(m, sp, window, tools=tools) for m, sp in zip(messages_list, plist)],
+                        progress)
 
     def submit_chat(self, messages: Sequence[dict], params: SamplingParams | None = None,
-                    window: int = DEFAULT_CHAT_WINDOW, sink: EventSink | None = None) -> RequestHandle:
-        """Queue one chat request (ChatML prompt, chat stop ids); returns its handle."""
-        ids = chat_prompt_ids(self.tokenizer, messages, min(window, self.max_seq_len - 1))
+                    window: int = DEFAULT_CHAT_WINDOW, sink: EventSink | None = None,
+                    tools: Sequence[dict] | None = None) -> RequestHandle:
+        """Queue one chat request; returns its handle. The prompt is the engine's ``chat_template``
+        (the model's own) when it has one, else ChatML; ``tools`` go where that template puts them
+        (the first generation's ReAct prompt for a template that knows none), see
+        :func:`~openqwen.tokenizer.chat.chat_prompt_ids`. Stops at the tokenizer's chat stop ids."""
+        ids = chat_prompt_ids(self.tokenizer, messages, min(window, self.max_seq_len - 1), tools=tools,
+                              template=self.chat_template)
         return self.submit(ids, params or SamplingParams.chat_defaults(),
                            extra_stop_ids=getattr(self.tokenizer, "stop_ids", ()), sink=sink)
 
@@ -176,9 +193,10 @@ class Engine:
 
     # ------------------------------------------------------------------------------ scoring
     def score(self, prompts: Sequence[str | Sequence[int]], continuations: Sequence[str | Sequence[int]],
-              batch_size: int | None = None) -> list[ScoreResult]:
+              batch_size: int | None = None, top_n: int = 0) -> list[ScoreResult]:
         """Log-probabilities of each continuation's tokens after its prompt (text or ids), under the
-        model's full output distribution; rows per forward: ``batch_size`` (default max_batch_size).
+        model's full output distribution; rows per forward: ``batch_size`` (default max_batch_size);
+        ``top_n``: also the most likely ``top_n`` tokens at each position (``ScoreResult.top_logprobs``).
         Safe while the engine generates (it waits for the current step)."""
         if len(prompts) != len(continuations):
             raise ValueError(f"got {len(prompts)} prompts for {len(continuations)} continuations")
@@ -192,7 +210,16 @@ class Engine:
         with self._step_lock:
             self._runner.check_mode()
             self._check_weights()
-            return self._scorer.score(rows, batch_size or self.max_batch_size)
+            return self._scorer.score(rows, batch_size or self.max_batch_size, top_n)
+
+    def embed(self, inputs: Sequence[str | Sequence[int]], pooling: str = "mean",
+              batch_size: int | None = None) -> list[list[float]]:
+        """A unit-length embedding of each input (text or ids) from the model's final hidden states,
+        ``mean`` or ``last``-token pooled (see :mod:`openqwen.infer.embed`). Safe while generating."""
+        rows = [self.encode_prompt(x, "input") for x in inputs]
+        with self._step_lock:
+            self._runner.check_mode()
+            return pool_hidden(self.model, rows, pooling, batch_size or self.max_batch_size)
 
     def weights_changed(self) -> None:
         """Tell the engine the weights changed in a way it cannot see (e.g. written through ``.data``)."""
@@ -217,6 +244,12 @@ class Engine:
     @property
     def num_waiting(self) -> int:
         return len(self._scheduler.waiting)
+
+    @property
+    def cache_tokens(self) -> int:
+        """Positions of the KV cache held by active requests (prompt + output so far); the cache holds
+        ``max_batch_size * max_seq_len``."""
+        return sum(len(r.prompt) + len(r.output) for r in list(self._scheduler.slots) if r is not None)
 
     @property
     def reused_tokens(self) -> int:
@@ -264,7 +297,7 @@ class Engine:
                 r.finish("cancelled")
             if scheduler.waiting:
                 self._check_weights()  # before admission: prefix reuse must not cross a weight change
-                admitted, dropped = scheduler.admit()
+                admitted, dropped = scheduler.admit(runner.can_continue)
                 for r in dropped:
                     r.finish("cancelled")
                 if admitted:
@@ -297,6 +330,12 @@ class Engine:
             self._accept(r, logits[i], argmax[i] if argmax is not None and r.plain_greedy else None)
 
     def _accept(self, r: Request, logits: torch.Tensor, token: int | None = None) -> None:
-        if r.accept(logits, token) is not None:
+        try:
+            done = r.accept(logits, token) is not None
+        except Exception as e:  # noqa: BLE001 - this request's own sampling or constraint failed: end it
+            # alone; its batch-mates' rows and the shared step are untouched (their logits are computed)
+            r.fail(e)
+            done = True
+        if done:
             self._scheduler.release(r)
 

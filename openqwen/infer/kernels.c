@@ -19,20 +19,25 @@
 #include <stddef.h>
 #include <stdlib.h>
 
-enum { W_F32 = 0, W_BF16 = 1, W_I8 = 2 };
+enum { W_F32 = 0, W_BF16 = 1, W_I8 = 2, W_I4 = 3 };
 
 typedef struct {
-    const void *weight;  /* [n, k] row-major */
-    const float *scale;  /* [n] per-row scale (int8 weights) or NULL */
+    const void *weight;  /* [n, k] row-major (int4: [n, k / 2] bytes, see gemm_i4_i16) */
+    const float *scale;  /* [n] per-row scale (int8 weights), [n, k / group] (int4), or NULL */
     const float *bias;   /* [n] or NULL */
     int64_t n, k, type;
+    const float *offset; /* int4: [n, k / group], w = code * scale + offset */
+    int64_t group;       /* int4: inputs per scale (a multiple of 32) */
 } Linear;
 
 typedef struct {
     const float *input_norm, *post_norm; /* RMSNorm weights [hidden] */
     Linear qkv, o, gate_up, down;        /* fused Q|K|V and gate|up, as in openqwen/model.py */
-    float *keys, *values;                /* this layer's cache: [rows, kv_heads, max_len, head_dim] */
+    void *keys, *values;                 /* this layer's cache: [rows, kv_heads, capacity, head_dim], fp32 or int8 */
     int64_t window;                      /* attention window in positions (0: full attention) */
+    int64_t capacity;                    /* slots per row: max_len, or sinks + window for a ring buffer */
+    int64_t ring;                        /* 1: position p sits in slot p < sinks ? p : sinks + (p - sinks) % window */
+    float *key_scales, *value_scales;    /* int8 cache: [rows, kv_heads, capacity] per-token scales; NULL: fp32 */
 } Layer;
 
 typedef struct {
@@ -287,20 +292,160 @@ static void gemm_bf16_pairs(const float *xp, const uint16_t *w, const float *bia
     }
 }
 
+/* ------------------------------------------------------------ int4 weights x int16 activations
+   Group-wise int4 (openqwen/infer/quant.py's Int4Linear): w = code * scale[g] + offset[g] per group of
+   `group` inputs, codes packed per segment of 32 inputs, byte i = input i (low nibble) | input i + 16
+   (high nibble), so 16 bytes widen into two runs of 16 consecutive weights with one mask and one shift.
+   The activations are the int16 blocks of the int8 path, and per segment of 32 the sum of the rounded
+   activations (xsum, fp32) carries the offset term: sum_k w_k x_k = scale * sum_k code_k x_k +
+   offset * sum_k x_k. Integer sums are exact within a segment; each segment adds one fp32 multiply-add
+   per row, with scale[g] * xs[block] as its multiplier. */
+static void quantize_row_i16_sums(const float *x, int64_t K, int16_t *xq, float *xs, float *xsum, float *xseg) {
+    quantize_row_i16(x, K, xq, xs);
+    for (int64_t j = 0; j < K / 32; j++) {
+        int32_t t = 0;
+        for (int i = 0; i < 32; i++) t += xq[j * 32 + i];
+        xsum[j] = xs[j * 32 / QBLK] * (float)t;
+        xseg[j] = xs[j * 32 / QBLK]; /* each segment's activation scale, for the 8-segment path below */
+    }
+}
+
+/* the eight int32 lane sums of v[0..7], as one vector (lane j: the sum of v[j]) */
+static inline __m256i hsum8_epi32(const __m256i *v) {
+    __m256i b0 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    __m256i b1 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(b0, b1, 0x20), _mm256_permute2x128_si256(b0, b1, 0x31));
+}
+
+#define I4_SEGMENT(p, wl, wh)                                                                          \
+    do {                                                                                               \
+        __m128i b_ = _mm_loadu_si128((const __m128i *)(p));                                            \
+        wl = _mm256_cvtepu8_epi16(_mm_and_si128(b_, _mm_set1_epi8(0x0F)));                             \
+        wh = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(b_, 4), _mm_set1_epi8(0x0F)));          \
+    } while (0)
+#define I4_DOT(wl, wh, q, k)                                                                           \
+    _mm256_add_epi32(_mm256_madd_epi16(wl, load_i16((q) + (k))), _mm256_madd_epi16(wh, load_i16((q) + (k) + 16)))
+
+/* columns [n0, n1) of y from the quantised rows (xq [M, K], xs [M, K / QBLK], xsum [M, K / 32]) */
+static void gemm_i4_i16(const int16_t *xq, const float *xs, const float *xsum, const float *xseg, const Linear *L,
+                        float *y, int64_t M, int64_t ldy, int accumulate, int64_t n0, int64_t n1) {
+    const int64_t K = L->k, nb = K / QBLK, nseg = K / 32, ng = K / L->group, spg = L->group / 32;
+    const uint8_t *w = (const uint8_t *)L->weight;
+    for (int64_t n = n0; n < n1; n++) {
+        const uint8_t *wr = w + n * (K / 2);
+        const float *sc = L->scale + n * ng, *of = L->offset + n * ng;
+        const float b = L->bias ? L->bias[n] : 0.0f;
+        int64_t m = 0;
+        for (; m + 4 <= M; m += 4) { /* four rows share every widened weight vector */
+            const int16_t *q0 = xq + m * K, *q1 = q0 + K, *q2 = q1 + K, *q3 = q2 + K;
+            const float *s0 = xs + m * nb, *s1 = s0 + nb, *s2 = s1 + nb, *s3 = s2 + nb;
+            const float *u0 = xsum + m * nseg, *u1 = u0 + nseg, *u2 = u1 + nseg, *u3 = u2 + nseg;
+            __m256 f0 = _mm256_setzero_ps(), f1 = _mm256_setzero_ps(), f2 = _mm256_setzero_ps(), f3 = _mm256_setzero_ps();
+            float o0 = 0.0f, o1 = 0.0f, o2 = 0.0f, o3 = 0.0f;
+            for (int64_t g = 0; g < ng; g++) {
+                const float sg = sc[g];
+                float t0 = 0.0f, t1 = 0.0f, t2 = 0.0f, t3 = 0.0f;
+                for (int64_t j = g * spg; j < (g + 1) * spg; j++) {
+                    const int64_t k = j * 32, blk = k / QBLK;
+                    if (m == 0 && (j & 3) == 0) _mm_prefetch((const char *)(wr + K + j * 16), _MM_HINT_T0);
+                    __m256i wl, wh;
+                    I4_SEGMENT(wr + j * 16, wl, wh);
+                    f0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I4_DOT(wl, wh, q0, k)), _mm256_set1_ps(sg * s0[blk]), f0);
+                    f1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I4_DOT(wl, wh, q1, k)), _mm256_set1_ps(sg * s1[blk]), f1);
+                    f2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I4_DOT(wl, wh, q2, k)), _mm256_set1_ps(sg * s2[blk]), f2);
+                    f3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I4_DOT(wl, wh, q3, k)), _mm256_set1_ps(sg * s3[blk]), f3);
+                    t0 += u0[j]; t1 += u1[j]; t2 += u2[j]; t3 += u3[j];
+                }
+                o0 += of[g] * t0; o1 += of[g] * t1; o2 += of[g] * t2; o3 += of[g] * t3;
+            }
+            store(y + m * ldy + n, hsum(f0) + o0 + b, accumulate);
+            store(y + (m + 1) * ldy + n, hsum(f1) + o1 + b, accumulate);
+            store(y + (m + 2) * ldy + n, hsum(f2) + o2 + b, accumulate);
+            store(y + (m + 3) * ldy + n, hsum(f3) + o3 + b, accumulate);
+        }
+        for (; m < M; m++) { /* leftover rows (all of them at batch 1): the same arithmetic, one row */
+            const int16_t *q0 = xq + m * K;
+            const float *s0 = xs + m * nb, *u0 = xsum + m * nseg, *e0 = xseg + m * nseg;
+            __m256 f0 = _mm256_setzero_ps(), ov = _mm256_setzero_ps();
+            float o0 = 0.0f;
+            int64_t g = 0;
+            if (spg == 1) { /* groups of 32 (GGUF): eight segments' integer sums reduced into one vector,
+                               then one multiply-add against their eight scale products */
+                for (; g + 8 <= ng; g += 8) {
+                    __m256i v[8];
+                    _mm_prefetch((const char *)(wr + K + g * 16), _MM_HINT_T0);
+                    _mm_prefetch((const char *)(wr + K + g * 16 + 64), _MM_HINT_T0);
+                    for (int jj = 0; jj < 8; jj++) {
+                        __m256i wl, wh;
+                        I4_SEGMENT(wr + (g + jj) * 16, wl, wh);
+                        v[jj] = I4_DOT(wl, wh, q0, (g + jj) * 32);
+                    }
+                    __m256 mult = _mm256_mul_ps(_mm256_loadu_ps(sc + g), _mm256_loadu_ps(e0 + g));
+                    f0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hsum8_epi32(v)), mult, f0);
+                    ov = _mm256_fmadd_ps(_mm256_loadu_ps(of + g), _mm256_loadu_ps(u0 + g), ov);
+                }
+                o0 = hsum(ov);
+            }
+            for (; g < ng; g++) {
+                const float sg = sc[g];
+                float t0 = 0.0f;
+                for (int64_t j = g * spg; j < (g + 1) * spg; j++) {
+                    const int64_t k = j * 32;
+                    if ((j & 3) == 0) _mm_prefetch((const char *)(wr + K + j * 16), _MM_HINT_T0);
+                    __m256i wl, wh;
+                    I4_SEGMENT(wr + j * 16, wl, wh);
+                    f0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I4_DOT(wl, wh, q0, k)), _mm256_set1_ps(sg * s0[k / QBLK]), f0);
+                    t0 += u0[j];
+                }
+                o0 += of[g] * t0;
+            }
+            store(y + m * ldy + n, hsum(f0) + o0 + b, accumulate);
+        }
+    }
+}
+
+/* The fp32 weight of an int4 layer (rows [0, n) of w [n, k]), for prefills long enough that torch's
+   matmul on it beats the kernel: one pass, the threads sharing the rows. The values of
+   Int4Linear.dequantize() in its offset form, code * scale + offset, up to one fp32 rounding (the
+   compiler may fuse the multiply-add). */
+void dequantize_i4(const Linear *L, float *w, int nthreads) {
+    const int64_t K = L->k, ng = K / L->group;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t n = 0; n < L->n; n++) {
+        const uint8_t *wr = (const uint8_t *)L->weight + n * (K / 2);
+        float *out = w + n * K;
+        for (int64_t j = 0; j < K / 32; j++) {
+            const int64_t g = j * 32 / L->group;
+            const float s = L->scale[n * ng + g], o = L->offset[n * ng + g];
+            for (int i = 0; i < 16; i++) {
+                out[j * 32 + i] = (float)(wr[j * 16 + i] & 15) * s + o;
+                out[j * 32 + 16 + i] = (float)(wr[j * 16 + i] >> 4) * s + o;
+            }
+        }
+    }
+}
+
 #define COLUMN_CHUNK 16 /* columns per work item: threads take contiguous runs of chunks */
 
 static int uses_i16(const Linear *L) { return L->type == W_I8 && L->k % QBLK == 0; }
+static int uses_i4(const Linear *L) { return L->type == W_I4; } /* linear_spec checks k % QBLK, group % 32 */
 static int uses_pairs(const Linear *L) { return L->type == W_BF16 && L->k % 16 == 0; }
 
 /* Called inside a parallel region: the threads share the columns (an orphaned `omp for`, with the
    implicit barrier at its end, so y is complete when every thread returns). int8 layers first round
    x into xq/xs, bf16 layers split it into xp (which shares xq's room: M * k floats), the threads
-   sharing the rows. */
+   sharing the rows; int4 layers round it too and keep segment sums in the half of that room the int16
+   values leave free. */
 static void gemm(const Linear *L, const float *x, int64_t M, float *y, int64_t ldy, int accumulate,
                  int16_t *xq, float *xs) {
-    const int i16 = uses_i16(L), pairs = uses_pairs(L);
-    float *xp = (float *)xq;
-    if (i16) {
+    const int i16 = uses_i16(L), pairs = uses_pairs(L), i4 = uses_i4(L);
+    float *xp = (float *)xq, *xsum = (float *)(xq + M * L->k), *xseg = xsum + M * (L->k / 32);
+    if (i4) {
+#pragma omp for schedule(static)
+        for (int64_t m = 0; m < M; m++)
+            quantize_row_i16_sums(x + m * L->k, L->k, xq + m * L->k, xs + m * (L->k / QBLK), xsum + m * (L->k / 32),
+                                  xseg + m * (L->k / 32));
+    } else if (i16) {
 #pragma omp for schedule(static)
         for (int64_t m = 0; m < M; m++) quantize_row_i16(x + m * L->k, L->k, xq + m * L->k, xs + m * (L->k / QBLK));
     } else if (pairs) {
@@ -311,6 +456,10 @@ static void gemm(const Linear *L, const float *x, int64_t M, float *y, int64_t l
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < chunks; c++) {
         int64_t n0 = c * COLUMN_CHUNK, n1 = n0 + COLUMN_CHUNK < L->n ? n0 + COLUMN_CHUNK : L->n;
+        if (i4) {
+            gemm_i4_i16(xq, xs, xsum, xseg, L, y, M, ldy, accumulate, n0, n1);
+            continue;
+        }
         if (i16) {
             gemm_i8_i16(xq, xs, (const int8_t *)L->weight, L->scale, L->bias, y, M, L->k, ldy, accumulate, n0, n1);
             continue;
@@ -331,7 +480,7 @@ static void gemm(const Linear *L, const float *x, int64_t M, float *y, int64_t l
 int linear_forward(const Linear *L, const float *x, float *y, int64_t M, int nthreads) {
     int16_t *xq = NULL;
     float *xs = NULL;
-    if (uses_i16(L) || uses_pairs(L)) {
+    if (uses_i16(L) || uses_pairs(L) || uses_i4(L)) {
         xq = malloc(sizeof(float) * M * L->k);
         xs = malloc(sizeof(float) * (M * (L->k / QBLK) + 1));
         if (!xq || !xs) { free(xq); free(xs); return -1; }
@@ -365,6 +514,29 @@ static inline float dot(const float *a, const float *b, int64_t d) {
     __m256 acc = _mm256_setzero_ps();
     for (int64_t i = 0; i < d; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
     return hsum(acc);
+}
+
+static inline float dot_i8(const float *a, const int8_t *b, int64_t d) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < d; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load_i8(b + i), acc);
+    return hsum(acc);
+}
+
+/* the KV-cache slot of position p in a layer (openqwen/kv_cache.py's KVCache.slot_of) */
+static inline int64_t cache_slot(const Layer *ly, int64_t sinks, int64_t p) {
+    return !ly->ring || p < sinks ? p : sinks + (p - sinks) % ly->window;
+}
+
+/* int8 KV cache: one scale per vector, max|x| / 127, round half to even (openqwen/kv_cache.py's quantize_int8) */
+static void store_i8(const float *x, int8_t *q, float *scale, int64_t d) {
+    float amax = 0.0f;
+    for (int64_t i = 0; i < d; i++) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+    float s = amax / 127.0f, inv = s > 0.0f ? 1.0f / s : 0.0f;
+    for (int64_t i = 0; i < d; i++) {
+        float r = nearbyintf(x[i] * inv);
+        q[i] = (int8_t)(r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r));
+    }
+    *scale = s;
 }
 
 /* ------------------------------------------------------------------------------- decode step
@@ -415,8 +587,15 @@ void decode_step(const Model *md, float *x, const int64_t *lengths, int64_t row0
                 int64_t g = head - H;
                 float *k = row + (H + g) * D, *v = row + (H + G + g) * D;
                 rope(k, cos + m * D, sin + m * D, D);
-                size_t at = ((size_t)((row0 + m) * G + g) * S + lengths[m]) * D;
-                for (int64_t i = 0; i < D; i++) { ly->keys[at + i] = k[i]; ly->values[at + i] = v[i]; }
+                /* a ring slot's old position (p - window) is one the new query no longer sees */
+                size_t cell = (size_t)((row0 + m) * G + g) * ly->capacity + cache_slot(ly, md->sinks, lengths[m]);
+                if (ly->key_scales) {
+                    store_i8(k, (int8_t *)ly->keys + cell * D, ly->key_scales + cell, D);
+                    store_i8(v, (int8_t *)ly->values + cell * D, ly->value_scales + cell, D);
+                } else {
+                    float *kd = (float *)ly->keys + cell * D, *vd = (float *)ly->values + cell * D;
+                    for (int64_t i = 0; i < D; i++) { kd[i] = k[i]; vd[i] = v[i]; }
+                }
             }
         }
         /* attention of each (row, query head) over the row's visible positions: 0..lengths[m], or with a
@@ -427,12 +606,15 @@ void decode_step(const Model *md, float *x, const int64_t *lengths, int64_t row0
             int64_t lo = ly->window > 0 && n > ly->window ? n - ly->window : 0;
             int64_t sk = md->sinks < lo ? md->sinks : lo, first = sk > 0 ? 0 : lo;
             const float *q = qkv + m * QKV + head * D;
-            const float *kb = ly->keys + (size_t)((row0 + m) * G + g) * S * D;
-            const float *vb = ly->values + (size_t)((row0 + m) * G + g) * S * D;
+            const size_t base = (size_t)((row0 + m) * G + g) * ly->capacity;
+            const float *ks = ly->key_scales ? ly->key_scales + base : NULL;
+            const float *vs = ly->value_scales ? ly->value_scales + base : NULL;
             float *p = scores + t * S, best = -INFINITY, total = 0.0f;
 #define VISIBLE(s) for (int64_t s = first; s < n; s = s + 1 == sk ? lo : s + 1)
             VISIBLE(s) {
-                p[s] = dot(q, kb + s * D, D) * inv_sqrt_d;
+                int64_t c = cache_slot(ly, md->sinks, s);
+                p[s] = (ks ? dot_i8(q, (const int8_t *)ly->keys + (base + c) * D, D) * ks[c]
+                           : dot(q, (const float *)ly->keys + (base + c) * D, D)) * inv_sqrt_d;
                 best = p[s] > best ? p[s] : best;
             }
             VISIBLE(s) { p[s] = expf(p[s] - best); total += p[s]; }
@@ -440,8 +622,16 @@ void decode_step(const Model *md, float *x, const int64_t *lengths, int64_t row0
             __m256 acc[16]; /* head_dim <= 128 */
             for (int64_t i = 0; i < D / 8; i++) acc[i] = _mm256_setzero_ps();
             VISIBLE(s) {
-                __m256 ps = _mm256_set1_ps(p[s] * inv);
-                for (int64_t i = 0; i < D / 8; i++) acc[i] = _mm256_fmadd_ps(ps, _mm256_loadu_ps(vb + s * D + 8 * i), acc[i]);
+                int64_t c = cache_slot(ly, md->sinks, s);
+                if (vs) {
+                    const int8_t *vr = (const int8_t *)ly->values + (base + c) * D;
+                    __m256 ps = _mm256_set1_ps(p[s] * inv * vs[c]);
+                    for (int64_t i = 0; i < D / 8; i++) acc[i] = _mm256_fmadd_ps(ps, load_i8(vr + 8 * i), acc[i]);
+                } else {
+                    const float *vr = (const float *)ly->values + (base + c) * D;
+                    __m256 ps = _mm256_set1_ps(p[s] * inv);
+                    for (int64_t i = 0; i < D / 8; i++) acc[i] = _mm256_fmadd_ps(ps, _mm256_loadu_ps(vr + 8 * i), acc[i]);
+                }
             }
             for (int64_t i = 0; i < D / 8; i++) _mm256_storeu_ps(attn + m * H * D + head * D + 8 * i, acc[i]);
         }

@@ -37,7 +37,7 @@ _SOURCE = Path(__file__).with_name("kernels.c")
 KERNEL_ROW_CHUNK = 64
 """Rows per kernel call: enough for a decode batch, and few enough that their rounded activations
 stay in the L2 cache (longer inputs are split into chunks of this many rows)."""
-W_F32, W_BF16, W_I8 = 0, 1, 2
+W_F32, W_BF16, W_I8, W_I4 = 0, 1, 2, 3
 
 _lib: ctypes.CDLL | None = None
 _lib_error: str | None = None
@@ -48,13 +48,16 @@ class LinearSpec(ctypes.Structure):
     """C ``Linear``: one weight matrix and how to read it."""
 
     _fields_ = [("weight", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("bias", ctypes.c_void_p),
-                ("n", ctypes.c_int64), ("k", ctypes.c_int64), ("type", ctypes.c_int64)]
+                ("n", ctypes.c_int64), ("k", ctypes.c_int64), ("type", ctypes.c_int64),
+                ("offset", ctypes.c_void_p), ("group", ctypes.c_int64)]
 
 
 class LayerSpec(ctypes.Structure):
     _fields_ = [("input_norm", ctypes.c_void_p), ("post_norm", ctypes.c_void_p),
                 ("qkv", LinearSpec), ("o", LinearSpec), ("gate_up", LinearSpec), ("down", LinearSpec),
-                ("keys", ctypes.c_void_p), ("values", ctypes.c_void_p), ("window", ctypes.c_int64)]
+                ("keys", ctypes.c_void_p), ("values", ctypes.c_void_p), ("window", ctypes.c_int64),
+                ("capacity", ctypes.c_int64), ("ring", ctypes.c_int64),
+                ("key_scales", ctypes.c_void_p), ("value_scales", ctypes.c_void_p)]
 
 
 class ModelSpec(ctypes.Structure):
@@ -105,6 +108,8 @@ def load_kernels() -> ctypes.CDLL | None:
         lib.linear_forward.restype = ctypes.c_int
         lib.linear_forward.argtypes = [ctypes.POINTER(LinearSpec), ctypes.c_void_p, ctypes.c_void_p,
                                        ctypes.c_int64, ctypes.c_int]
+        lib.dequantize_i4.restype = None
+        lib.dequantize_i4.argtypes = [ctypes.POINTER(LinearSpec), ctypes.c_void_p, ctypes.c_int]
         lib.decode_scratch_floats.restype = ctypes.c_int64
         lib.decode_scratch_floats.argtypes = [ctypes.POINTER(ModelSpec), ctypes.c_int64]
         lib.decode_step.restype = None
@@ -126,14 +131,22 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 
 def linear_spec(module: nn.Module) -> LinearSpec | None:
     """The C view of a linear layer: an fp32 nn.Linear, or a module that declares its weight layout
-    with a ``kernel_weight_type`` attribute (W_I8 with a per-row fp32 ``scale``, or W_BF16), as the
-    Int8Linear / BF16Linear of :mod:`openqwen.infer.quant` do; None when the kernels cannot read it.
+    with a ``kernel_weight_type`` attribute (W_I8 with a per-row fp32 ``scale``, W_BF16, or W_I4 with
+    packed codes, group-wise ``scale`` / ``offset`` and ``group_size``), as the Int8Linear / BF16Linear /
+    Int4Linear of :mod:`openqwen.infer.quant` do; None when the kernels cannot read it.
     (The layout is declared, not looked up by class, so this module never imports quant.)"""
     weight = module.weight
     bias = module.bias
     kind = getattr(module, "kernel_weight_type", None)
+    offset, group = None, 0
     if kind == W_I8 and weight.dtype == torch.int8:
         scale = module.scale
+    elif kind == W_I4 and weight.dtype == torch.uint8:
+        # codes packed two per byte; groups of whole 32-input segments; int16 activation blocks of 64
+        scale, offset, group = module.scale, module.offset, module.group_size
+        if (module.in_features % 64 or group % 32 or not scale.is_contiguous() or not offset.is_contiguous()
+                or scale.dtype != torch.float32 or offset.dtype != torch.float32):
+            return None
     elif kind == W_BF16 and weight.dtype == torch.bfloat16:
         scale = None
     elif type(module) is nn.Linear and weight.dtype == torch.float32:
@@ -143,7 +156,8 @@ def linear_spec(module: nn.Module) -> LinearSpec | None:
     if (weight.device.type != "cpu" or not weight.is_contiguous() or weight.shape[1] % 8
             or (bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()))):
         return None
-    return LinearSpec(weight.data_ptr(), _ptr(scale), _ptr(bias), weight.shape[0], weight.shape[1], kind)
+    k = module.in_features if kind == W_I4 else weight.shape[1]
+    return LinearSpec(weight.data_ptr(), _ptr(scale), _ptr(bias), weight.shape[0], k, kind, _ptr(offset), group)
 
 
 def linear_forward(spec: LinearSpec, x: torch.Tensor, out_features: int) -> torch.Tensor:
@@ -156,6 +170,15 @@ def linear_forward(spec: LinearSpec, x: torch.Tensor, out_features: int) -> torc
     return y
 
 
+def dequantize_int4(spec: LinearSpec) -> torch.Tensor:
+    """The fp32 weight [n, k] of an int4 layer's spec (code * scale + offset), in one pass in C."""
+    lib = _lib if _lib is not None else load_kernels()
+    assert lib is not None and spec.type == W_I4, "dequantize_int4 needs the C kernels and an int4 spec"
+    w = torch.empty(spec.n, spec.k, dtype=torch.float32)
+    lib.dequantize_i4(ctypes.byref(spec), w.data_ptr(), torch.get_num_threads())
+    return w
+
+
 def _has_hooks(module: nn.Module) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks)
 
@@ -164,7 +187,8 @@ class FusedDecoder:
     """Runs a decode step of a :class:`openqwen.model.Qwen` in one C call, against a given KV cache.
 
     Build it with :meth:`build`, which returns None (with the reason in ``FusedDecoder.why_not``) when
-    the model or cache is not one it handles: it needs the C kernels, fp32 activations and cache (fp32
+    the model or cache is not one it handles: it needs the C kernels, fp32 activations, an fp32 or int8
+    KV cache (ring buffers for windowed layers included: :mod:`openqwen.kv_cache`) (fp32
     models, or bf16/int8 linears from :mod:`openqwen.infer.quant`), no dropout, no forward hooks on the
     layers (the fused step would skip them; hooks on the output head are honoured), head_dim a multiple
     of 8 and at most 128. The result equals ``model.hidden_states`` for one new token per row within fp32
@@ -210,9 +234,9 @@ class FusedDecoder:
         hooked = [name for name, mod in model.named_modules() if name != "lm_head" and _has_hooks(mod)]
         if hooked:
             return no(f"forward hooks are registered on {hooked[0]!r} (the fused step would skip them)")
-        if cache.keys[0].dtype != torch.float32 or cache.keys[0].device.type != "cpu":
-            return no("the KV cache is not fp32 on the CPU")
-        if not all(k.is_contiguous() for k in cache.keys + cache.values):
+        if cache.keys[0].dtype not in (torch.float32, torch.int8) or cache.keys[0].device.type != "cpu":
+            return no("the KV cache is neither fp32 nor int8 on the CPU")
+        if not all(k.is_contiguous() for k in cache.keys + cache.values + cache.key_scales + cache.value_scales):
             return no("the KV cache is not contiguous")
         if cfg.num_attention_heads % cfg.num_key_value_heads:
             return no("query heads are not a multiple of key/value heads")
@@ -225,10 +249,13 @@ class FusedDecoder:
             specs = [linear_spec(m) for m in (block.self_attn.qkv_proj, block.self_attn.o_proj,
                                               block.mlp.gate_up_proj, block.mlp.down_proj)]
             if any(s is None for s in specs):
-                return no("a linear layer is neither fp32 nn.Linear, Int8Linear nor BF16Linear")
+                return no("a linear layer is neither fp32 nn.Linear, Int8Linear, Int4Linear nor BF16Linear")
             window = (cfg.window_sizes or [None] * cfg.num_hidden_layers)[i]
+            # a ring-buffer layer (openqwen/kv_cache.py) has sinks + window slots per row; int8 caches pass their scales
+            scales = (cache.key_scales[i].data_ptr(), cache.value_scales[i].data_ptr()) if cache.quantized else (None, None)
             layers[i] = LayerSpec(norms[0].data_ptr(), norms[1].data_ptr(), *specs,
-                                  cache.keys[i].data_ptr(), cache.values[i].data_ptr(), window or 0)
+                                  cache.keys[i].data_ptr(), cache.values[i].data_ptr(), window or 0,
+                                  cache.capacity[i], int(cache.is_ring(i)), *scales)
             keep.extend(norms)
         final = model.norm.weight
         if final.dtype != torch.float32:

@@ -4,11 +4,19 @@
 (the engine's ``Engine.from_pretrained`` too) and take their ``--model/--tokenizer/--dtype/--threads``
 flags from :func:`add_model_arguments`, so they accept the same precisions under the same names:
 
+- ``auto`` (the default): what the checkpoint is (:func:`checkpoint_precision`): a quantised GGUF runs
+  quantised (int4 when its linears are mostly blocks of 4 bits or fewer, int8 for 5- to 8-bit blocks:
+  Q5_0 / Q5_K / Q6_K / Q8_0, and the q4_k_m Qwen2.5-0.5B, which is mostly Q5_0), a GPTQ folder
+  runs its own int4 / int8 layers, a float checkpoint keeps its dtype (bf16 / fp16 as bf16, else fp32);
 - ``fp32``: as stored, computed in float32;
 - ``bf16``: the linears' weights in bfloat16 (half the bytes to read per token), computed in float32;
-- ``int8``: weight-only int8 linears on float32 activations (the fastest CPU decode).
+- ``int8``: weight-only int8 linears (per-row scales) on float32 activations;
+- ``int4``: weight-only group-wise int4 linears (:class:`~openqwen.infer.quant.Int4Linear`; the output
+  head int8): a GGUF's Q4_K blocks as stored, its other blocks rounded to int4 in groups of 32; a float
+  checkpoint rounded to nearest in groups of 128.
 
-``float32`` and ``bfloat16`` are accepted as spellings of the first two.
+``float32`` and ``bfloat16`` are accepted as spellings of fp32 and bf16. The choice and its reason are
+printed at load (stderr). A GGUF loaded as int4 / int8 never exists in float32 (:mod:`.gguf_quant`).
 
 The long-context flags (``--rope-scaling``, ``--rope-update``, ``--logn``, ``--window-sizes``,
 ``--attention-sinks``, ``--seq-length``) override what the checkpoint says, through
@@ -26,13 +34,22 @@ if TYPE_CHECKING:
 
 # This module imports no torch at import time: the CLIs take their flags from it for ``--help``.
 
-DTYPE_CHOICES = ("fp32", "bf16", "int8")
-"""The precisions a model can be loaded in for generation."""
+DTYPE_CHOICES = ("auto", "fp32", "bf16", "int8", "int4")
+"""The precisions a model can be loaded in for generation (``auto``: the checkpoint's own)."""
 
 _DTYPE_SPELLINGS = {"float32": "fp32", "bfloat16": "bf16"}
 
-DTYPE_HELP = ("precision: fp32 (default), bf16 (bf16 weights, fp32 compute: half the weight memory), or int8 "
-              "(weight-only int8 linears: the fastest CPU decode, slightly different numbers)")
+DTYPE_HELP = ("precision: auto (default: what the checkpoint is; a GGUF of 4-bit blocks runs int4, of 5-8-bit "
+              "blocks int8, a float folder its own dtype; printed at load), fp32, bf16 (bf16 weights, fp32 compute), int8 "
+              "(weight-only int8 linears) or int4 (group-wise int4 linears, the head int8: the fewest bytes "
+              "per token). Example: --dtype int8")
+
+# GGML types whose codes have at most 4 bits: a file made mostly of them loses nothing more as int4.
+# 5-bit blocks (Q5_0 / Q5_K) rounded to 4 bits cost real quality (a q4_k_m Qwen2.5-0.5B, mostly Q5_0
+# because its 896-wide rows do not fit k-quant super-blocks: perplexity 7.89 -> 8.62), so they run int8.
+_LOW_BIT_GGML = {"Q4_0", "Q4_1", "Q2_K", "Q3_K", "Q4_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S",
+                 "IQ2_S", "IQ4_XS", "IQ1_M", "TQ1_0", "TQ2_0"}
+_FLOAT_GGML = {"F32": "fp32", "F16": "bf16", "BF16": "bf16", "F64": "fp32"}
 
 
 def normalise_dtype(name: str) -> str:
@@ -44,22 +61,90 @@ def normalise_dtype(name: str) -> str:
     return key
 
 
-def load_for_inference(path: str | Path, dtype: str = "fp32") -> "Qwen":
-    """Load a model for generation in fp32, bf16 or int8 (weight-only int8 linears on fp32 activations)."""
+def checkpoint_precision(path: str | Path) -> tuple[str, str]:
+    """The precision ``auto`` picks for a checkpoint, and why (one phrase): ``gptq`` for a GPTQ folder
+    (its own int4 / int8 layers), else one of fp32 / bf16 / int8 / int4."""
+    import json  # noqa: PLC0415
+
+    path = Path(path).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        from ..checkpoint.gguf_file import GGUFFile  # noqa: PLC0415
+
+        with GGUFFile(path) as f:
+            counts: dict[str, int] = {}
+            for name, info in f.tensors.items():
+                if len(info.shape) == 2 and name != "token_embd.weight":  # the linears
+                    counts[info.type_name] = counts.get(info.type_name, 0) + info.numel
+        if not counts:
+            return "fp32", "the file holds no linear layers"
+        main = max(counts, key=counts.get)
+        kinds = "/".join(sorted(counts, key=counts.get, reverse=True))
+        if all(k in _FLOAT_GGML for k in counts):
+            return _FLOAT_GGML[main], f"the file stores {kinds} weights"
+        low = sum(n for k, n in counts.items() if k in _LOW_BIT_GGML)
+        if low * 2 > sum(counts.values()):
+            return "int4", f"the file stores {kinds} blocks, mostly 4 bits or fewer"
+        return "int8", f"the file stores {kinds} blocks, mostly 5-8 bits"
+    config = path / "config.json"
+    try:
+        hf = json.loads(config.read_text()) if config.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        hf = {}
+    hf = hf if isinstance(hf, dict) else {}
+    quant = hf.get("quantization_config")
+    if isinstance(quant, dict) and quant.get("quant_method") == "gptq":
+        return "gptq", f"a GPTQ checkpoint of {quant.get('bits', 4)} bits"
+    stored = str(hf.get("torch_dtype") or hf.get("dtype") or "float32")
+    if stored in ("bfloat16", "float16"):
+        return "bf16", f"the checkpoint is {stored}"
+    return "fp32", f"the checkpoint is {stored}"
+
+
+def load_for_inference(path: str | Path, dtype: str = "auto", announce: bool = True) -> "Qwen":
+    """Load a model for generation in ``dtype`` (see the module docstring; ``auto``: the checkpoint's own,
+    :func:`checkpoint_precision`). ``announce``: print the precision and its reason to stderr."""
+    import sys  # noqa: PLC0415
+
     from ..checkpoint import load_model  # noqa: PLC0415
-    from .quant import optimise_for_decode, quantize_int8  # noqa: PLC0415
+    from .quant import Int8Linear, optimise_for_decode, quantize_int4, quantize_int8  # noqa: PLC0415
 
+    path = Path(path).expanduser()
     dtype = normalise_dtype(dtype)
-    model = load_model(path, dtype={"fp32": "fp32", "bf16": "bf16", "int8": "fp32"}[dtype])
+    auto, why = checkpoint_precision(path)
+    if auto == "gptq":
+        if dtype not in ("auto", "int4", "int8"):
+            raise ValueError(f"{path} is a GPTQ checkpoint and runs as stored; drop --dtype {dtype}")
+        from .gptq_format import load_gptq  # noqa: PLC0415
 
-    if dtype == "int8":
-        quantize_int8(model)
+        model = load_gptq(path)
+        precision = auto
     else:
-        optimise_for_decode(model)
+        precision = auto if dtype == "auto" else dtype
+        if dtype not in ("auto", auto):
+            why = f"--dtype {dtype}; auto would pick {auto}: {why}"
+        is_gguf = path.is_file() and path.suffix == ".gguf"
+        if is_gguf and precision in ("int4", "int8"):
+            from ..checkpoint.gguf import load_gguf  # noqa: PLC0415
+            from .gguf_quant import int4_builder, int8_builder  # noqa: PLC0415
+
+            model = load_gguf(path, dtype="fp32", linear_builder=int4_builder if precision == "int4" else int8_builder)
+            if not isinstance(model.lm_head, Int8Linear):  # a tied head: an int8 copy of the embedding
+                model.lm_head = Int8Linear(model.lm_head.weight, None)
+        else:
+            model = load_model(path, dtype="bf16" if precision == "bf16" else "fp32")
+            if precision == "int8":
+                quantize_int8(model)
+            elif precision == "int4":
+                quantize_int4(model)
+            else:
+                optimise_for_decode(model)
+    if announce:
+        print(f"openqwen: {path.name} runs in {precision} ({why}; --dtype overrides)", file=sys.stderr)
+    model.precision = precision
     return model.eval()
 
 
-def load_model_and_tokenizer(path: str | Path, dtype: str = "fp32", tokenizer_path: str | Path | None = None,
+def load_model_and_tokenizer(path: str | Path, dtype: str = "auto", tokenizer_path: str | Path | None = None,
                              long_context: dict[str, Any] | None = None) -> tuple["Qwen", Any]:
     """The model in ``dtype`` (see :func:`load_for_inference`) and its tokenizer (from ``tokenizer_path``,
     else stored with the model); ``long_context``: overrides from :func:`long_context_from_args`."""
@@ -108,7 +193,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
                         help="model folder (openqwen / Hugging Face Qwen2 / first-generation) or .gguf file")
     parser.add_argument("--tokenizer", default=None, help="tokenizer path when it is not stored with the model")
-    parser.add_argument("--dtype", default="fp32", type=_dtype_flag, metavar="{" + ",".join(DTYPE_CHOICES) + "}",
+    parser.add_argument("--dtype", default="auto", type=_dtype_flag, metavar="{" + ",".join(DTYPE_CHOICES) + "}",
                         help=DTYPE_HELP)
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="CPU threads for torch (default: torch's choice)")
@@ -171,7 +256,7 @@ def parse_window_sizes(text: str, layers: int) -> list[int | None] | None:
 def long_context_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The long-context flags that were given (raw: windows are resolved against the model's layers)."""
     out: dict[str, Any] = {}
-    for flag in ("rope_scaling", "rope_update", "logn", "window_sizes", "attention_sinks", "seq_length"):
+    for flag in ("rope_scaling", "rope_update", "logn", "window_sizes", "attention_sinks", "seq_length", "kv_cache"):
         value = getattr(args, flag, None)
         if value is not None:
             out[flag] = value
@@ -194,14 +279,16 @@ def apply_long_context(model: "Qwen", settings: dict[str, Any]) -> None:
         fields["attention_sinks"] = int(settings["attention_sinks"])
     if "seq_length" in settings:
         fields["seq_length"] = int(settings["seq_length"])
+    if "kv_cache" in settings:
+        fields["kv_cache_dtype"] = settings["kv_cache"]
     model.config = model.config.replace(**fields)
 
 
 def add_long_context_arguments(parser: argparse.ArgumentParser) -> None:
     """The long-context flags (each overrides the checkpoint's setting; docs/long-context.md)."""
     g = parser.add_argument_group(
-        "long context", "inference-time context extension; each is a bit-exact no-op up to the training length "
-        "(yarn/linear excepted). Example: --rope-scaling ntk --logn --window-sizes 4x2048,4x4096,24x8192")
+        "long context", "inference-time context extension and the KV cache; each is a bit-exact no-op up to the "
+        "training length (yarn/linear and --kv-cache int8 excepted). Example: --rope-scaling ntk --logn --window-sizes 4x2048,4x4096,24x8192")
     g.add_argument("--rope-scaling", default=None, metavar="SPEC", help=ROPE_SCALING_HELP)
     g.add_argument("--rope-update", default=None, choices=("prefill", "rotate", "stale"),
                    help="how a dynamic base follows decoding: prefill (the release: kept from the prompt), rotate "
@@ -216,3 +303,7 @@ def add_long_context_arguments(parser: argparse.ArgumentParser) -> None:
                    help="windowed layers also see the first N tokens (StreamingLLM); needs --window-sizes")
     g.add_argument("--seq-length", type=positive_int, default=None, metavar="S",
                    help="training length S where NTK and LogN switch on (default: the checkpoint's)")
+    g.add_argument("--kv-cache", default=None, choices=("auto", "int8"),
+                   help="KV-cache storage: auto (the model's dtype, default) or int8 (one scale per head and token: "
+                        "3.8x less cache memory than fp32, 1.9x less than bf16, at a small quality cost; "
+                        "docs/long-context.md). Windowed layers keep ring buffers either way")

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels import KERNEL_ROW_CHUNK, W_BF16, W_I8, kernel_status, linear_forward, linear_spec, load_kernels  # noqa: F401
+from .kernels import (KERNEL_ROW_CHUNK, W_BF16, W_I4, W_I8, dequantize_int4, kernel_status,  # noqa: F401
+                      linear_forward, linear_spec, load_kernels)
 
 ACTIVATION_BLOCK = 64
 """int8 layers round activations to int16 in blocks of this many inputs (must match QBLK in kernels.c)."""
@@ -145,6 +146,133 @@ class BF16Linear(_KernelLinear):
         return f"in_features={self.in_features}, out_features={self.out_features}, bf16"
 
 
+INT4_SEGMENT = 32
+"""Int4 codes are packed per segment of 32 inputs: byte i holds input i (low nibble) and input i + 16 (high
+nibble), so the kernel widens 16 bytes into two runs of 16 consecutive weights. Groups are whole segments."""
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """uint8 codes [N, K] (0..15, K % 32 == 0) -> packed bytes [N, K / 2] in :data:`INT4_SEGMENT` order."""
+    n, k = q.shape
+    seg = q.to(torch.uint8).reshape(n, k // INT4_SEGMENT, 2, INT4_SEGMENT // 2)
+    return (seg[:, :, 0] | (seg[:, :, 1] << 4)).reshape(n, k // 2).contiguous()
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`pack_int4`: uint8 codes [N, K]."""
+    n, half = packed.shape
+    seg = packed.reshape(n, half // (INT4_SEGMENT // 2), 1, INT4_SEGMENT // 2)
+    return torch.cat([seg & 15, seg >> 4], dim=2).reshape(n, 2 * half)
+
+
+def quantize_rtn_int4(weight: torch.Tensor, group_size: int = 128, symmetric: bool = False
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Round-to-nearest group-wise int4 of a weight [out, in] -> (q uint8 [out, in] 0..15, scales fp32
+    [out, in / group_size], zeros fp32 of the same shape, or None when ``symmetric``).
+
+    symmetric: scale = absmax / 7, q = round(w / scale) + 8 in 1..15 (zero point 8).
+    asymmetric: scale = (max - min) / 15, zero = round(-min / scale) in 0..15, q = round(w / scale) + zero."""
+    w = weight.detach().float()
+    out_f, in_f = w.shape
+    if group_size < 1 or in_f % group_size:
+        raise ValueError(f"group_size {group_size} must divide the layer's {in_f} inputs")
+    g = w.reshape(out_f, in_f // group_size, group_size)
+    if symmetric:
+        scales = (g.abs().amax(-1) / 7.0).clamp(min=1e-12)
+        q = torch.round(g / scales[..., None]).clamp(-8, 7) + 8
+        zeros = None
+    else:
+        lo, hi = g.amin(-1).clamp(max=0.0), g.amax(-1).clamp(min=0.0)
+        scales = ((hi - lo) / 15.0).clamp(min=1e-12)
+        zeros = torch.round(-lo / scales).clamp(0, 15)
+        q = (torch.round(g / scales[..., None]) + zeros[..., None]).clamp(0, 15)
+    return q.reshape(out_f, in_f).to(torch.uint8), scales.contiguous(), zeros
+
+
+class Int4Linear(_KernelLinear):
+    """Group-wise int4 weight-only linear: w[n, k] = q[n, k] * scale[n, g] + offset[n, g], g = k // group_size.
+
+    Built from codes and scales (:meth:`from_quantized`, the layout GPTQ and round-to-nearest produce:
+    w = (q - zero) * scale, offset = -zero * scale) or from llama.cpp's Q4_K blocks (scale d * sc, offset
+    -dmin * m, groups of 32; :mod:`openqwen.checkpoint.gguf`). Activations are rounded to int16 blocks of 64
+    as for :class:`Int8Linear`, so the C kernel multiplies integers; the torch paths apply the same
+    rounding and multiply by :meth:`dequantize`.
+
+    Buffers: ``weight`` uint8 [n, k / 2] (codes packed by :func:`pack_int4`), ``scale`` and ``offset``
+    fp32 [n, k / group_size], ``zero`` (the codes' zero points when built from them, else None: only
+    :meth:`dequantize` reads it, to return exactly ``(q - zero) * scale``), ``bias`` fp32 or None.
+    """
+
+    kernel_weight_type = W_I4
+
+    def __init__(self, packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, group_size: int,
+                 bias: torch.Tensor | None = None, zero: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.out_features, half = packed.shape
+        self.in_features = 2 * half
+        if group_size % INT4_SEGMENT or self.in_features % group_size:
+            raise ValueError(f"int4 group_size must be a multiple of {INT4_SEGMENT} that divides the layer's "
+                             f"{self.in_features} inputs, got {group_size}")
+        groups = (self.out_features, self.in_features // group_size)
+        for name, t in (("scale", scale), ("offset", offset), ("zero", zero)):
+            if t is not None and tuple(t.shape) != groups:
+                raise ValueError(f"int4 {name} must have shape {groups} (out, in / group_size), got {tuple(t.shape)}")
+        self.group_size = group_size
+        self.register_buffer("weight", packed.to(torch.uint8).contiguous())
+        self.register_buffer("scale", scale.detach().float().contiguous())
+        self.register_buffer("offset", offset.detach().float().contiguous())
+        self.register_buffer("zero", None if zero is None else zero.detach().float().contiguous())
+        self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
+
+    @classmethod
+    def from_quantized(cls, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, group_size: int,
+                       bias: torch.Tensor | None = None) -> "Int4Linear":
+        """From codes q uint8 [out, in] (0..15), scales fp32 [out, in / group_size] and zero points of the
+        same shape (None: 8, symmetric): w = (q - zero) * scale."""
+        if q.dim() != 2 or q.shape[1] % INT4_SEGMENT:
+            raise ValueError(f"int4 codes must be [out, in] with in a multiple of {INT4_SEGMENT}, got {tuple(q.shape)}")
+        if int(q.max()) > 15 or int(q.min()) < 0:
+            raise ValueError("int4 codes must lie in 0..15")
+        scales = scales.float()
+        zeros = torch.full_like(scales, 8.0) if zeros is None else zeros.float()
+        return cls(pack_int4(q), scales, -zeros * scales, group_size, bias, zeros)
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, group_size: int = 128,
+                   symmetric: bool = False) -> "Int4Linear":
+        """Round-to-nearest (:func:`quantize_rtn_int4`) of a float weight [out, in]."""
+        q, scales, zeros = quantize_rtn_int4(weight, group_size, symmetric)
+        return cls.from_quantized(q, scales, zeros, group_size, bias)
+
+    def codes(self) -> torch.Tensor:
+        """uint8 codes [out, in] (0..15)."""
+        return unpack_int4(self.weight)
+
+    def dequantize(self) -> torch.Tensor:
+        """The fp32 weight [out, in] (the torch reference every path multiplies by)."""
+        q = self.codes().float().reshape(self.out_features, -1, self.group_size)
+        if self.zero is not None:
+            w = (q - self.zero[..., None]) * self.scale[..., None]
+        else:
+            w = q * self.scale[..., None] + self.offset[..., None]
+        return w.reshape(self.out_features, self.in_features)
+
+    def _dense(self) -> torch.Tensor:
+        # long prefills multiply by the fp32 weight: made in one C pass when the kernel reads this layer
+        # (code * scale + offset: equal to dequantize() up to one fp32 rounding of zero-point layers)
+        spec = self._spec()
+        return dequantize_int4(spec) if spec is not None else self.dequantize()
+
+    def _prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        return round_activations_int16(x) if self.in_features % ACTIVATION_BLOCK == 0 else x.float()
+
+    def _fallback(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.dequantize(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int4 groups of {self.group_size}"
+
+
 def _swap_linears(model: nn.Module, make) -> nn.Module:
     targets = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, nn.Linear)]
     for name, mod in targets:
@@ -159,6 +287,25 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     """Replace every nn.Linear (the output head too; a tied embedding stays fp32 for lookups) with an
     :class:`Int8Linear`, in place. The model should be fp32."""
     return _swap_linears(model, lambda m: Int8Linear(m.weight, m.bias))
+
+
+@torch.no_grad()
+def quantize_int4(model: nn.Module, group_size: int = 128, symmetric: bool = False,
+                  skip: tuple[str, ...] = ("lm_head",)) -> nn.Module:
+    """Replace every nn.Linear whose input width is a multiple of ``group_size`` with a round-to-nearest
+    :class:`Int4Linear`, in place. Layers named in ``skip`` (the output head, by
+    default: int4 there costs the most quality per byte saved) become :class:`Int8Linear` instead."""
+    def make(name: str, m: nn.Linear) -> nn.Module:
+        if name.rpartition(".")[2] in skip or m.in_features % group_size:
+            return Int8Linear(m.weight, m.bias)
+        return Int4Linear.from_float(m.weight, m.bias, group_size=group_size, symmetric=symmetric)
+
+    targets = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, nn.Linear)]
+    for name, mod in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, make(name, mod))
+    return model
 
 
 @torch.no_grad()

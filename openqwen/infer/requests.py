@@ -49,6 +49,8 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     logprobs: list[float] | None = None
+    top_logprobs: list[list[tuple[int, float]]] | None = None
+    """With ``SamplingParams.top_logprobs``: per generated token, the most likely (id, log-probability)."""
 
 
 @dataclass
@@ -63,6 +65,8 @@ class StreamEvent:
     error: BaseException | None = None
     logprobs: list[float] | None = None
     """Log-probabilities of ``token_ids`` (when the request asked for them)."""
+    top_logprobs: list[list[tuple[int, float]]] | None = None
+    """The most likely alternatives at each of ``token_ids`` (when the request asked for them)."""
 
 
 class RequestHandle:
@@ -160,6 +164,7 @@ class Request:
         self.finish_reason: str | None = None
         self.output: list[int] = []
         self.logprobs: list[float] | None = [] if params.logprobs else None
+        self.top_logprobs: list[list[tuple[int, float]]] | None = [] if params.top_logprobs else None
         self.text_parts: list[str] = []
         self._pending = ""  # decoded text held back because it could begin a stop string
         self._last: tuple[str, list[int]] = ("", [])  # text/tokens that ride on the final event
@@ -187,10 +192,8 @@ class Request:
         if token is None:
             token = sample_token(logits, self.params, self._seen, self._generator, filtered)
         self.output.append(token)
-        if filtered is not None:
-            self.logprobs.append(sampled_logprob(filtered, token, self.params))
-        elif self.logprobs is not None:
-            self.logprobs.append(float(torch.log_softmax(logits, -1)[token]))
+        if self.logprobs is not None:
+            self._record_logprobs(token, logits, filtered)
         if self._seen is not None:
             self._seen[token] = True
         if token in self.stop_ids:
@@ -207,6 +210,22 @@ class Request:
             return self.finish("length")
         self.next_input = token
         return None
+
+    def _record_logprobs(self, token: int, logits: torch.Tensor, filtered: torch.Tensor | None) -> None:
+        """The chosen token's log-probability (and the top alternatives) under the raw distribution,
+        or the sampled one (``filtered``; greedy: a point mass on the token)."""
+        if filtered is not None and self.params.is_greedy:
+            dist, value = None, sampled_logprob(filtered, token, self.params)
+        else:
+            dist = torch.log_softmax(filtered if filtered is not None else logits, -1)
+            value = float(dist[token])
+        self.logprobs.append(value)
+        if self.top_logprobs is not None:
+            if dist is None:
+                self.top_logprobs.append([(token, value)])
+            else:
+                top = torch.topk(dist, min(self.params.top_logprobs, dist.shape[-1]))
+                self.top_logprobs.append(list(zip(top.indices.tolist(), top.values.tolist())))
 
     def _emit(self, tokens: list[int], text: str, final: bool) -> bool:
         """Add decoded text, holding back a possible stop-string start; True when a stop string matched."""
@@ -226,7 +245,8 @@ class Request:
             self.text_parts.append(out)
         if out or tokens:
             if not hit and not final:
-                self.handle.deliver(StreamEvent(out, tokens, logprobs=_tail(self.logprobs, len(tokens))))
+                self.handle.deliver(StreamEvent(out, tokens, logprobs=_tail(self.logprobs, len(tokens)),
+                                                top_logprobs=_tail(self.top_logprobs, len(tokens))))
             else:
                 self._last = (out, tokens)  # delivered with the final event by finish()
         return hit
@@ -239,8 +259,10 @@ class Request:
         completion = Completion(
             text="".join(self.text_parts), token_ids=list(self.output), finish_reason=reason,
             prompt_tokens=len(self.prompt), completion_tokens=len(self.output), logprobs=self.logprobs,
+            top_logprobs=self.top_logprobs,
         )
-        self.handle.deliver(StreamEvent(out, tokens, reason, completion, logprobs=_tail(self.logprobs, len(tokens))))
+        self.handle.deliver(StreamEvent(out, tokens, reason, completion, logprobs=_tail(self.logprobs, len(tokens)),
+                                        top_logprobs=_tail(self.top_logprobs, len(tokens))))
         return reason
 
     def fail(self, error: BaseException) -> None:
@@ -260,7 +282,7 @@ def holdback(text: str, stops: Sequence[str]) -> int:
     return best
 
 
-def _tail(values: list[float] | None, n: int) -> list[float] | None:
+def _tail(values: list | None, n: int) -> list | None:
     return None if values is None else values[len(values) - n:]
 
 

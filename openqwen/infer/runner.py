@@ -105,8 +105,13 @@ class ModelRunner:
     def prepare(self) -> None:
         """Allocate the KV cache at the first step; (re)build the fused step when the dropout state
         it was decided for changed."""
+        layout = self.model.cache_layout(self.max_seq_len)
+        if self.cache is not None and self.cache.layout != layout:
+            # windows, sinks or the kv dtype changed since the cache was laid out: every row is stale
+            self.cache, self._dirty = None, True  # weights_changed() reports it, so prefixes are forgotten
         if self.cache is None:
             self.cache = self.model.new_cache(self.max_batch_size, self.max_seq_len)
+            self._fused_built_for = None
         if self.use_fused and self._fused_built_for is not self.dropout_active:
             self._build_fused()
 
@@ -123,6 +128,11 @@ class ModelRunner:
         if self.cache is None:
             return "not decided yet (the first step builds the cache)"
         return "fused C decode step" if self.fused is not None else f"torch model ({self.fused_why})"
+
+    def can_continue(self, slot: int, start: int) -> bool:
+        """Whether ``slot``'s cached row can be continued after its first ``start`` positions (ring
+        buffers of windowed layers only from the row's end: :meth:`openqwen.kv_cache.KVCache.can_continue`)."""
+        return self.cache is None or self.cache.can_continue(slot, start)
 
     # ------------------------------------------------------------------------------ steps
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

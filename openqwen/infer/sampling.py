@@ -19,6 +19,9 @@ from typing import Any, Callable
 import torch
 
 
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+"""The seeds ``torch.Generator.manual_seed`` takes (signed or unsigned 64-bit)."""
+
 LOGPROBS_MODES = ("raw", "sampled")
 """What ``SamplingParams.logprobs_mode`` accepts."""
 
@@ -55,6 +58,9 @@ class SamplingParams:
     logprobs: bool = False
     """Return the log-probability of every generated token (``Completion.logprobs``), under the
     distribution ``logprobs_mode`` names."""
+    top_logprobs: int = 0
+    """With ``logprobs``: also the ``top_logprobs`` most likely tokens at each step, as (id,
+    log-probability) pairs under the same distribution, most likely first (``Completion.top_logprobs``)."""
     logprobs_mode: str = "raw"
     """``raw``: the model's full distribution (softmax of the logits). ``sampled``: the distribution the
     token was actually drawn from, after the repetition penalty, temperature, top-k and top-p, renormalised
@@ -89,12 +95,16 @@ class SamplingParams:
             raise ValueError(f"stop must be a list of strings, got {self.stop!r}")
         if not all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids):
             raise ValueError(f"stop_token_ids must be non-negative integers, got {self.stop_token_ids!r}")
+        if not isinstance(self.top_logprobs, int) or self.top_logprobs < 0:
+            raise ValueError(f"top_logprobs must be an integer >= 0, got {self.top_logprobs!r}")
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs=True")
         if self.logprobs_mode not in LOGPROBS_MODES:
             raise ValueError(f"logprobs_mode must be one of {', '.join(LOGPROBS_MODES)}, got {self.logprobs_mode!r}")
         if self.constraint is not None and not callable(self.constraint):
             raise ValueError(f"constraint must be a factory (callable) or None, got {self.constraint!r}")
-        if self.seed is not None and not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
+        if self.seed is not None and not (isinstance(self.seed, int) and SEED_MIN <= self.seed <= SEED_MAX):
+            raise ValueError(f"seed must be an integer in [{SEED_MIN}, {SEED_MAX}] or None, got {self.seed!r}")
 
     @property
     def is_greedy(self) -> bool:
@@ -116,7 +126,10 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     if penalty == 1.0:
         return logits
     penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
-    return torch.where(seen, penalised, logits)
+    # a tiny penalty (1e-300) overflows logit / penalty to +inf, and +inf - +inf is NaN in the softmax:
+    # clamp to the largest finite float (the order of the logits, which is all sampling reads, is kept)
+    big = torch.finfo(logits.dtype).max
+    return torch.where(seen, penalised.clamp(-big, big), logits)
 
 
 # Top-p looks at the top _NUCLEUS_PROBE tokens first; when their mass already reaches top_p the nucleus
@@ -124,10 +137,24 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
 _NUCLEUS_PROBE = 256
 
 
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``logits / temperature`` with the largest logit moved to 0 first (the softmax is the same), so no
+    temperature > 0 can produce NaN: at 1e-300 the gaps overflow to -inf and the most likely token(s)
+    keep probability 1 (the limit of sampling as the temperature falls to 0) instead of inf - inf."""
+    top = logits.max()
+    if not torch.isfinite(top):  # all -inf (a constraint left nothing) or +inf: leave it to the caller's check
+        return logits / temperature
+    shifted = logits - top
+    if temperature >= torch.finfo(logits.dtype).tiny:
+        return shifted / temperature
+    # below the smallest normal float the divisor itself rounds to 0: every gap > 0 is infinitely large
+    return torch.where(shifted < 0, float("-inf"), 0.0)
+
+
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
     """Temperature, top-k, top-p (in that order, as HF) on a fp32 [V] row; removed tokens get -inf."""
     if temperature != 1.0:
-        logits = logits / temperature
+        logits = apply_temperature(logits, temperature)
     V = logits.shape[-1]
     if top_k and top_k < V:
         kth = torch.topk(logits, top_k).values[-1]
@@ -172,6 +199,8 @@ def sample_token(
     if params.is_greedy:
         return int(torch.argmax(filtered))
     probs = torch.softmax(filtered, -1)
+    if not bool(torch.isfinite(probs).all()):  # NaN logits (a broken model) or nothing left to sample
+        raise ValueError("the sampling distribution is not finite (NaN logits, or every token removed)")
     return int(torch.multinomial(probs, 1, generator=generator))
 
 

@@ -11,6 +11,10 @@ of a chat - goes to that slot and prefills only its new tail. Reuse is taken onl
 prefill. When the model's weights change, every remembered prefix is forgotten
 (:meth:`Scheduler.forget_prefixes`): keys computed with the old weights are not the new model's.
 
+A row whose windowed layers keep ring buffers (:mod:`openqwen.kv_cache`) has lost what its windows no
+longer see, so it is continued only from its end (the next turn of the same chat), never from an
+earlier point of it (the runner's ``can_continue`` says which).
+
 Prefill grouping. Requests admitted together in consecutive slots with similar prompt lengths are
 prefilled as one right-padded batch; a group costs (rows x longest prompt), so very uneven prompts
 are prefilled separately.
@@ -20,7 +24,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .requests import Request
 
@@ -89,9 +93,12 @@ class Scheduler:
         self.slot_tokens = [None] * len(self.slots)
 
     # ------------------------------------------------------------------------------ admission
-    def admit(self) -> tuple[list[Request], list[Request]]:
+    def admit(self, can_continue: Callable[[int, int], bool] | None = None) -> tuple[list[Request], list[Request]]:
         """Move waiting requests into free slots: (admitted, cancelled while waiting). Each admitted
-        request gets the free slot holding the longest prefix of its prompt (lowest index on ties)."""
+        request gets the free slot holding the longest prefix of its prompt (lowest index on ties).
+        ``can_continue(slot, start)``: whether a slot's row can be continued after ``start`` cached
+        positions (ring buffers of windowed layers only from the row's end); a prefix it refuses counts
+        as none."""
         admitted: list[Request] = []
         dropped: list[Request] = []
         with self.lock:
@@ -102,6 +109,9 @@ class Scheduler:
                     continue
                 free = [i for i, occupant in enumerate(self.slots) if occupant is None]
                 common = [common_prefix(self.slot_tokens[i] or (), r.prompt) for i in free]
+                if can_continue is not None:
+                    common = [c if c < MIN_PREFIX_REUSE or can_continue(i, min(c, len(r.prompt) - 1)) else 0
+                              for i, c in zip(free, common)]
                 best = max(range(len(free)), key=lambda j: (common[j], -free[j]))
                 r.slot = free[best]
                 # reuse only when it pays for giving up batched prefill; keep >= 1 token to compute logits

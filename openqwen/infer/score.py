@@ -45,6 +45,9 @@ class ScoreResult:
     greedy: bool
     """Every continuation token was the model's argmax (greedy decoding would produce it)."""
     num_tokens: int
+    top_logprobs: list[list[tuple[int, float]]] | None = None
+    """With ``top_n > 0``: per continuation token, the ``top_n`` most likely (id, log-probability) at
+    its position, most likely first, from the same log-softmax as ``token_logprobs`` (the server's echo)."""
 
 
 @dataclass
@@ -68,6 +71,8 @@ class Scorer:
         self._prefix: KVCache | None = None
         self._prefix_tokens: list[int] = []
         self._batch: KVCache | None = None
+        self._top_n = 0  # the current call's top_n, and its alternatives per row and token
+        self._top: list[list[list[tuple[int, float]]]] = []
         self.reused_tokens = 0
         """Prefix tokens served from an earlier call's cache instead of being run again."""
 
@@ -76,10 +81,13 @@ class Scorer:
         self._prefix_tokens = []
 
     @torch.inference_mode()
-    def score(self, rows: Sequence[tuple[list[int], list[int]]], batch_size: int) -> list[ScoreResult]:
-        """Score ``rows`` of (prompt ids, continuation ids); both non-empty (the caller checks)."""
+    def score(self, rows: Sequence[tuple[list[int], list[int]]], batch_size: int, top_n: int = 0
+              ) -> list[ScoreResult]:
+        """Score ``rows`` of (prompt ids, continuation ids); both non-empty (the caller checks).
+        ``top_n``: also the ``top_n`` most likely tokens at every scored position."""
         if not rows:
             return []
+        self._top_n = top_n
         # 1. the shared prefix, capped so that every prompt keeps its last token to run
         first = rows[0][0]
         shared = min(min(common_prefix(first, p), len(p) - 1) for p, _ in rows)
@@ -100,9 +108,11 @@ class Scorer:
                                    snapshot_for=longer or None))
         logprobs: list[list[float]] = [[0.0] * len(c) for c in conts]
         greedy: list[list[bool]] = [[False] * len(c) for c in conts]
+        self._top: list[list[list[tuple[int, float]]]] = [[[] for _ in c] for c in conts]
         second_pass = self._run(first_pass, batch_size, conts, logprobs, greedy)
         self._run(second_pass, batch_size, conts, logprobs, greedy)
-        return [ScoreResult(lp, float(sum(lp)), all(g), len(lp)) for lp, g in zip(logprobs, greedy)]
+        tops = self._top if top_n else [None] * len(conts)
+        return [ScoreResult(lp, float(sum(lp)), all(g), len(lp), t) for lp, g, t in zip(logprobs, greedy, tops)]
 
     # ------------------------------------------------------------------------------ the prefix
     def _extend_prefix(self, tokens: list[int]) -> None:
@@ -114,7 +124,9 @@ class Scorer:
             self.reused_tokens += keep
             return
         if self._prefix is None or self._prefix.max_length < len(tokens):
-            grown = self.model.new_cache(1, max(len(tokens), 2 * (self._prefix.max_length if self._prefix else 0)))
+            # dense (every position kept): the prefix is continued from any point, rows copy from it
+            grown = self.model.new_cache(1, max(len(tokens), 2 * (self._prefix.max_length if self._prefix else 0)),
+                                         ring=False)
             if keep and self._prefix is not None:
                 _copy_rows(self._prefix, grown, 0, keep)
             self._prefix = grown
@@ -191,6 +203,11 @@ class Scorer:
             picked = token[sel.to(h.device)]
             values[sel] = lp[rows_in, picked].cpu()
             hits[sel] = (lp.argmax(-1)[rows_in] == picked).cpu()
+            if self._top_n:
+                top = torch.topk(lp[rows_in], min(self._top_n, lp.shape[-1]), -1)
+                for t, ids, vals in zip(sel.tolist(), top.indices.tolist(), top.values.tolist()):
+                    row, k = where[t]
+                    self._top[row][k] = list(zip(ids, vals))
         for (row, k), v, g in zip(where, values.tolist(), hits.tolist()):
             logprobs[row][k] = v
             greedy[row][k] = g
@@ -199,7 +216,4 @@ class Scorer:
 def _copy_rows(src: KVCache, dst: KVCache, dst_row: int, length: int, src_row: int = 0) -> None:
     """Copy the keys/values of positions [0, length) from ``src`` row ``src_row`` to ``dst`` row ``dst_row``
     (and the RoPE base the keys were rotated with)."""
-    dst.rope_bases[dst_row] = src.rope_bases[src_row]
-    for layer in range(len(src.keys)):
-        dst.keys[layer][dst_row, :, :length] = src.keys[layer][src_row, :, :length]
-        dst.values[layer][dst_row, :, :length] = src.values[layer][src_row, :, :length]
+    dst.copy_row(src, src_row, dst_row, length)  # ring-buffer layers copy the positions they keep

@@ -9,7 +9,7 @@ from infer_helpers import ByteTokenizer, tiny_model
 from openqwen.infer import kernels
 from openqwen.infer.engine import Engine
 from openqwen.infer.kernels import FusedDecoder
-from openqwen.infer.quant import optimise_for_decode, quantize_int8
+from openqwen.infer.quant import optimise_for_decode, quantize_int4, quantize_int8
 from openqwen.infer.sampling import SamplingParams
 
 pytestmark = pytest.mark.skipif(kernels.load_kernels() is None, reason=f"C kernels: {kernels.kernel_status()}")
@@ -18,6 +18,7 @@ PRECISIONS = {
     "fp32": lambda m: m,
     "bf16": lambda m: optimise_for_decode(m.to(torch.bfloat16)),
     "int8": quantize_int8,
+    "int4": lambda m: quantize_int4(m, group_size=32),
 }
 
 

@@ -21,10 +21,10 @@ from openqwen.infer.quant import BF16Linear, Int8Linear
 
 
 def test_dtype_vocabulary():
-    assert DTYPE_CHOICES == ("fp32", "bf16", "int8")
-    assert [normalise_dtype(n) for n in ("fp32", "float32", "BF16", "bfloat16", "int8")] == \
-        ["fp32", "fp32", "bf16", "bf16", "int8"]
-    with pytest.raises(ValueError, match="fp32, bf16, int8"):
+    assert DTYPE_CHOICES == ("auto", "fp32", "bf16", "int8", "int4")
+    assert [normalise_dtype(n) for n in ("fp32", "float32", "BF16", "bfloat16", "int8", "INT4", "auto")] == \
+        ["fp32", "fp32", "bf16", "bf16", "int8", "int4", "auto"]
+    with pytest.raises(ValueError, match="auto, fp32, bf16, int8, int4"):
         normalise_dtype("fp16")
 
 
@@ -33,6 +33,7 @@ def test_model_flags_share_one_vocabulary(capsys):
     add_model_arguments(parser)
     args = parser.parse_args(["--model", "m", "--dtype", "bfloat16", "--threads", "2"])
     assert (args.model, args.tokenizer, args.dtype, args.threads) == ("m", None, "bf16", 2)
+    assert parser.parse_args(["--model", "m"]).dtype == "auto"  # the checkpoint decides unless told
     for bad in (["--dtype", "fp16"], ["--threads", "0"]):
         with pytest.raises(SystemExit):
             parser.parse_args(["--model", "m", *bad])

@@ -77,7 +77,7 @@ def test_engine_greedy_equals_the_full_forward_reference(name, fused):
 def test_fused_step_equals_the_torch_step_with_every_option(name):
     model = model_with(name, seed=4)
     lengths = [3, 9, 17]  # alpha 1, 3, 7 (dynamic NTK): every row its own base
-    caches = model.new_cache(3, 40), model.new_cache(3, 40)
+    caches = model.new_cache(3, 40, ring=False), model.new_cache(3, 40)  # torch on every position, fused on rings
     with torch.no_grad():
         for cache in caches:
             for i, n in enumerate(lengths):
@@ -112,6 +112,31 @@ def test_prefix_reuse_and_scoring_carry_the_options():
             logp = torch.log_softmax(model(torch.tensor([p + c]))[0, len(p) - 1 : -1].float(), -1)
             want = logp[torch.arange(len(c)), torch.tensor(c)]
             torch.testing.assert_close(torch.tensor(got.token_logprobs), want, atol=1e-4, rtol=0)
+
+
+def test_ring_buffer_rows_are_reused_only_from_their_end():
+    """A windowed model's rows keep ring buffers: the next turn of a chat reuses its row (from the end);
+    a prompt that shares only the row's start is prefilled afresh (the ring lost what it would need),
+    and both still equal the full forward. Changing the windows between requests lays the cache out anew."""
+    model = model_with("windows-sinks", seed=6)
+    engine = Engine(model, ByteTokenizer(), max_batch_size=1, max_seq_len=96, background=False)
+    params = SamplingParams(max_new_tokens=5, temperature=0, ignore_eos=True)
+    first = list(range(60, 100))
+    a = engine.generate([first], params)[0].token_ids
+    assert engine._runner.cache.keys[0].shape[2] == 2 + 5  # sinks + window, not 96
+    second = first + a + [5, 6, 7]
+    b = engine.generate([second], params)[0].token_ids
+    reused = engine.reused_tokens
+    assert reused == len(first) + len(a) - 1  # the row's end: all it holds (the last token was never fed)
+    check_greedy(model, second, b)
+    third = first[:36] + [1, 2, 3]  # shares 36 tokens (past the reuse threshold) of a row that holds ~55
+    c = engine.generate([third], params)[0].token_ids
+    assert engine.reused_tokens == reused  # refused: prefilled afresh
+    check_greedy(model, third, c)
+    model.config = model.config.replace(window_sizes=[3, None])
+    d = engine.generate([third], params)[0].token_ids
+    assert engine._runner.cache.keys[0].shape[2] == 2 + 3
+    check_greedy(model, third, d)
 
 
 # ------------------------------------------------------------------------------ the command-line flags

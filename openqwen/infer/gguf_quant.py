@@ -1,0 +1,122 @@
+"""A GGUF file's quantised linears packed into openqwen's int4 / int8 layers, without a float32 model.
+
+:func:`openqwen.checkpoint.gguf.load_gguf` hands each linear layer over as its raw blocks
+(:class:`~openqwen.checkpoint.gguf.RawLinear`); the builders here turn them into modules:
+
+* :func:`int4_builder`: every layer becomes an :class:`~openqwen.infer.quant.Int4Linear` with groups of
+  32. Q4_K blocks map across exactly (code, scale d * sc, offset -dmin * m: the dequantised weights are
+  bit for bit those of ``gguf``'s reference dequantiser), and so do Q4_0 blocks (code, scale d, zero 8:
+  Q4_0's nibble order is our packing's, so its bytes are copied; what ``openqwen quantize --format gguf``
+  writes loads back to its own codes). Other block types (Q5_0, Q6_K, Q8_0 ... in a
+  q4_k_m file) are dequantised one tensor at a time and rounded to int4 (asymmetric, round-to-nearest,
+  groups of 32): that rounding is the documented cost (docs/inference.md, precision). The output head
+  is kept at int8 (:class:`~openqwen.infer.quant.Int8Linear`, per-row scales), where 4 bits cost the most.
+* :func:`int8_builder`: every layer becomes an ``Int8Linear`` (per-row int8), dequantised in chunks of
+  rows, never a whole float32 matrix. Q8_0 rows whose blocks all share one scale (what our export
+  writes) keep their codes and that scale exactly; other rows are rounded to a per-row grid.
+
+Peak memory of a load is the quantised model plus one layer's float32 rows.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..checkpoint.gguf import RawLinear, dequantize, q4_k_groups
+from .quant import Int4Linear, Int8Linear, pack_int4, quantize_rtn_int4
+
+GGUF_INT4_GROUP = 32
+"""Group size of int4 layers built from GGUF blocks: the sub-block of Q4_K / Q5_K and the block of Q4_0 / Q5_0 / Q8_0."""
+
+_Q4_0, _Q8_0, _Q4_K = 2, 8, 12
+_ROW_CHUNK = 8192
+
+
+def _part_rows(raw: torch.Tensor, ggml_type: int, shape: tuple[int, int], start: int, stop: int) -> torch.Tensor:
+    """Rows [start, stop) of a stored tensor in float32 (a row of GGML blocks is a contiguous run of bytes)."""
+    per_row = raw.numel() // shape[0]
+    return dequantize(raw.view(shape[0], per_row)[start:stop].reshape(-1), ggml_type, (stop - start, shape[1]))
+
+
+def int4_linear_from_gguf(layer: RawLinear, group_size: int = GGUF_INT4_GROUP) -> Int4Linear:
+    """One layer as int4: Q4_K parts exactly, other parts rounded to nearest (see the module docstring)."""
+    codes, scales, offsets, zeros = [], [], [], []
+    for info, raw in layer.parts:
+        if info.ggml_type == _Q4_K and group_size == 32:
+            q, s, o = q4_k_groups(raw, info.shape)
+            codes.append(pack_int4(q))
+            z = None  # Q4_K offsets are not whole multiples of the scale: no integer zero points
+        elif info.ggml_type == _Q4_0 and group_size == 32:
+            packed, s = q4_0_groups(raw, info.shape)
+            codes.append(packed)
+            z = torch.full_like(s, 8.0)
+            o = -z * s
+        else:
+            q, s, rz = quantize_rtn_int4(_part_rows(raw, info.ggml_type, info.shape, 0, info.shape[0]), group_size)
+            codes.append(pack_int4(q))
+            o, z = -rz * s, None  # as before Q4_0 was read exactly: offsets only, the kernels' form
+        scales.append(s)
+        offsets.append(o)
+        zeros.append(z)
+    # a layer of Q4_0 parts keeps its zero points: dequantize() then returns exactly (q - 8) * d, as gguf does
+    zero = None if any(z is None for z in zeros) else torch.cat(zeros)
+    return Int4Linear(torch.cat(codes), torch.cat(scales), torch.cat(offsets), group_size, layer.bias, zero)
+
+
+def q4_0_groups(raw: torch.Tensor, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q4_0 blocks (fp16 ``d``, 16 bytes of nibbles; ``w = d * (q - 8)``) of a [rows, K] tensor as
+    (packed int4 codes uint8 [rows, K / 2] in :func:`pack_int4` order, scales fp32 [rows, K / 32])."""
+    rows, k = shape
+    blocks = raw.reshape(rows * (k // 32), 18)
+    d = blocks[:, :2].contiguous().view(torch.float16).float().reshape(rows, k // 32)
+    return blocks[:, 2:].reshape(rows, k // 2).contiguous(), d
+
+
+def _q8_0_uniform_rows(raw: torch.Tensor, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Q8_0 blocks of [rows, K] as (int8 codes [rows, K], scale fp32 [rows]) when every block of each row
+    has the same ``d`` (then the per-row int8 grid holds them exactly), else None."""
+    rows, k = shape
+    blocks = raw.reshape(rows, k // 32, 34)
+    d = blocks[:, :, :2].contiguous().view(torch.float16).reshape(rows, k // 32)
+    if not torch.equal(d, d[:, :1].expand_as(d)):
+        return None
+    return blocks[:, :, 2:].contiguous().view(torch.int8).reshape(rows, k), d[:, 0].float()
+
+
+def int8_linear_from_gguf(layer: RawLinear) -> Int8Linear:
+    """One layer as per-row int8, dequantised a chunk of rows at a time."""
+    rows, k = layer.shape
+    weight = torch.empty(rows, k, dtype=torch.int8)
+    scale = torch.empty(rows, dtype=torch.float32)
+    at = 0
+    for info, raw in layer.parts:
+        exact = _q8_0_uniform_rows(raw, info.shape) if info.ggml_type == _Q8_0 else None
+        if exact is not None:
+            weight[at : at + info.shape[0]], scale[at : at + info.shape[0]] = exact
+            at += info.shape[0]
+            continue
+        for start in range(0, info.shape[0], _ROW_CHUNK):
+            stop = min(start + _ROW_CHUNK, info.shape[0])
+            chunk = Int8Linear(_part_rows(raw, info.ggml_type, info.shape, start, stop), None)
+            weight[at + start : at + stop] = chunk.weight
+            scale[at + start : at + stop] = chunk.scale
+        at += info.shape[0]
+    module = Int8Linear(torch.zeros(1, k), None)  # then given the real buffers (no float32 matrix made)
+    module.out_features = rows
+    module.weight, module.scale = weight, scale
+    module.bias = None if layer.bias is None else layer.bias.float().contiguous()
+    return module
+
+
+def int4_builder(layer: RawLinear) -> nn.Module:
+    """The ``linear_builder`` of ``load_gguf`` for the int4 precision (the head: int8)."""
+    k = layer.shape[1]
+    if layer.name == "lm_head.weight" or k % GGUF_INT4_GROUP:
+        return int8_linear_from_gguf(layer)
+    return int4_linear_from_gguf(layer)
+
+
+def int8_builder(layer: RawLinear) -> nn.Module:
+    """The ``linear_builder`` of ``load_gguf`` for the int8 precision."""
+    return int8_linear_from_gguf(layer)

@@ -1,0 +1,93 @@
+"""GGUF blocks kept quantised at load: Q4_K as int4 codes exactly as the gguf package dequantises them,
+other blocks rounded to int4 within half a step, int8 per row; the precision ``auto`` picks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from openqwen import Qwen, QwenConfig
+from openqwen.checkpoint import save_model
+from openqwen.checkpoint.gguf import q4_k_groups
+from openqwen.infer.loading import checkpoint_precision, load_for_inference
+from openqwen.infer.quant import Int4Linear, Int8Linear
+
+gguf = pytest.importorskip("gguf")
+Q = gguf.GGMLQuantizationType
+
+from hf_reference import randomise  # noqa: E402
+from test_checkpoint_gguf import GGUF_CONFIG, random_blocks, write_gguf  # noqa: E402
+
+
+def test_q4_k_groups_equal_the_gguf_reference_dequantiser():
+    raw = random_blocks("Q4_K", 4 * 3, seed=11)  # 4 rows of 768 inputs
+    codes, scale, offset = q4_k_groups(torch.from_numpy(raw.reshape(-1).copy()), (4, 768))
+    assert codes.dtype == torch.uint8 and int(codes.max()) <= 15 and scale.shape == offset.shape == (4, 24)
+    ours = (codes.float().reshape(4, 24, 32) * scale[..., None] + offset[..., None]).reshape(4, 768)
+    ref = gguf.quants.dequantize(raw.reshape(4, -1), Q.Q4_K)
+    assert np.array_equal(ours.numpy(), ref)
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory):
+    torch.manual_seed(4)
+    model = randomise(Qwen(QwenConfig(**GGUF_CONFIG, tie_word_embeddings=False)), seed=4)
+    path = tmp_path_factory.mktemp("gguf") / "m.gguf"
+    reference = write_gguf(path, model)
+    return path, reference, load_for_inference(path, "fp32", announce=False)
+
+
+def test_int4_load_keeps_q4_k_exact_and_rounds_the_rest_within_half_a_step(tiny_gguf):
+    path, reference, dense = tiny_gguf
+    model = load_for_inference(path, "int4", announce=False)
+    assert model.precision == "int4" and isinstance(model.lm_head, Int8Linear)
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+    for i in range(2):
+        gate_up = model.layers[i].mlp.gate_up_proj
+        assert isinstance(gate_up, Int4Linear) and gate_up.group_size == 32
+        w = gate_up.dequantize()
+        gate = reference[f"model.layers.{i}.mlp.gate_proj.weight"]  # stored as Q4_K
+        assert np.array_equal(w[:512].numpy(), gate), "Q4_K rows must arrive exactly"
+        up = torch.from_numpy(np.array(reference[f"model.layers.{i}.mlp.up_proj.weight"]))  # Q8_0, rounded to int4
+        step = gate_up.scale[512:].repeat_interleave(32, 1)
+        assert bool(((w[512:] - up).abs() <= step / 2 * (1 + 1e-4) + 1e-7).all())
+        assert torch.equal(model.layers[i].self_attn.qkv_proj.bias, dense.layers[i].self_attn.qkv_proj.bias)
+    # assembled right (row order, biases, head): the float model holding the dequantised int4 weights
+    # computes the same function
+    twin = load_for_inference(path, "fp32", announce=False)
+    with torch.no_grad():
+        for (name, ours), theirs in zip(model.named_modules(), twin.modules()):
+            if isinstance(ours, (Int4Linear, Int8Linear)):
+                theirs.weight.copy_(ours.dequantize() if isinstance(ours, Int4Linear) else ours._dense())
+        ids = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(model(ids), twin(ids), atol=2e-3, rtol=1e-3)
+
+
+def test_int8_load_equals_quantising_the_dequantised_model(tiny_gguf):
+    path, _, dense = tiny_gguf
+    model = load_for_inference(path, "int8", announce=False)
+    for (name, ours), theirs in zip(model.named_modules(), dense.modules()):
+        if isinstance(theirs, torch.nn.Linear):
+            assert isinstance(ours, Int8Linear), name
+            expected = Int8Linear(theirs.weight, theirs.bias)  # per-row int8 of the float32 weight
+            assert torch.equal(ours.weight, expected.weight) and torch.equal(ours.scale, expected.scale), name
+
+
+def test_auto_precision_follows_the_checkpoint(tiny_gguf, tmp_path, capsys):
+    path, _, _ = tiny_gguf
+    # the tiny file is mostly Q8_0 / Q6_K / F16 by weights: nearest to int8
+    precision, why = checkpoint_precision(path)
+    assert precision == "int8" and "Q8_0" in why
+    model = load_for_inference(path)  # auto, announced
+    assert model.precision == "int8" and "runs in int8" in capsys.readouterr().err
+    torch.manual_seed(0)
+    small = randomise(Qwen(QwenConfig(**GGUF_CONFIG)), seed=1)
+    f32 = tmp_path / "f32.gguf"
+    write_gguf(f32, small, all_f32=True)
+    assert checkpoint_precision(f32)[0] == "fp32"
+    save_model(small.to(torch.bfloat16), tmp_path / "bf16")
+    assert checkpoint_precision(tmp_path / "bf16") == ("bf16", "the checkpoint is bfloat16")
+    assert load_for_inference(tmp_path / "bf16", announce=False).precision == "bf16"
+    over = load_for_inference(tmp_path / "bf16", "int4")
+    assert over.precision == "int4" and "--dtype int4" in capsys.readouterr().err
