@@ -8,11 +8,15 @@ check and the error handlers; the translation lives beside it:
 - :mod:`openqwen.serve.adapter`: OpenAI request -> prompt ids + sampling parameters, logprobs, usage;
 - :mod:`openqwen.serve.choices`: the engine's events (delivered through its sink) on the event loop;
 - :mod:`openqwen.serve.stream`: the server-sent-event stream of a streamed response;
-- :mod:`openqwen.serve.errors`: OpenAI's error shape (400 bad input, 401 key, 404 model/route).
+- :mod:`openqwen.serve.errors`: OpenAI's error shape (400 bad input, 401 key, 404 model/route, ...);
+- :mod:`openqwen.serve.limits`: the API key before the body, body size, the bounded queue, drain, access logs;
+- :mod:`openqwen.serve.metrics`: ``/metrics`` for Prometheus;
+- :mod:`openqwen.serve.tokens`: ``/tokenize``, ``/detokenize``, ``/tokenizer_info``, ``/v1/embeddings``.
 
 A client that goes away frees its batch slot at once: streaming responses are closed by the ASGI
 server when the client disconnects, non-streaming ones watch for the disconnect themselves; both
-cancel the engine requests.
+cancel the engine requests. Everything a request can get wrong is checked before a response starts
+(a streamed answer never begins with 200 and then breaks on a bad parameter).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import asyncio
 import logging
 import secrets
 import threading
+import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,13 +35,18 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 
 from . import protocol as P
-from .adapter import EngineJob, RequestAdapter, usage
+from .adapter import EngineJob, RequestAdapter, join_logprobs, usage
 from .choices import ChoiceEvent, Choices, ServerStats
 from .errors import CLIENT_CLOSED, APIError, validation_error
+from .limits import Admission, Guard, Ticket
+from .metrics import CONTENT_TYPE, ServerMetrics
 from .stream import StreamWriter
+from .tokens import router as tokens_router
 from .tool_requests import ChoiceTools, ToolPlan
 
 log = logging.getLogger("openqwen.serve")
@@ -48,7 +59,8 @@ class ServerConfig:
     """What the app serves and how.
 
     model_name: the id clients pass as ``model`` (and ``/v1/models`` lists).
-    api_key: when set, every /v1 request must carry ``Authorization: Bearer <api_key>``.
+    api_key: when set, every /v1 (and /tokenize ...) request must carry ``Authorization: Bearer
+        <api_key>``, checked before the body is read.
     max_model_len: context window (prompt + completion); None takes the engine's ``max_seq_len``.
     default_max_tokens: completion budget when a request gives none (the release's chat default 512),
         always capped by what is left of the context.
@@ -61,6 +73,24 @@ class ServerConfig:
     chat_template: Any = None
     """The model's own :class:`~openqwen.tokenizer.template.ChatTemplate` (from
     ``ChatTemplate.from_checkpoint``); None renders ChatML, and tools in the ReAct format."""
+    max_body_bytes: int = 4 * 1024 * 1024
+    """Largest request body (413 past it); 4 MiB holds a full 32K-token context as JSON ids."""
+    max_queue: int = 256
+    """Choices that may wait for a KV-cache slot beyond those running; past it: 429 + Retry-After."""
+    request_timeout: float | None = None
+    """Seconds a request may take from admission to its last token; past it the engine stops it and
+    the client gets 504 (in-band for a stream). None: no deadline."""
+    max_prompts: int = 64
+    """Most prompts in one /v1/completions request (and inputs in one /v1/embeddings request)."""
+    max_n: int = 16
+    """Most choices (``n``) per prompt."""
+    cors_origins: tuple[str, ...] = ()
+    """Origins a browser may call the API from (``*`` for any); empty: no CORS headers (the default)."""
+    access_log: bool = False
+    """One JSON line per request on the ``openqwen.serve.access`` logger."""
+    embedding_pooling: str = "mean"
+    """How /v1/embeddings pools the last hidden states: ``mean`` or ``last`` (a request's ``pooling``
+    overrides it)."""
 
 
 def context_length(engine: Any, configured: int | None) -> int:
@@ -81,31 +111,50 @@ class Server:
     engine: Any
     config: ServerConfig
     adapter: RequestAdapter
+    admission: Admission
+    metrics: ServerMetrics
     stats: ServerStats = field(default_factory=ServerStats)
     created: int = field(default_factory=P.now)
     fingerprint: str = field(default_factory=lambda: "openqwen-" + secrets.token_hex(4))
+    draining: bool = False
+    """Set on SIGTERM: new requests get 503 while the admitted ones finish."""
 
     @property
     def context(self) -> int:
         return self.adapter.context
-
-    def check_auth(self, request: Request) -> None:
-        if self.config.api_key is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), self.config.api_key):
-            raise APIError(401, "Incorrect API key provided. Pass it as 'Authorization: Bearer KEY'.",
-                           code="invalid_api_key")
 
     def check_model(self, name: str) -> None:
         if name != self.config.model_name:
             raise APIError(404, f"The model '{name}' does not exist. This server serves "
                            f"'{self.config.model_name}'.", param="model", code="model_not_found")
 
-    def submit(self, job: EngineJob) -> Choices:
+    def check(self, job: EngineJob) -> None:
+        """The engine's own input checks, run before any response starts."""
         try:
-            return Choices(self.engine, job.prompt_ids, job.params, self.stats)
-        except ValueError as e:  # the engine's own input checks (the adapter's ran first, so this is rare)
+            if job.params:
+                self.engine.encode_prompt(job.prompt_ids)
+            for params in job.params:
+                params.validate()
+        except ValueError as e:
+            raise APIError(400, f"{e}.") from None
+
+    def admit(self, jobs: list[EngineJob], request: Request) -> Ticket:
+        """Check every job, then take their choices in (429 when the queue is full)."""
+        for job in jobs:
+            self.check(job)
+        ticket = self.admission.take(sum(len(j.params) for j in jobs))
+        self.metrics.prompt_tokens.inc(sum(len(j.prompt_ids) for j in jobs))
+        request.state.log["prompt_tokens"] = sum(len(j.prompt_ids) for j in jobs)
+        return ticket
+
+    def deadline(self) -> float | None:
+        timeout = self.config.request_timeout
+        return None if timeout is None else time.monotonic() + timeout
+
+    def submit(self, job: EngineJob, deadline: float | None = None) -> Choices:
+        try:
+            return Choices(self.engine, job.prompt_ids, job.params, self.stats, self.metrics, deadline)
+        except ValueError as e:  # the engine's own input checks (checked before, so this is rare)
             raise APIError(400, str(e)) from None
 
     def writer(self, rid: str, created: int, chat: bool, stream_options: Any, prompt_tokens: int,
@@ -117,9 +166,7 @@ class Server:
 
 
 def _server(request: Request) -> Server:
-    server = request.app.state.server
-    server.check_auth(request)
-    return server
+    return request.app.state.server  # the API key was checked by the Guard, before the body was read
 
 
 # ------------------------------------------------------------------------------ running requests
@@ -139,19 +186,29 @@ async def _collect(choices: Choices) -> list[ChoiceEvent]:
         texts.setdefault(ev.index, []).append(ev.text)
         final[ev.index] = ev
     return [ChoiceEvent(i, "".join(texts.get(i, [])), final[i].completion_tokens, final[i].finish_reason or "stop",
-                        final[i].token_ids, final[i].logprobs) for i in sorted(final)]
+                        final[i].token_ids, final[i].logprobs, top_logprobs=final[i].top_logprobs)
+            for i in sorted(final)]
+
+
+def _log_choices(request: Request, groups: list[Choices]) -> None:
+    ttfts = [s.ttft for g in groups for s in g.sinks if s.ttft is not None]
+    if ttfts:
+        request.state.log["ttft_s"] = round(min(ttfts), 4)
 
 
 async def run_to_end(server: Server, request: Request, jobs: list[EngineJob]) -> list[list[ChoiceEvent]] | None:
     """Generate every choice of every job; cancel all of them and return None if the client
     disconnects first."""
+    ticket = server.admit(jobs, request)
+    deadline = server.deadline()
     groups: list[Choices] = []
     try:
         for job in jobs:
-            groups.append(server.submit(job))
+            groups.append(server.submit(job, deadline))
     except BaseException:
         for g in groups:
             g.cancel()
+        ticket.release()
         raise
     active = sum(len(g) for g in groups)
     server.stats.active += active
@@ -168,13 +225,18 @@ async def run_to_end(server: Server, request: Request, jobs: list[EngineJob]) ->
         for g in groups:
             g.cancel()
         server.stats.active -= active
+        ticket.release()
+        _log_choices(request, groups)
 
 
-def stream_response(server: Server, job: EngineJob, writer: StreamWriter) -> StreamingResponse:
+def stream_response(server: Server, request: Request, job: EngineJob, writer: StreamWriter) -> StreamingResponse:
+    ticket = server.admit([job], request)  # every check, and the queue's room, before the 200 goes out
+    deadline = server.deadline()
+
     async def body():
-        # Submitted only once the response streams (every check has passed by then), so a
-        # client that is gone before the first byte never holds a slot.
-        choices = server.submit(job)
+        # Submitted only once the response streams, so a client that is gone before the first byte
+        # never holds a slot.
+        choices = server.submit(job, deadline)
         server.stats.active += len(choices)
         events = writer.write(choices)
         try:
@@ -183,8 +245,13 @@ def stream_response(server: Server, job: EngineJob, writer: StreamWriter) -> Str
         finally:  # also when the ASGI server closes us because the client went away
             await events.aclose()  # the writer cancels the choices
             server.stats.active -= len(choices)
+            ticket.release()
+            _log_choices(request, [choices])
+            request.state.log["completion_tokens"] = writer.completion_tokens
 
-    return StreamingResponse(body(), media_type="text/event-stream",
+    stream = body()
+    weakref.finalize(stream, ticket.release)  # a body never started (client gone at once) still gives back
+    return StreamingResponse(stream, media_type="text/event-stream", background=BackgroundTask(ticket.release),
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
@@ -193,13 +260,23 @@ router = APIRouter()
 
 
 @router.get("/health")
-async def health(request: Request) -> dict:
-    # active_requests: choices this server is generating; engine_*: slots held and queue length
+async def health(request: Request) -> JSONResponse:
+    """200 with status ``ok`` when the engine can take work; 503 with ``draining`` (SIGTERM) or ``full``
+    (queue at its limit). active_requests: choices generating for a client; engine_*: slots and queue."""
     s: Server = request.app.state.server
-    return {"status": "ok", "model": s.config.model_name, "active_requests": s.stats.active,
+    closed = bool(getattr(s.engine, "_closed", False))
+    status = "draining" if s.draining else "closed" if closed else "full" if s.admission.full else "ok"
+    body = {"status": status, "model": s.config.model_name, "active_requests": s.stats.active,
+            "admitted": s.admission.admitted, "capacity": s.admission.capacity,
             "engine_active": getattr(s.engine, "num_active", None),
             "engine_waiting": getattr(s.engine, "num_waiting", None), "max_model_len": s.context,
             "finished": dict(s.stats.finished), "generated_tokens": s.stats.tokens}
+    return JSONResponse(body, status_code=200 if status == "ok" else 503)
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    return Response(request.app.state.server.metrics.render(), media_type=CONTENT_TYPE)
 
 
 @router.get("/v1/models")
@@ -221,12 +298,15 @@ async def chat_completions(req: P.ChatCompletionRequest, request: Request):
     s.check_model(req.model)
     job = s.adapter.chat_job(req)
     rid, ts = P.new_id("chatcmpl"), P.now()
+    request.state.log["id"] = rid
     if req.stream:
-        return stream_response(s, job, s.writer(rid, ts, True, req.stream_options, len(job.prompt_ids), job.tools))
+        return stream_response(s, request, job, s.writer(rid, ts, True, req.stream_options, len(job.prompt_ids),
+                                                          job.tools))
     results = await run_to_end(s, request, [job])
     if results is None:
         return Response(status_code=CLIENT_CLOSED)
     (events,) = results
+    request.state.log["completion_tokens"] = sum(e.completion_tokens for e in events)
     choices = []
     for e in events:
         message, reason = P.ResponseMessage(content=e.text), e.finish_reason
@@ -236,7 +316,8 @@ async def chat_completions(req: P.ChatCompletionRequest, request: Request):
             _, reason = reader.finish(e.finish_reason)
             message = reader.message()
         choices.append(P.ChatChoice(index=e.index, message=message, finish_reason=reason,
-                                    logprobs=s.adapter.chat_logprobs(e.token_ids or [], e.logprobs, e.finish_reason)))
+                                    logprobs=s.adapter.chat_logprobs(e.token_ids or [], e.logprobs, e.finish_reason,
+                                                                     e.top_logprobs)))
     return P.ChatCompletion(
         id=rid, created=ts, model=s.config.model_name, system_fingerprint=s.fingerprint, choices=choices,
         usage=usage(len(job.prompt_ids), sum(e.completion_tokens for e in events)),
@@ -249,24 +330,60 @@ async def completions(req: P.CompletionRequest, request: Request):
     s.check_model(req.model)
     jobs = s.adapter.completion_jobs(req)
     rid, ts = P.new_id("cmpl"), P.now()
+    request.state.log["id"] = rid
+    if req.stream and len(jobs) > 1:
+        raise APIError(400, "streaming takes one prompt; send one request per prompt.", param="prompt")
+    if req.stream and not jobs[0].params:
+        raise APIError(400, "max_tokens 0 (echo alone) streams nothing; send it without stream.", param="max_tokens")
+    for job in jobs:  # before the prompt is scored for echo: a bad request costs nothing
+        s.check(job)
+    echoes = await echo_logprobs(s, jobs, req) if req.echo else None
     if req.stream:
-        if len(jobs) > 1:
-            raise APIError(400, "streaming takes one prompt; send one request per prompt.", param="prompt")
-        return stream_response(s, jobs[0], s.writer(rid, ts, False, req.stream_options, len(jobs[0].prompt_ids)))
-    results = await run_to_end(s, request, jobs)
-    if results is None:
-        return Response(status_code=CLIENT_CLOSED)
+        writer = s.writer(rid, ts, False, req.stream_options, len(jobs[0].prompt_ids))
+        if echoes is not None:
+            writer.echo = (jobs[0].prompt_text, echoes[0])
+        return stream_response(s, request, jobs[0], writer)
+    if any(j.params for j in jobs):
+        results = await run_to_end(s, request, jobs)
+        if results is None:
+            return Response(status_code=CLIENT_CLOSED)
+    else:  # max_tokens 0 with echo: the prompts alone, nothing generated
+        results = [[ChoiceEvent(i, "", 0, "length", [], [] if req.logprobs is not None else None,
+                                top_logprobs=[] if req.logprobs else None) for i in range(req.n)] for _ in jobs]
     choices, completion_tokens = [], 0
     for p, events in enumerate(results):  # OpenAI numbers choices prompt-major: index = p * n + i
+        head_text, head = ("", None) if echoes is None else (jobs[p].prompt_text, echoes[p])
+        offset = 0 if head is None else head.text_offset[-1] + len(head.tokens[-1])
         for e in events:
-            choices.append(P.CompletionChoice(
-                index=p * req.n + e.index, text=e.text, finish_reason=e.finish_reason,
-                logprobs=s.adapter.completion_logprobs(e.token_ids or [], e.logprobs, e.finish_reason)))
+            tail = s.adapter.completion_logprobs(e.token_ids or [], e.logprobs, e.finish_reason, offset,
+                                                 e.top_logprobs, keep_stop=req.echo)
+            choices.append(P.CompletionChoice(index=p * req.n + e.index, text=head_text + e.text,
+                                              finish_reason=e.finish_reason, logprobs=join_logprobs(head, tail)))
             completion_tokens += e.completion_tokens
+    request.state.log["completion_tokens"] = completion_tokens
     return P.Completion(
         id=rid, created=ts, model=s.config.model_name, system_fingerprint=s.fingerprint, choices=choices,
         usage=usage(sum(len(j.prompt_ids) for j in jobs), completion_tokens),
     ).model_dump()
+
+
+async def echo_logprobs(server: Server, jobs: list[EngineJob], req: P.CompletionRequest
+                        ) -> list[P.CompletionLogprobs | None]:
+    """The log-probabilities of each echoed prompt's tokens (None per prompt when the request asks for
+    none), scored by the engine off the event loop."""
+    if req.logprobs is None:
+        return [None] * len(jobs)
+    top = req.logprobs
+    scored_rows = [j.prompt_ids for j in jobs if len(j.prompt_ids) > 1]
+    if scored_rows:
+        try:
+            results = await asyncio.to_thread(server.engine.score, [r[:1] for r in scored_rows],
+                                              [r[1:] for r in scored_rows], None, top)
+        except ValueError as e:
+            raise APIError(400, f"{e}.", param="prompt") from None
+    it = iter(results if scored_rows else [])
+    return [server.adapter.echo_logprobs(j.prompt_ids, next(it) if len(j.prompt_ids) > 1 else None, top)
+            for j in jobs]
 
 
 @router.get("/", include_in_schema=False)
@@ -303,17 +420,31 @@ def create_app(engine: Any, config: ServerConfig | None = None) -> FastAPI:
     Run it with uvicorn (``openqwen serve`` does, and :class:`BackgroundServer`), or mount it in a larger app.
     """
     cfg = config or ServerConfig()
+    for name in ("max_body_bytes", "max_prompts", "max_n"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.max_queue < 0 or (cfg.request_timeout is not None and cfg.request_timeout <= 0):
+        raise ValueError("max_queue must be >= 0 and request_timeout > 0 (or None)")
+    if cfg.embedding_pooling not in ("mean", "last"):
+        raise ValueError(f"embedding_pooling must be mean or last, got {cfg.embedding_pooling!r}")
     adapter = RequestAdapter(engine.tokenizer, context_length(engine, cfg.max_model_len), cfg.default_max_tokens,
-                             cfg.chat_template)
+                             cfg.chat_template, cfg.max_prompts, cfg.max_n)
     app = FastAPI(title="openqwen", description="OpenAI-compatible API for openqwen models",
                   docs_url=None, redoc_url=None)
-    app.state.server = Server(engine, cfg, adapter)
+    app.include_router(router)
+    app.include_router(tokens_router)
+    admission = Admission(int(getattr(engine, "max_batch_size", 1)), cfg.max_queue)
+    routes = {r.path for r in router.routes + tokens_router.routes if "{" not in r.path}
+    app.state.server = Server(engine, cfg, adapter, admission, ServerMetrics(engine, lambda: admission.admitted, routes))
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal)
-    app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_middleware(Guard)
+    if cfg.cors_origins:  # outermost: a browser's preflight (no API key) is answered here
+        app.add_middleware(CORSMiddleware, allow_origins=list(cfg.cors_origins), allow_methods=["GET", "POST", "OPTIONS"],
+                           allow_headers=["Authorization", "Content-Type"], max_age=600)
     return app
 
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Sequence
+
+from .errors import APIError
 
 
 @dataclass
@@ -26,6 +29,8 @@ class ChoiceEvent:
     logprobs: list[float] | None = None  # on the last event, when the request asked for them
     new_ids: list[int] | None = None  # the ids this event adds (streamed logprobs)
     new_logprobs: list[float] | None = None  # their log-probabilities, when the request asked for them
+    top_logprobs: list[list[tuple[int, float]]] | None = None  # on the last event: every token's alternatives
+    new_top: list[list[tuple[int, float]]] | None = None  # the alternatives of ``new_ids``
 
 
 class ServerStats:
@@ -48,9 +53,11 @@ class _Sink:
     """The callback the engine calls for one choice (on its stepping thread)."""
 
     def __init__(self, index: int, queue: asyncio.Queue, loop: asyncio.AbstractEventLoop,
-                 stats: ServerStats) -> None:
-        self.index, self._queue, self._loop, self._stats = index, queue, loop, stats
+                 stats: ServerStats, metrics: Any = None) -> None:
+        self.index, self._queue, self._loop, self._stats, self._metrics = index, queue, loop, stats, metrics
         self._tokens = 0
+        self._start = self._last = time.monotonic()
+        self.ttft: float | None = None
 
     def _put(self, item: Any) -> None:
         try:
@@ -62,13 +69,25 @@ class _Sink:
         if ev.error is not None:
             self._put(RuntimeError(f"generation failed: {ev.error}"))
             return
+        if ev.token_ids:
+            now = time.monotonic()
+            if self.ttft is None:
+                self.ttft = now - self._start
+                if self._metrics is not None:
+                    self._metrics.ttft.observe(self.ttft)
+            elif self._metrics is not None:
+                self._metrics.itl.observe((now - self._last) / len(ev.token_ids))
+            self._last = now
+            if self._metrics is not None:
+                self._metrics.generation_tokens.inc(len(ev.token_ids))
         self._tokens += len(ev.token_ids)
         done = ev.completion
         if done is not None:
             self._tokens = done.completion_tokens
         self._put(ChoiceEvent(self.index, ev.text, self._tokens, ev.finish_reason,
                               None if done is None else list(done.token_ids),
-                              None if done is None else done.logprobs, list(ev.token_ids), ev.logprobs))
+                              None if done is None else done.logprobs, list(ev.token_ids), ev.logprobs,
+                              getattr(done, "top_logprobs", None), getattr(ev, "top_logprobs", None)))
         if ev.finish_reason is not None:
             self._stats.count(ev.finish_reason, self._tokens)
 
@@ -77,13 +96,18 @@ class Choices:
     """The ``n`` choices of one prompt, submitted together (call on the event loop); their events
     arrive interleaved through :meth:`events`. :meth:`cancel` frees every engine slot they hold."""
 
-    def __init__(self, engine: Any, prompt_ids: list[int], params_list: Sequence[Any], stats: ServerStats) -> None:
+    def __init__(self, engine: Any, prompt_ids: list[int], params_list: Sequence[Any], stats: ServerStats,
+                 metrics: Any = None, deadline: float | None = None) -> None:
         self.queue: asyncio.Queue = asyncio.Queue()
+        self.deadline = deadline  # time.monotonic() past which events() gives up (504)
         loop = asyncio.get_running_loop()
         self.handles: list[Any] = []
+        self.sinks: list[_Sink] = []
         try:
             for i, params in enumerate(params_list):
-                self.handles.append(engine.submit(prompt_ids, params, sink=_Sink(i, self.queue, loop, stats)))
+                sink = _Sink(i, self.queue, loop, stats, metrics)
+                self.sinks.append(sink)
+                self.handles.append(engine.submit(prompt_ids, params, sink=sink))
         except BaseException:
             self.cancel()
             raise
@@ -93,10 +117,19 @@ class Choices:
 
     async def events(self) -> AsyncIterator[ChoiceEvent]:
         """Every choice's events until each has sent its final one (the one with a finish reason);
-        raises the first engine error."""
+        raises the first engine error, or a 504 :class:`APIError` once ``deadline`` has passed."""
         live = len(self.handles)
         while live:
-            item = await self.queue.get()
+            if self.deadline is None:
+                item = await self.queue.get()
+            else:
+                try:
+                    item = await asyncio.wait_for(self.queue.get(), max(0.0, self.deadline - time.monotonic()))
+                except asyncio.TimeoutError:
+                    self.cancel()
+                    raise APIError(504, "The request ran past this server's deadline (--request-timeout) and was "
+                                   "stopped; ask for fewer tokens or retry.", type="server_error",
+                                   code="deadline_exceeded") from None
             if isinstance(item, BaseException):
                 raise item
             yield item

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
 import sys
 from pathlib import Path
 
 from ..infer.loading import add_model_arguments, positive_int
+from ..tokenizer.template import chat_template_from_flag  # --chat-template means the same for generate/chat
 
 EXAMPLES = """\
 examples:
@@ -16,9 +18,16 @@ examples:
   openqwen serve --model ~/.cache/openqwen-artifacts/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf \\
       --dtype bf16 --port 8000 --api-key sk-local --served-model-name qwen-coder
 
+  openqwen serve --model runs/demo/sft --max-queue 64 --request-timeout 120 --access-log \\
+      --cors-origin https://my.app      # limits, JSON access logs, a browser app on another origin
+
   then open http://127.0.0.1:8000/ for the chat page, or use any OpenAI client:
   curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
       -d '{"model": "sft", "messages": [{"role": "user", "content": "Hello"}], "stream": true}'
+  lm_eval --model local-completions --model_args model=sft,base_url=http://127.0.0.1:8000/v1/completions \\
+      --tasks mmlu      # log-likelihoods through echo + logprobs, tokens through /tokenize
+
+  SIGTERM drains: new requests get 503, running ones finish (up to --drain-timeout), then exit 0.
 """
 
 
@@ -27,7 +36,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "serve",
         help="serve a model over an OpenAI-compatible HTTP API with a web chat page",
         description="Serve a model over an OpenAI-compatible HTTP API (GET /v1/models, POST "
-        "/v1/chat/completions, POST /v1/completions, GET /health; streaming with server-sent events) "
+        "/v1/chat/completions, POST /v1/completions (echo, logprobs), POST /v1/embeddings, POST /tokenize "
+        "and /detokenize, GET /health, GET /metrics for Prometheus; streaming with server-sent events) "
         "and a web chat page at /. Concurrent requests are batched together by the engine.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -51,22 +61,41 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="auto (default): the model's own jinja chat template when it has one (a GGUF's "
                    "tokenizer.chat_template, tokenizer_config.json), so tools reach it as it was trained, else "
                    "ChatML with tools in the ReAct format; chatml: always the built-in ChatML; or a .jinja file")
+    p.add_argument("--max-body-bytes", type=positive_int, default=4 * 1024 * 1024,
+                   help="largest request body in bytes (default 4 MiB); larger ones get 413")
+    p.add_argument("--max-queue", type=nonnegative_int, default=256,
+                   help="choices that may wait for a slot beyond the --max-batch-size running ones (default 256); "
+                   "past it requests get 429 with Retry-After")
+    p.add_argument("--request-timeout", type=positive_float, default=None,
+                   help="seconds a request may take before it is stopped with 504 (default: no deadline)")
+    p.add_argument("--max-prompts", type=positive_int, default=64,
+                   help="most prompts per /v1/completions request and inputs per /v1/embeddings (default 64)")
+    p.add_argument("--max-n", type=positive_int, default=16, help="most choices (n) per prompt (default 16)")
+    p.add_argument("--cors-origin", action="append", default=[],
+                   help="an origin browsers may call the API from (repeat for more; '*' for any; default: none, "
+                   "no CORS headers)")
+    p.add_argument("--access-log", action="store_true",
+                   help="log one JSON line per request (id, path, status, tokens, time to first token, seconds)")
+    p.add_argument("--embedding-pooling", choices=["mean", "last"], default="mean",
+                   help="/v1/embeddings: mean of the last hidden states (default) or the last token's")
+    p.add_argument("--drain-timeout", type=positive_float, default=30.0,
+                   help="on SIGTERM, seconds running requests may take to finish before exit (default 30)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=run)
 
 
-def chat_template_from_flag(flag: str, model: str):  # -> ChatTemplate | None
-    """``--chat-template``: auto (the model's own, if any), chatml (none), or a .jinja file."""
-    from ..tokenizer.template import ChatTemplate
+def nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
-    if flag == "chatml":
-        return None
-    if flag == "auto":
-        return ChatTemplate.from_checkpoint(model)
-    path = Path(flag).expanduser()
-    if not path.is_file():
-        raise ValueError(f"--chat-template {flag!r} is not auto, chatml or an existing .jinja file")
-    return ChatTemplate(path.read_text(encoding="utf-8"))
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..infer.cli import load_engine_from_args
     from .app import ServerConfig, create_app
+    from .drain import DrainingServer
 
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be in 0..65535 (0 picks a free one), got {args.port}")
@@ -86,9 +116,20 @@ def run(args: argparse.Namespace) -> int:
     if args.max_model_len:
         kwargs["max_seq_len"] = args.max_model_len
     template = chat_template_from_flag(args.chat_template, args.model)
-    engine = load_engine_from_args(args, **kwargs)
-    app = create_app(engine, ServerConfig(model_name=name, api_key=args.api_key, max_model_len=args.max_model_len,
-                                          default_max_tokens=args.default_max_tokens, chat_template=template))
+    engine = load_engine_from_args(args, chat_template=template, **kwargs)
+    app = create_app(engine, ServerConfig(
+        model_name=name, api_key=args.api_key, max_model_len=args.max_model_len,
+        default_max_tokens=args.default_max_tokens, chat_template=template, max_body_bytes=args.max_body_bytes,
+        max_queue=args.max_queue, request_timeout=args.request_timeout, max_prompts=args.max_prompts,
+        max_n=args.max_n, cors_origins=tuple(args.cors_origin), access_log=args.access_log,
+        embedding_pooling=args.embedding_pooling))
+    if args.access_log:  # JSON lines on stderr, whatever --log-level says of uvicorn's own lines
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access = logging.getLogger("openqwen.serve.access")
+        access.addHandler(handler)
+        access.setLevel(logging.INFO)
+        access.propagate = False
     print(f"chat template: {'the model' + chr(39) + 's own' if template is not None else 'built-in ChatML'}"
           f"{' (knows tools)' if template is not None and template.knows_tools else ' (tools as ReAct)'}",
           file=sys.stderr, flush=True)
@@ -104,8 +145,10 @@ def run(args: argparse.Namespace) -> int:
             from None
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if family == socket.AF_INET6 else args.host
-    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level))
+    server = DrainingServer(uvicorn.Config(app, log_level=args.log_level, access_log=not args.access_log),
+                            app.state.server, args.drain_timeout)
     print(f"serving '{name}' on http://{host}:{port}/ (OpenAI base URL http://{host}:{port}/v1)",
           file=sys.stderr, flush=True)
     server.run(sockets=[sock])
+    engine.close()
     return 0

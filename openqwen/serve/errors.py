@@ -1,7 +1,8 @@
 """Errors in OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``.
 
 400 for bad input (FastAPI's 422 is turned into a 400 that names the field), 401 for a wrong key, 404
-for an unknown model or route, 500 for a bug (logged with its traceback).
+for an unknown model or route, 413 for a body too large, 429 (with ``Retry-After``) when the queue is
+full, 503 while draining, 504 past the request deadline, 500 for a bug (logged with its traceback).
 """
 
 from __future__ import annotations
@@ -19,17 +20,18 @@ class APIError(Exception):
     """An error answered in OpenAI's shape."""
 
     def __init__(self, status: int, message: str, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
+                 param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = dict(headers or {})
 
     def body(self) -> P.ErrorResponse:
         return P.ErrorResponse(error=P.ErrorBody(message=self.message, type=self.type, param=self.param,
                                                  code=self.code))
 
     def response(self) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
-        return JSONResponse(self.body().model_dump(), status_code=self.status, headers=headers)
+        headers = {"WWW-Authenticate": "Bearer", **self.headers} if self.status == 401 else self.headers
+        return JSONResponse(self.body().model_dump(), status_code=self.status, headers=headers or None)
 
 
 def validation_error(exc: RequestValidationError) -> APIError:

@@ -75,16 +75,18 @@ class _Sampling(_Request):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: Union[str, list[str], None] = Field(None, validate_default=True)
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=0)  # 0 only with echo (the prompt's log-probs alone)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # int64, as OpenAI; choice i draws from seed + i
     # Extensions (the release's sampling knobs); top_k 0 or -1 means "off".
     top_k: int | None = Field(None, ge=-1)
     repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
     ignore_eos: bool = False  # generate max_tokens regardless of end-of-text (benchmarks; as vLLM)
     skip_special_tokens: bool = True  # special tokens that do not stop generation stay out of the text (as vLLM)
     user: str | None = None
+    # {"type": "text" | "json_object" | "json_schema", "json_schema": {"name", "schema", "strict"}}
+    response_format: Any | None = None
 
     @field_validator("stop")
     @classmethod
@@ -128,11 +130,17 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
 class TokenLogprob(BaseModel):
     token: str
     logprob: float
     bytes: list[int]
-    top_logprobs: list[Any] = Field(default_factory=list)
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
 
 
 class ChatLogprobs(BaseModel):
@@ -142,8 +150,8 @@ class ChatLogprobs(BaseModel):
 
 class CompletionLogprobs(BaseModel):
     tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: None = None
+    token_logprobs: list[float | None]  # None for an echoed prompt's first token (nothing precedes it)
+    top_logprobs: list[dict[str, float] | None] | None = None  # with logprobs > 0: token -> log-probability
     text_offset: list[int]
 
 
@@ -235,6 +243,60 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# ------------------------------------------------------------------- tokens and embeddings
+class TokenizeRequest(_Request):
+    """vLLM's /tokenize: a text ``prompt``, or chat ``messages`` rendered as the chat endpoint does."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool = True  # accepted for vLLM's clients; a Qwen tokenizer adds none either way
+    special_tokens: bool = True  # special-token text in ``prompt`` becomes its id (as vLLM's HF tokenizers do)
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str]
+
+
+class DetokenizeRequest(_Request):
+    model: str | None = None
+    tokens: list[int] = Field(max_length=1_000_000)
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+class EmbeddingRequest(_Request):
+    model: str
+    input: Union[str, list[str], list[int], list[list[int]]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    pooling: Literal["mean", "last"] | None = None  # extension; None: the server's --embedding-pooling
+    user: str | None = None
+
+
+class EmbeddingData(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: Union[list[float], str]
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    model: str
+    usage: EmbeddingUsage
 
 
 class ErrorBody(BaseModel):

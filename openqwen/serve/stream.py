@@ -18,6 +18,7 @@ from typing import Any, AsyncIterator, Protocol
 from . import protocol as P
 from .adapter import RequestAdapter, usage
 from .choices import ChoiceEvent
+from .errors import APIError
 from .tool_requests import ChoiceTools, ToolPlan
 
 log = logging.getLogger("openqwen.serve")
@@ -52,6 +53,9 @@ class StreamWriter:
         self.id, self.created, self.model, self.fingerprint = response_id, created, model, fingerprint
         self.chat, self.include_usage, self.prompt_tokens = chat, include_usage, prompt_tokens
         self.tools = tools if tools is not None and tools.parses and chat else None
+        self.echo: tuple[str, Any] | None = None
+        """(prompt text, its CompletionLogprobs or None): sent first in every choice (completions' echo)."""
+        self.completion_tokens = 0  # so far, over every choice (the access log reads it at the end)
 
     def chunk(self, index: int, text: str | None, finish: str | None, role: bool = False,
               logprobs: Any = None, delta: dict | None = None) -> dict:
@@ -84,9 +88,10 @@ class StreamWriter:
         if ev.new_logprobs is None or not ev.new_ids:
             return None
         if self.chat:
-            lp = self.adapter.chat_logprobs(ev.new_ids, ev.new_logprobs, ev.finish_reason)
+            lp = self.adapter.chat_logprobs(ev.new_ids, ev.new_logprobs, ev.finish_reason, ev.new_top)
             return lp if lp.content else None
-        lp = self.adapter.completion_logprobs(ev.new_ids, ev.new_logprobs, ev.finish_reason, offset)
+        lp = self.adapter.completion_logprobs(ev.new_ids, ev.new_logprobs, ev.finish_reason, offset, ev.new_top,
+                                              keep_stop=self.echo is not None)
         return lp if lp.tokens else None
 
     def tool_chunks(self, reader: ChoiceTools, ev: ChoiceEvent, logprobs: Any) -> list[str]:
@@ -114,9 +119,16 @@ class StreamWriter:
             if self.chat:
                 for i in range(n):
                     yield sse(self.chunk(i, None, None, role=True))
+            if self.echo is not None:
+                text, lp = self.echo
+                for i in range(n):
+                    yield sse(self.chunk(i, text, None, logprobs=lp))
+                    if lp is not None:
+                        chars[i] = lp.text_offset[-1] + len(lp.tokens[-1])
             readers = [ChoiceTools(self.tools) for _ in range(n)] if self.tools is not None else None
             async for ev in choices.events():
                 tokens[ev.index] = ev.completion_tokens
+                self.completion_tokens = sum(tokens)
                 logprobs = self.streamed_logprobs(ev, chars[ev.index])
                 if readers is not None:  # function calling: content and tool-call deltas from the parser
                     for piece in self.tool_chunks(readers[ev.index], ev, logprobs):
@@ -131,6 +143,8 @@ class StreamWriter:
             if self.include_usage:
                 yield sse(self.usage_chunk(sum(tokens)))
             yield DONE
+        except APIError as e:  # e.g. the deadline: the client's to know, not a bug
+            yield sse(e.body())
         except Exception as e:  # headers are gone already: report in-band, as OpenAI does
             log.exception("stream failed")
             yield sse(P.ErrorResponse(error=P.ErrorBody(message=f"{type(e).__name__}: {e}", type="server_error")))

@@ -105,9 +105,11 @@ def test_chat_message_checks(adapter):
         with pytest.raises(APIError) as e:
             request_messages(chat(messages=messages))
         assert e.value.param == param
-    with pytest.raises(APIError) as e:
-        adapter.sampling_params(chat(top_logprobs=2, logprobs=True), True, 3, None)
+    with pytest.raises(APIError) as e:  # alternatives need the chosen tokens' log-probs asked for too
+        adapter.sampling_params(chat(top_logprobs=2), True, 3, None)
     assert e.value.param == "top_logprobs"
+    (params,) = adapter.sampling_params(chat(top_logprobs=2, logprobs=True), True, 3, None)
+    assert params.logprobs and params.top_logprobs == 2
 
 
 def test_logprob_shaping(adapter, tokenizer):

@@ -156,8 +156,8 @@ def test_chat_logprobs(client, model, tokenizer):
     assert b"".join(bytes(t.bytes) for t in content) == tokenizer.decode_bytes(ref)
     assert [t.logprob for t in content] == pytest.approx(reference_logprobs(model, prompt, ref), abs=1e-3)
     assert all(t.top_logprobs == [] for t in content)
-    with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model=MODEL_NAME, messages=HELLO, max_tokens=2, logprobs=True, top_logprobs=2)
+    with pytest.raises(openai.BadRequestError):  # alternatives without the chosen tokens' log-probs
+        client.chat.completions.create(model=MODEL_NAME, messages=HELLO, max_tokens=2, top_logprobs=2)
     # streamed: the chunks carry the same entries, token by token, alongside their text
     stream = client.chat.completions.create(model=MODEL_NAME, messages=HELLO, temperature=0, max_tokens=6,
                                             logprobs=True, stream=True, extra_body={"repetition_penalty": 1.0})
@@ -173,8 +173,8 @@ def test_completion_logprobs(client, model, tokenizer):
     assert lp.token_logprobs == pytest.approx(reference_logprobs(model, ids, ref), abs=1e-3)
     assert lp.tokens == [tokenizer.id_to_bytes(t).decode("utf-8", errors="replace") for t in ref]
     assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
-    with pytest.raises(openai.BadRequestError):
-        client.completions.create(model=MODEL_NAME, prompt=ids, max_tokens=2, logprobs=3)
+    with pytest.raises(openai.BadRequestError):  # OpenAI's limit: at most 5 alternatives
+        client.completions.create(model=MODEL_NAME, prompt=ids, max_tokens=2, logprobs=6)
     stream = client.completions.create(model=MODEL_NAME, prompt=ids, max_tokens=5, temperature=0, logprobs=0, stream=True)
     chunks = [c.choices[0].logprobs for c in stream if c.choices and c.choices[0].logprobs]
     assert [x for c in chunks for x in c.token_logprobs] == lp.token_logprobs
