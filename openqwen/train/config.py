@@ -87,13 +87,19 @@ class TrainSection:
     """Sequences per micro-batch on each rank."""
     grad_accum: int = 1
     """Micro-batches per optimiser step (global batch = batch_size * grad_accum * world size)."""
-    precision: str = "fp32"
-    """``fp32`` or ``bf16`` (autocast; weights and optimiser stay fp32). bf16 pays on GPUs and CPUs with
-    native bf16 (AMX / AVX512-BF16); on plain AVX2 CPUs it is several times slower than fp32."""
+    precision: str = "auto"
+    """``auto``, ``fp32`` or ``bf16`` (autocast; weights and optimiser stay fp32). bf16 pays on GPUs and
+    CPUs with native bf16 (AMX / AVX512-BF16); on other CPUs it is several times slower than fp32.
+    ``auto`` checks the hardware at start (:mod:`openqwen.train.precision`) and prints its choice."""
     device: str | None = None
     """``cpu`` or ``cuda``; None picks cuda when a GPU is visible."""
     compile: bool = False
-    """Wrap the model in ``torch.compile`` (needs a C/C++ compiler on CPU)."""
+    """Compile with ``torch.compile`` (needs a C/C++ compiler on CPU); ``compile_scope`` says what."""
+    compile_scope: str = "blocks"
+    """``blocks``: regional compilation, each transformer block compiled in place (one graph reused by
+    every layer: compile time of one block, parameter names unchanged, the chunked head loss kept);
+    ``model``: the whole model wrapped (longer compile; the loss then goes through full logits).
+    Compile time is paid in the first steps; docs/benchmarks/train.md measures it end to end."""
     activation_checkpointing: bool = False
     """Recompute each block in the backward pass (memory for compute), applied from outside the model."""
     parallel: str = "auto"
@@ -160,6 +166,12 @@ class LoRASection:
     dropout: float = 0.0
     targets: list[str] = field(default_factory=lambda: ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"])
     """Linear layers (by attribute name) that get adapters."""
+    base: str = "float"
+    """Precision of the frozen layers under the adapters: ``float`` (LoRA), or ``int8`` / ``int4`` (Q-LoRA:
+    the target layers are rounded to nearest, int8 per row or int4 in groups of ``base_group_size``, and
+    stay quantised while the adapters train; untargeted layers stay float)."""
+    base_group_size: int = 64
+    """Inputs per int4 scale when ``base`` is int4 (a multiple of 32 that divides the layers' inputs)."""
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Exporting a trained model (and its task's modules) strictly: every trained tensor lands in a file.
 
 The model goes to ``PATH`` in the Hugging Face Qwen2 layout (``config.json``, ``model.safetensors``;
-LoRA adapters merged into the weights they adapt). Each module of the task goes to
+LoRA adapters merged into the weights they adapt, and also written on their own in the PEFT layout to
+``PATH/adapter``, see :mod:`.peft_export`). Each module of the task goes to
 ``PATH/modules/<name>.safetensors`` with its own parameter names (a folder of its own: loaders
 that read every ``*.safetensors`` of a model folder, ours and vLLM's, see only the model);
 :func:`load_module` reads one back into a freshly built module. Nothing is dropped or filled in
@@ -59,6 +60,7 @@ def export_model(model: nn.Module, path: str | Path, tokenizer: Any = None, info
         return None
     path = Path(path)
     bare = unwrap(model)
+    adapters = state if any(k.endswith(".lora_a") for k in state) else None
     state = merge_lora_state(state)
     with torch.device("meta"):
         clean = Qwen(bare.config.replace(dropout=0.0))  # a copy: the training model keeps its config
@@ -71,6 +73,10 @@ def export_model(model: nn.Module, path: str | Path, tokenizer: Any = None, info
     if bare.config.tie_word_embeddings:  # the state names the tied tensor twice; assign= untied them
         clean.lm_head.weight = clean.embed_tokens.weight
     save_model(clean, path)
+    if adapters is not None:  # the adapters on their own too, in the layout peft loads (+ a Q-LoRA base)
+        from .peft_export import ADAPTER_DIR, write_peft_adapter  # noqa: PLC0415
+
+        write_peft_adapter(adapters, clean.config, path / ADAPTER_DIR)
     for name, module_state in module_states.items():
         (path / MODULES_DIR).mkdir(exist_ok=True)
         tensors = {k: v.detach().cpu().clone().contiguous() for k, v in module_state.items()}

@@ -25,6 +25,7 @@ import functools
 import json
 import math
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from openqwen.config import QwenConfig
 from openqwen.model import Qwen
 
 from . import checkpointing as ckpt
@@ -43,6 +45,7 @@ from .distributed import (DistInfo, all_reduce_sum, all_reduce_sums, apply_paral
 from .export import export_model
 from .metrics import MetricsLogger, measure_peak_flops, plot_loss_curves
 from .optim import build_optimizer, lr_at
+from .precision import resolve_precision, step_flops
 from .sources import BatchSource, BatchStream
 from .tasks import NextTokenTask, Task
 
@@ -71,6 +74,14 @@ def apply_activation_checkpointing(model: Qwen) -> None:
             return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
 
         block.forward = forward
+
+
+def compile_blocks(model: Qwen) -> None:
+    """Regional compilation: ``torch.compile`` each transformer block in place (``nn.Module.compile``).
+    The blocks share one code object, so dynamo compiles one graph and reuses it for every layer; the
+    model stays a plain module (names, checkpoints, ``hidden_states`` and the chunked loss unchanged)."""
+    for block in model.layers:
+        block.compile()
 
 
 def seed_everything(seed: int) -> None:
@@ -147,18 +158,28 @@ class Trainer:
     every rank (FSDP shards them, DDP broadcasts them). ``fit()`` resumes from the newest checkpoint
     in ``cfg.train.out_dir`` when ``cfg.train.resume`` is set.
 
+    ``flops``: training FLOPs of one micro-batch, for ``train.precision: auto`` (default:
+    ``train.batch_size`` rows of the data's ``seq_len``, else of the model config's ``seq_length``; a
+    task whose batches are much shorter, like PPO's rollouts, passes its own).
+
     Subclasses may override the parts of a step: :meth:`next_batches`, :meth:`forward_backward`,
     :meth:`optimizer_step`, :meth:`train_step` (and :meth:`evaluate`).
     """
 
     def __init__(self, cfg: TrainConfig, model: Qwen, train_data: RowDataset | BatchSource, task: Task | None = None,
-                 val_data: RowDataset | None = None, info: DistInfo | None = None, name: str = "train") -> None:
+                 val_data: RowDataset | None = None, info: DistInfo | None = None, name: str = "train",
+                 flops: float | None = None) -> None:
         self.cfg, self.name = cfg, name
         self.info = info or init_distributed(cfg.train.device)
         self.task = task or NextTokenTask()
         t = cfg.train
-        if t.precision not in ("fp32", "bf16"):
-            raise ValueError(f"train.precision must be fp32 or bf16, got {t.precision!r}")
+        mcfg = getattr(model, "config", None)  # the step's size: on CPU bf16 pays only past a GFLOP
+        if flops is None and isinstance(mcfg, QwenConfig):  # rows as long as the data's (packed, SFT), or the config's
+            seq = getattr(train_data, "seq_len", None)
+            flops = step_flops(mcfg, t.batch_size, seq if isinstance(seq, int) and seq > 0 else None)
+        self.precision, why = resolve_precision(t.precision, self.info.device, flops)
+        if t.compile_scope not in ("blocks", "model"):
+            raise ValueError(f"train.compile_scope must be blocks or model, got {t.compile_scope!r}")
         if t.batch_size < 1 or t.grad_accum < 1 or t.max_steps < 1:
             raise ValueError("train.batch_size, train.grad_accum and train.max_steps must be >= 1")
         if t.threads:
@@ -169,6 +190,8 @@ class Trainer:
         model.to(self.info.device)
         if t.activation_checkpointing:
             apply_activation_checkpointing(model)
+        if t.compile and t.compile_scope == "blocks":  # before FSDP/DDP wrap the blocks (as torchtitan)
+            compile_blocks(model)
         self.parallel = resolve_parallel(t.parallel, self.info)
         extra = task_modules(self.task, model)
         self.model = apply_parallel(model, self.parallel, self.info)
@@ -179,7 +202,11 @@ class Trainer:
         for key, module in extra.items():
             self.modules[key] = apply_parallel(module.to(self.info.device), self.parallel, self.info)
             self.module_optimizers[key] = build_optimizer(self.modules[key], cfg.optim)
-        self.forward_model = torch.compile(self.model) if t.compile else self.model
+        self.forward_model = torch.compile(self.model) if t.compile and t.compile_scope == "model" else self.model
+        if self.info.is_main:
+            compiled = f", torch.compile ({t.compile_scope})" if t.compile else ""
+            # stderr, like the progress bar: stdout stays the CLI's summary (JSON that callers parse)
+            print(f"[{name}] precision {self.precision} ({why}){compiled}", file=sys.stderr, flush=True)
         self.source: BatchSource = (train_data if is_batch_source(train_data) else
                                     BatchStream(train_data, t.batch_size, cfg.data.seed, self.info.rank,
                                                 self.info.world_size))
@@ -191,7 +218,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ helpers
     def autocast(self):
-        if self.cfg.train.precision == "bf16":
+        if self.precision == "bf16":
             return torch.autocast(self.info.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -327,7 +354,7 @@ class Trainer:
                                resume_step=self.step if resumed else 0)
         if self.peak_flops is None:
             self.peak_flops = measure_peak_flops(
-                info.device, torch.bfloat16 if t.precision == "bf16" and info.device.type == "cuda" else torch.float32)
+                info.device, torch.bfloat16 if self.precision == "bf16" and info.device.type == "cuda" else torch.float32)
         bar = None
         if info.is_main and t.progress:
             from tqdm import tqdm
@@ -337,6 +364,7 @@ class Trainer:
         last_val: dict[str, float] | None = None
         start_time, trained_tokens = time.perf_counter(), 0.0
         end = t.max_steps if t.stop_after is None else min(t.max_steps, t.stop_after)
+        first = self.step
         try:
             while self.step < end:
                 t0 = time.perf_counter()
@@ -344,6 +372,9 @@ class Trainer:
                 if info.device.type == "cuda":
                     torch.cuda.synchronize()
                 dt = time.perf_counter() - t0
+                if t.compile and info.is_main and self.step == first + 1:
+                    print(f"[{self.name}] first step {dt:.1f} s (torch.compile's compilation included)",
+                          file=sys.stderr, flush=True)
                 if not math.isfinite(stats["loss"]):
                     raise FloatingPointError(
                         f"loss became {stats['loss']} at step {self.step}; lower optim.lr or raise warmup_steps")

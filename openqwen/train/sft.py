@@ -19,7 +19,8 @@ from .distributed import DistInfo, init_distributed
 from .lora import apply_lora
 from .loop import Trainer
 from .pretrain import build_model, load_tokenizer
-from openqwen.data.synthetic_math import math_chats, math_items
+from openqwen.data.synthetic_code import code_chats
+from openqwen.data.synthetic_math import math_chats, math_items, parse_categories
 
 from .sft_data import ChatRows, builtin_chat_set, encode_chats, read_chat_jsonl
 
@@ -33,10 +34,14 @@ def load_conversations(files: list[str], cfg: TrainConfig) -> list[list[dict[str
     for f in files:
         if f == "builtin":
             out.extend(builtin_chat_set(cfg.sft.builtin_size, cfg.sft.builtin_seed))
-        elif f == "builtin-math":
-            out.extend(math_chats(cfg.sft.builtin_size, cfg.sft.builtin_seed))
-        elif f == "builtin-math-test":  # held-out questions with worked solutions: validation data
-            out.extend(it.messages() for it in math_items("test", HELDOUT_MATH_CHATS, cfg.sft.builtin_seed))
+        elif f == "builtin-code":  # the train split of the built-in Python function tasks
+            out.extend(code_chats(cfg.sft.builtin_size, cfg.sft.builtin_seed))
+        elif f.split(":")[0] == "builtin-math":  # builtin-math:add+sub+mul: only those categories
+            cats = parse_categories(f.partition(":")[2])
+            out.extend(math_chats(cfg.sft.builtin_size, cfg.sft.builtin_seed, cats))
+        elif f.split(":")[0] == "builtin-math-test":  # held-out questions with worked solutions: validation
+            cats = parse_categories(f.partition(":")[2])
+            out.extend(it.messages() for it in math_items("test", HELDOUT_MATH_CHATS, cfg.sft.builtin_seed, cats))
         else:
             out.extend(read_chat_jsonl(f))
     return out

@@ -31,6 +31,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from ..data.synthetic_instructions import instructions
 from .batches import IGNORE_INDEX
 
 ROLE_ALIASES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "system": "system",
@@ -201,9 +202,6 @@ CORPUS_FACTS = [
 SYSTEM_PROMPTS = ["You are a helpful assistant.", "You are a concise assistant.",
                   "You are a helpful assistant. Answer briefly."]
 
-WORDS = ["apple", "river", "stone", "green", "music", "light", "table", "cloud", "honey", "tiger", "paper",
-         "house", "storm", "bread", "queen", "night", "sword", "crown", "ghost", "heart"]
-
 
 def arithmetic_chat(a: int, b: int, op: str) -> tuple[str, str, int]:
     value = a + b if op == "+" else a - b
@@ -227,34 +225,29 @@ def heldout_arithmetic(n: int = 100, seed: int = 10_001) -> list[tuple[str, int]
     return [(q, v) for q, _, v in (arithmetic_chat(*p) for p in arithmetic_pairs(seed, n))]
 
 
-def builtin_chat_set(n: int = 2000, seed: int = 0) -> list[list[dict[str, str]]]:
-    """Synthetic chats: ~60 % arithmetic, ~30 % simple instructions, ~10 % questions about the demo
-    corpus; some samples carry their own system prompt. Held-out arithmetic questions are excluded."""
+def builtin_chat_set(n: int = 2000, seed: int = 0, arithmetic: float = 0.6,
+                     instructions_share: float = 0.3) -> list[list[dict[str, str]]]:
+    """Synthetic chats: a share ``arithmetic`` of 2-digit sums and differences, ``instructions_share``
+    of instructions of :mod:`openqwen.data.synthetic_instructions` (its train split), the rest
+    questions about the demo corpus; some samples carry their own system prompt. Held-out arithmetic
+    questions are excluded."""
+    if not (0 <= arithmetic and 0 <= instructions_share and arithmetic + instructions_share <= 1):
+        raise ValueError(f"shares must be >= 0 and sum to at most 1, got arithmetic {arithmetic}, "
+                         f"instructions {instructions_share}")
     rng = random.Random(seed)
     held = {q for q, _ in heldout_arithmetic()}
+    tasks = iter(instructions("train", n, seed))  # n: at least as many as any share draws
     out: list[list[dict[str, str]]] = []
     while len(out) < n:
         r = rng.random()
-        if r < 0.6:
+        if r < arithmetic:
             a, b, op = arithmetic_pairs(rng.randrange(1 << 30), 1)[0]
             q, ans, _ = arithmetic_chat(a, b, op)
             if q in held:
                 continue
-        elif r < 0.9:
-            w = rng.choice(WORDS)
-            kind = rng.randrange(5)
-            if kind == 0:
-                q, ans = f"Spell the word {w} backwards.", w[::-1]
-            elif kind == 1:
-                q, ans = f"Write {w} in capital letters.", w.upper()
-            elif kind == 2:
-                q, ans = f"How many letters are in the word {w}?", f"{w} has {len(w)} letters."
-            elif kind == 3:
-                k = rng.randint(2, 4)
-                q, ans = f"Repeat the word {w} {k} times.", " ".join([w] * k)
-            else:
-                x = rng.randint(0, 90)
-                q, ans = f"Count from {x} to {x + 4}.", ", ".join(str(i) for i in range(x, x + 5))
+        elif r < arithmetic + instructions_share:
+            item = next(tasks)
+            q, ans = item.question, item.answer
         else:
             q, ans = rng.choice(CORPUS_FACTS)
         messages = [{"role": "user", "content": q}, {"role": "assistant", "content": ans}]

@@ -33,6 +33,7 @@ from torch import nn
 from openqwen.config import QwenConfig
 
 from .batches import IGNORE_INDEX
+from .chunked_loss import linear_cross_entropy, output_weight
 
 Metrics = dict[str, "float | torch.Tensor | tuple[float | torch.Tensor, float | torch.Tensor]"]
 
@@ -99,9 +100,21 @@ class NextTokenTask(Task):
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor],
              modules: Mapping[str, nn.Module] | None = None) -> tuple[torch.Tensor, Metrics]:
-        logits = model(batch["input_ids"], positions=batch.get("positions"), segment_ids=batch.get("segment_ids"))
-        targets = batch["labels"][:, 1:]
-        # fp32 log-softmax even under bf16 autocast: the loss is a sum over a large vocabulary
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
-                               ignore_index=IGNORE_INDEX, reduction="sum")
-        return loss, {}
+        return next_token_loss(model, batch), {}
+
+
+def next_token_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The summed next-token cross-entropy of ``batch`` (``labels`` at t+1 from the logits at t,
+    ``IGNORE_INDEX`` skipped; ``positions`` and ``segment_ids`` passed through). A plain or regionally
+    compiled model goes through :func:`~.chunked_loss.linear_cross_entropy` (no [N, vocab] logits, the
+    head only on labelled positions); a DDP/FSDP/whole-model-compile wrapper through its ``forward``
+    and the plain loss. Log-softmax in fp32 either way, also under bf16 autocast."""
+    kwargs = {"positions": batch.get("positions"), "segment_ids": batch.get("segment_ids")}
+    targets = batch["labels"][:, 1:]
+    weight = output_weight(model)
+    if weight is not None:
+        hidden = model.hidden_states(batch["input_ids"], **kwargs)
+        return linear_cross_entropy(hidden[:, :-1], weight, targets, ignore_index=IGNORE_INDEX)
+    logits = model(batch["input_ids"], **kwargs)
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
+                           ignore_index=IGNORE_INDEX, reduction="sum")
