@@ -37,12 +37,11 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from openqwen.train.batches import IGNORE_INDEX
 from openqwen.train.config import TrainConfig
-from openqwen.train.tasks import Metrics, Task
+from openqwen.train.tasks import Metrics, Task, next_token_loss
 
 from .reward import RewardModel
 from .rollout import full_logprobs, sampled_logprobs
@@ -293,8 +292,9 @@ class PPOTask(Task):
 
 def next_token_mean(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token loss over the labelled tokens of a pretraining batch (the ptx term)."""
-    logits = model(input_ids)[:, :-1]
-    return F.cross_entropy(logits.flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
+    count = (labels[:, 1:] != IGNORE_INDEX).sum().clamp_min(1)
+    # the trainer's next-token loss (chunked, fused with the head: no [N, vocab] logits)
+    return next_token_loss(model, {"input_ids": input_ids, "labels": labels}) / count
 
 
 def build_value_model(cfg: PPOSection, policy: nn.Module, reward_model: RewardModel | None) -> ValueModel:

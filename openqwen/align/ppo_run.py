@@ -18,6 +18,7 @@ from openqwen.train.distributed import DistInfo, init_distributed
 from openqwen.train.lora import apply_lora
 from openqwen.train.loop import Trainer
 from openqwen.train.metrics import plot_metric_page, read_metrics
+from openqwen.train.precision import resolve_precision, step_flops
 
 from . import synthetic
 from .ppo import PPO_PANELS, PPOConfig, PPOTask, build_value_model, check_ppo_section, frozen_copy
@@ -49,6 +50,18 @@ def load_prompts(cfg: PPOConfig) -> tuple[list[list[dict]], bool]:
     return read_prompt_file(cfg.ppo.prompts), False
 
 
+def rollout_step_flops(p: Any, config: Any, tokenizer: Any, prompts: Sequence[list[dict]]) -> float:
+    """Training FLOPs of one PPO micro-batch, for precision auto: a minibatch of the rollout's rows, each
+    the longest of the first prompts (their text, plus room for the chat template) and the response."""
+    rows = max(1, p.prompts_per_rollout * p.responses_per_prompt // max(1, p.minibatches))
+    try:
+        prompt = max(len(tokenizer.encode(" ".join(str(m.get("content", "")) for m in msgs))) for msgs in prompts[:32])
+        seq = min(config.seq_length, prompt + 16 + p.max_new_tokens)
+    except (AttributeError, TypeError, ValueError):  # a tokenizer without encode: judge by the full length
+        seq = config.seq_length
+    return step_flops(config, rows, seq)
+
+
 def build_ppo_trainer(cfg: PPOConfig, policy: nn.Module, tokenizer: Any, reward_model: RewardModel | None,
                       prompts: Sequence[list[dict]], builtin_task: bool = False, ptx_rows: Any = None,
                       info: DistInfo | None = None,
@@ -76,14 +89,16 @@ def build_ppo_trainer(cfg: PPOConfig, policy: nn.Module, tokenizer: Any, reward_
             w.requires_grad_(True)
     if p.reward == "synthetic" and reward_fn is None:
         reward_fn = synthetic.score_response
+    flops = rollout_step_flops(p, policy.config, tokenizer, prompts)  # rollouts and the loop: one precision
     task = PPOTask(p, value, cfg.optim.lr,
                    min(policy.config.vocab_size, int(getattr(tokenizer, "vocab_size", policy.config.vocab_size))))
     source = PPOBatches(p, policy, task, reference, tokenizer, prompts, cfg.data.seed,
                         reward_model=None if p.reward == "synthetic" else reward_model, reward_fn=reward_fn,
                         score_fn=synthetic.score_response if builtin_task else None,
                         correct_fn=synthetic.is_correct if builtin_task else None, ptx_rows=ptx_rows,
-                        grad_accum=cfg.train.grad_accum, precision=cfg.train.precision)
-    return Trainer(cfg, policy, source, task=task, info=info, name="ppo")
+                        grad_accum=cfg.train.grad_accum,
+                        precision=resolve_precision(cfg.train.precision, info.device, flops)[0])
+    return Trainer(cfg, policy, source, task=task, info=info, name="ppo", flops=flops)
 
 
 def run(cfg: PPOConfig, info: DistInfo | None = None) -> dict[str, Any]:

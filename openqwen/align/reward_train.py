@@ -64,6 +64,9 @@ class RewardSection:
     """Fraction of the built-in PMP pairs whose labels are swapped."""
     builtin_val_size: int = 400
     builtin_seed: int = 0
+    builtin_near_miss: float = 0.0
+    """Fraction of the wrong numbers in the built-in PMP and fine-tuning pairs that are off by 1..2 (a
+    model's mistakes) instead of guesses; the held-out pairs keep guesses, so their accuracy stays comparable."""
 
 
 @dataclass
@@ -78,9 +81,10 @@ def load_pairs(files: list[str], cfg: RewardConfig, kind: str, quiet: bool = Fal
     for f in files:
         if f == BUILTIN:
             if kind == "pmp":
-                out += synthetic.preference_pairs("train", r.builtin_pmp_size, r.builtin_seed + 1, r.builtin_pmp_noise)
+                out += synthetic.preference_pairs("train", r.builtin_pmp_size, r.builtin_seed + 1, r.builtin_pmp_noise,
+                                                  r.builtin_near_miss)
             elif kind == "train":
-                out += synthetic.preference_pairs("train", r.builtin_train_size, r.builtin_seed)
+                out += synthetic.preference_pairs("train", r.builtin_train_size, r.builtin_seed, near_miss=r.builtin_near_miss)
             else:
                 out += synthetic.preference_pairs("heldout", r.builtin_val_size, r.builtin_seed)
             continue

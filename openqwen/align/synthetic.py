@@ -128,35 +128,49 @@ def is_correct(messages: list[dict], response: str) -> bool:
     return _stated_number(response)[0] == answer_of(messages)
 
 
-def _wrong_number(truth: int, rng: random.Random) -> int:
-    """A wrong result drawn uniformly from 0..2*MAX_OPERAND (what a guess looks like)."""
+NEAR_MISS = 2
+"""A near miss is off by 1..NEAR_MISS (a model's mistake, not a guess)."""
+
+
+def _wrong_number(truth: int, rng: random.Random, near_miss: float = 0.0) -> int:
+    """A wrong result: with probability ``near_miss`` off by 1..:data:`NEAR_MISS` (what the nano SFT
+    policy's mistakes look like: ``8 + 9`` -> 16), else drawn uniformly from 0..2*MAX_OPERAND (a guess).
+    ``near_miss`` 0 draws exactly what it drew before the option existed."""
+    if near_miss and rng.random() < near_miss:
+        options = [truth + d for d in range(-NEAR_MISS, NEAR_MISS + 1) if d and 0 <= truth + d <= 2 * MAX_OPERAND]
+        return rng.choice(options)
     while True:
         n = rng.randint(0, 2 * MAX_OPERAND)
         if n != truth:
             return n
 
 
-def rejected_response(messages: list[dict], rng: random.Random) -> str:
+def rejected_response(messages: list[dict], rng: random.Random, near_miss: float = 0.0) -> str:
     """A worse reply than :func:`formatted_answer`: a wrong number in the format (40 %), the right
-    number off the format (40 %), or a wrong number off the format (20 %)."""
+    number off the format (40 %), or a wrong number off the format (20 %); ``near_miss`` is the
+    fraction of wrong numbers that are near misses (:func:`_wrong_number`)."""
     truth = answer_of(messages)
     r = rng.random()
     if r < 0.4:
-        return ANSWER_FORMAT.format(_wrong_number(truth, rng))
+        return ANSWER_FORMAT.format(_wrong_number(truth, rng, near_miss))
     wording = rng.choice(_OFF_FORMAT)
-    return wording.format(truth if r < 0.8 else _wrong_number(truth, rng))
+    return wording.format(truth if r < 0.8 else _wrong_number(truth, rng, near_miss))
 
 
-def preference_pairs(split: str, n: int, seed: int = 0, noise: float = 0.0) -> list[PreferencePair]:
+def preference_pairs(split: str, n: int, seed: int = 0, noise: float = 0.0,
+                     near_miss: float = 0.0) -> list[PreferencePair]:
     """``n`` pairs on ``split``'s questions: chosen is :func:`formatted_answer`, rejected a worse reply
     (:func:`rejected_response`). ``noise`` is the fraction of pairs whose labels are swapped (a
-    large, noisy comparison set for preference-model pretraining)."""
+    large, noisy comparison set for preference-model pretraining); ``near_miss`` the fraction of
+    wrong numbers that are off by 1..2 (0: guesses only, the held-out set's rule)."""
     if not 0.0 <= noise < 0.5:
         raise ValueError(f"noise is the fraction of swapped labels, in [0, 0.5); got {noise}")
+    if not 0.0 <= near_miss <= 1.0:
+        raise ValueError(f"near_miss is a fraction of the wrong numbers, in [0, 1]; got {near_miss}")
     rng = random.Random(f"pairs-{split}-{seed}")
     out = []
     for messages in prompts(split, n, seed):
-        chosen, rejected = formatted_answer(messages), rejected_response(messages, rng)
+        chosen, rejected = formatted_answer(messages), rejected_response(messages, rng, near_miss)
         if rng.random() < noise:
             chosen, rejected = rejected, chosen
         out.append(PreferencePair(messages=messages, chosen=chosen, rejected=rejected))
@@ -167,3 +181,25 @@ def sft_conversations(split: str, n: int, seed: int = 0) -> list[list[dict[str, 
     """``n`` conversations answering ``split``'s questions in the preferred format (SFT data that
     teaches the format, e.g. before PPO)."""
     return [m + [{"role": "assistant", "content": formatted_answer(m)}] for m in prompts(split, n, seed)]
+
+
+def styled_conversations(split: str, n: int, seed: int = 0, preferred: float = 0.15) -> list[list[dict[str, str]]]:
+    """``n`` conversations answering ``split``'s questions with the right number in the wordings of
+    many writers: the preferred format (``The answer is N.``) a share ``preferred`` of the time, else
+    one of the off-format wordings of the rejected replies. SFT data as it comes: it teaches the task
+    and leaves the preference to learn, the part the reward model and PPO sharpen (the demo's PPO
+    stage: its metric is the share of preferred replies, :func:`score_response` = 1)."""
+    if not 0.0 < preferred < 1.0:
+        raise ValueError(f"preferred is the share of replies in the preferred format, in (0, 1); got {preferred}")
+    rng = random.Random(f"styled-{split}-{seed}")
+    out = []
+    for messages in prompts(split, n, seed):
+        truth = answer_of(messages)
+        wording = ANSWER_FORMAT if rng.random() < preferred else rng.choice(_OFF_FORMAT)
+        out.append(messages + [{"role": "assistant", "content": wording.format(truth)}])
+    return out
+
+
+def is_preferred(messages: list[dict], response: str) -> bool:
+    """The response is exactly the preferred reply: the right number in the format (score 1)."""
+    return score_response(messages, response) == 1.0

@@ -163,12 +163,10 @@ def test_reward_cli_pmp_then_finetune_then_score(tmp_path, base_dir, capsys):
 
 # ------------------------------------------------------------------ the nano proof (slow: CPU minutes)
 @pytest.mark.slow
-@pytest.mark.xfail(reason="single-digit task, measured 84.5 % (PMP then fine-tuning) vs 86.3 % (fine-tuning alone) "
-                   "held-out (operands 0..50: 83.8 % vs 86.3 %): the thresholds are not met at nano scale yet "
-                   "(docs/alignment.md)", strict=False)
 def test_nano_proof_pmp_then_finetune_beats_finetune_alone(tmp_path):
-    """reward-nano.yaml from the demo's SFT model: held-out pairwise accuracy >= 90 % after PMP then
-    fine-tuning, and above fine-tuning alone at the same fine-tuning steps (docs/alignment.md)."""
+    """reward-nano.yaml as it is, from the demo's SFT model: held-out pairwise accuracy >= 90 % after PMP
+    then fine-tuning, and above fine-tuning alone at the same fine-tuning steps (measured: 93.75 % vs
+    92.5 %, docs/alignment.md; about 30 minutes on two loaded cores)."""
     from pathlib import Path
 
     from openqwen.align import reward_train
@@ -177,7 +175,7 @@ def test_nano_proof_pmp_then_finetune_beats_finetune_alone(tmp_path):
     if not (base / "config.json").exists():
         pytest.skip("needs the demo's SFT model: run `make demo` first")
     accuracy = {}
-    for name, extra in (("pmp", ["--reward.pmp_steps", "120"]), ("ft", ["--reward.pmp_files", "[]"])):
+    for name, extra in (("pmp", []), ("ft", ["--reward.pmp_files", "[]"])):
         cfg = reward_train.RewardConfig.load("reward-nano.yaml", ["--model.init_from", str(base), "--train.out_dir",
                                                                    str(tmp_path / name), "--train.progress", "false",
                                                                    "--train.plot", "false", *extra])

@@ -76,3 +76,40 @@ def test_subtraction_never_negative_and_operands_single_digit():
         assert not rejected.startswith("The answer is -")
         # wrong numbers are guesses from the answers' own range 0..18, so the number must be checked
         assert all(0 <= int(x) <= 18 for x in synthetic._INT_RE.findall(rejected))
+
+
+def test_near_misses_are_off_by_one_or_two_and_zero_keeps_the_old_draws():
+    # near_miss 0 consumes the random stream exactly as before the option existed (the held-out set)
+    plain = synthetic.preference_pairs("heldout", 300, seed=3)
+    assert [p.rejected for p in plain] == [p.rejected for p in synthetic.preference_pairs("heldout", 300, 3, near_miss=0.0)]
+    near = synthetic.preference_pairs("train", 600, seed=3, near_miss=1.0)
+    offsets = []
+    for p in near:
+        number, formatted = synthetic._stated_number(p.rejected)
+        truth = synthetic.answer_of(p.messages)
+        if number != truth:
+            offsets.append(abs(number - truth))
+            assert 0 <= number <= 18
+    assert set(offsets) == {1, 2} and len(offsets) > 200
+    # a guess is off by more than 2 most of the time (15 of its 18 values for a middle truth)
+    guesses = [abs(synthetic._stated_number(p.rejected)[0] - synthetic.answer_of(p.messages)) for p in plain
+               if synthetic._stated_number(p.rejected)[0] not in (None, synthetic.answer_of(p.messages))]
+    assert sum(g > 2 for g in guesses) / len(guesses) > 0.6
+    with pytest.raises(ValueError, match="near_miss"):
+        synthetic.preference_pairs("train", 5, near_miss=1.5)
+
+
+def test_styled_conversations_state_the_right_number_and_prefer_the_format_at_its_share():
+    chats = synthetic.styled_conversations("train", 3000, seed=0, preferred=0.1)
+    assert len(chats) == 3000 and not {c[0]["content"] for c in chats} & _questions("heldout", 2000, 0)
+    replies = [(c[:-1], c[-1]["content"]) for c in chats]
+    assert all(synthetic.is_correct(m, r) for m, r in replies)  # every wording states the true result
+    preferred = sum(synthetic.is_preferred(m, r) for m, r in replies) / len(replies)
+    assert abs(preferred - 0.1) < 0.02  # the binomial sd at n = 3000 is 0.0055
+    # is_preferred is the ground truth's top score: the exact format and the right number
+    (m,) = synthetic.prompts("train", 1, 0)
+    truth = synthetic.answer_of(m)
+    assert synthetic.is_preferred(m, f"The answer is {truth}.")
+    assert not synthetic.is_preferred(m, f"the answer is {truth}") and not synthetic.is_preferred(m, f"The answer is {truth + 1}.")
+    with pytest.raises(ValueError, match="preferred"):
+        synthetic.styled_conversations("train", 1, preferred=1.0)
