@@ -44,6 +44,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="seconds per interpreter call before its kernel is killed (default 30)")
     p.add_argument("--python-memory-mb", type=positive_int, default=1024,
                    help="memory of the interpreter's sandbox in MB (default 1024)")
+    p.add_argument("--require-cgroups", action="store_true",
+                   help="refuse to run the interpreter unless pids/memory/cpu cgroups can be enforced here (default: "
+                        "fall back to rlimits, as the sandbox's 'enforced' report says)")
     p.add_argument("--max-steps", type=positive_int, default=8, help="model generations at most (default 8)")
     p.add_argument("--max-tokens", type=positive_int, default=4096, help="tokens generated in all (default 4096)")
     p.add_argument("--max-new-tokens", type=positive_int, default=512, help="tokens per generation (default 512)")
@@ -88,6 +91,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.python_timeout <= 0:
         raise ValueError(f"--python-timeout must be > 0, got {args.python_timeout}")
+    if args.require_cgroups and not args.no_python:
+        from .isolation import sandbox_support  # noqa: PLC0415
+
+        problem = sandbox_support().cgroup_problem
+        if problem:  # before the model loads: one line that says what to change
+            raise ValueError(f"--require-cgroups: {problem}")
     limits = AgentLimits(args.max_steps, args.max_tokens, args.max_new_tokens).validate()
     template = ChatTemplate.from_checkpoint(args.model)
     fmt_name = args.format
@@ -100,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
         tools.register(file_reader_tool(args.files))
     interp = None
     if not args.no_python:
-        interp = CodeInterpreter(interpreter_policy(memory_mb=args.python_memory_mb, wall_timeout_s=args.python_timeout))
+        interp = CodeInterpreter(interpreter_policy(memory_mb=args.python_memory_mb, wall_timeout_s=args.python_timeout,
+                                                    require_cgroups=args.require_cgroups))
         tools.register(interpreter_tool(interp))
     set_threads(args.threads)
     model, tok = load_model_and_tokenizer(args.model, args.dtype, args.tokenizer)

@@ -63,6 +63,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from .cgroups import CgroupSupport, kill_all, make_cgroups
+from .cgroups import detect as detect_cgroups
+
 __all__ = ["IsolationPolicy", "Sandbox", "SandboxUnavailable", "sandbox_support"]
 
 SANDBOX_WORKDIR = "/sandbox"
@@ -102,6 +105,9 @@ class IsolationPolicy:
     """False: an empty network namespace (no network at all). True: the host's network."""
     uid: int = NOBODY
     """The uid (and gid) the sandbox runs as when the caller is root."""
+    require_cgroups: bool = False
+    """True: refuse to build the sandbox (:class:`SandboxUnavailable`, saying why and what to change)
+    unless pids, memory and cpu cgroups are all usable, instead of falling back to rlimits."""
 
     def validate(self) -> "IsolationPolicy":
         for name in ("memory_mb", "max_processes", "cpu_seconds", "max_file_mb", "disk_mb", "max_open_files"):
@@ -127,59 +133,13 @@ class _Support:
     """controller -> the folder under which sandbox cgroups are made (v1: per controller)."""
     cgroup_version: int  # 1, 2, or 0 (none usable)
     problem: str  # '' when a sandbox can be built
+    cgroup_problem: str = ""
+    """Why pids/memory/cpu cgroups are (partly) unusable here, and what to change ('' when all are)."""
 
 
 _support_lock = threading.Lock()
 _support: _Support | None = None
 _counter = itertools.count()
-
-
-def _own_cgroups() -> tuple[dict[str, Path], int]:
-    """Cgroup folders (ours) where we may create children with limits, per controller."""
-    try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        return {}, 0
-    found: dict[str, Path] = {}
-    tag = f"openqwen-probe-{os.getpid()}"
-    for line in lines:  # cgroup v1: "N:controller[,controller]:/path"
-        _, ctrls, rel = line.split(":", 2)
-        for ctrl in ctrls.split(","):
-            if ctrl in ("pids", "memory", "cpu"):
-                base = Path("/sys/fs/cgroup") / ctrl / rel.lstrip("/")
-                limit = {"pids": "pids.max", "memory": "memory.limit_in_bytes", "cpu": "cpu.cfs_quota_us"}[ctrl]
-                if _probe_cgroup(base, tag, limit):
-                    found[ctrl] = base
-    if found:
-        return found, 1
-    v2 = [ln[3:] for ln in lines if ln.startswith("0::")]
-    if v2 and Path("/sys/fs/cgroup/cgroup.controllers").exists():  # a pure v2 hierarchy
-        base = Path("/sys/fs/cgroup") / v2[0].lstrip("/")
-        try:
-            enabled = (base / "cgroup.subtree_control").read_text().split()
-        except OSError:
-            enabled = []
-        for ctrl, limit in (("pids", "pids.max"), ("memory", "memory.max"), ("cpu", "cpu.max")):
-            if ctrl in enabled and _probe_cgroup(base, tag, limit):
-                found[ctrl] = base
-        if found:
-            return found, 2
-    return {}, 0
-
-
-def _probe_cgroup(base: Path, tag: str, limit_file: str) -> bool:
-    probe = base / tag
-    try:
-        probe.mkdir()
-    except OSError:
-        return False
-    try:
-        return (probe / limit_file).exists() and os.access(probe / "cgroup.procs", os.W_OK)
-    finally:
-        try:
-            probe.rmdir()
-        except OSError:
-            pass
 
 
 def sandbox_support() -> _Support:
@@ -196,8 +156,8 @@ def sandbox_support() -> _Support:
             if missing:
                 problem = (f"the sandbox needs {', '.join(missing)} (bubblewrap and util-linux): install them, e.g. "
                            "`apt-get install bubblewrap util-linux`")
-            cgroups, version = _own_cgroups()
-            _support = _Support(tools, root, cgroups, version, problem)
+            cg = detect_cgroups()
+            _support = _Support(tools, root, cg.bases, cg.version, problem, cg.problem)
         return _support
 
 
@@ -243,6 +203,8 @@ class Sandbox:
         sup = sandbox_support()
         if sup.problem:
             raise SandboxUnavailable(sup.problem)
+        if self.policy.require_cgroups and sup.cgroup_problem:
+            raise SandboxUnavailable(f"the policy requires cgroup limits, and {sup.cgroup_problem}")
         self.support = sup
         self.persistent = persistent
         self.ro_binds = [Path(p).resolve() for p in (*python_mounts(), *ro_binds)]
@@ -281,38 +243,13 @@ class Sandbox:
                 os.chown(p, self.uid, self.gid)
 
     def _make_cgroups(self) -> None:
-        pol, name = self.policy, f"openqwen-sandbox-{os.getpid()}-{next(_counter)}"
-        v1 = self.support.cgroup_version == 1
-        made: set[Path] = set()
-        for ctrl, base in self.support.cgroups.items():
-            cg = base / name
-            try:
-                if cg not in made:
-                    cg.mkdir()
-                    made.add(cg)
-                if ctrl == "pids":
-                    (cg / "pids.max").write_text(str(pol.max_processes))
-                elif ctrl == "memory":
-                    limit = pol.memory_mb << 20
-                    if v1:
-                        (cg / "memory.limit_in_bytes").write_text(str(limit))
-                        if (cg / "memory.memsw.limit_in_bytes").exists():
-                            (cg / "memory.memsw.limit_in_bytes").write_text(str(limit))
-                    else:
-                        (cg / "memory.max").write_text(str(limit))
-                        if (cg / "memory.swap.max").exists():
-                            (cg / "memory.swap.max").write_text("0")
-                else:
-                    period = 100_000
-                    quota = max(1000, int(pol.cpu_cores * period))
-                    if v1:
-                        (cg / "cpu.cfs_period_us").write_text(str(period))
-                        (cg / "cpu.cfs_quota_us").write_text(str(quota))
-                    else:
-                        (cg / "cpu.max").write_text(f"{quota} {period}")
-                self._cgroups[ctrl] = cg
-            except OSError:
-                continue
+        pol, sup = self.policy, self.support
+        self._cgroups = make_cgroups(CgroupSupport(sup.cgroups, sup.cgroup_version), f"openqwen-sandbox-{os.getpid()}-"
+                                     f"{next(_counter)}", pol.max_processes, pol.memory_mb, pol.cpu_cores)
+        if pol.require_cgroups and set(self._cgroups) != {"pids", "memory", "cpu"}:
+            missing = ", ".join(c for c in ("pids", "memory", "cpu") if c not in self._cgroups)
+            raise SandboxUnavailable(f"the policy requires cgroup limits, and the {missing} cgroup could not be "
+                                     f"made or written under {', '.join(map(str, sup.cgroups.values()))}")
 
     def _describe(self) -> None:
         pol, cg, v = self.policy, self._cgroups, self.support.cgroup_version
@@ -334,6 +271,8 @@ class Sandbox:
                      "none (a plain folder: only RLIMIT_FSIZE per file)"),
             "time": "wall-clock kill of every sandboxed process",
         }
+        if self.support.cgroup_problem:  # what fell back to rlimits, and why
+            self.enforced["cgroup_problem"] = self.support.cgroup_problem
 
     # -------------------------------------------------------------------------------- commands
     def command(self, argv: Sequence[str], env: dict[str, str] | None = None,
@@ -488,6 +427,7 @@ class Sandbox:
                 proc.kill()
             except ProcessLookupError:
                 pass
+        kill_all(self._cgroups)  # v2: the whole cgroup at once; v1 (or what is left): pid by pid
         for _ in range(400):  # processes may still fork while we kill; pids.max bounds them
             pids = self.pids()
             if not pids:

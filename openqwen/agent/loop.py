@@ -33,6 +33,21 @@ EventHandler = Callable[[str, dict], None]
 (``reason``)."""
 
 
+def _unreadable_arguments(calls: Sequence[ToolCall]) -> str | None:
+    """Why a call's arguments are no JSON object (text the model cut off mid-string, say), or None.
+    The conversation carries the call on to the next prompt, and the chat renderer rightly refuses
+    arguments that are not JSON, so the loop answers such a call as a malformed one."""
+    for c in calls:
+        if isinstance(c.arguments, str):
+            try:
+                value = json.loads(c.arguments or "{}")
+            except json.JSONDecodeError as e:
+                return f"the arguments of {c.name} are not valid JSON ({e.msg} at character {e.pos})"
+            if not isinstance(value, dict):
+                return f"the arguments of {c.name} must be a JSON object"
+    return None
+
+
 @dataclass
 class Parsed:
     """What one generation said: visible content (or thought), tool calls, a final answer."""
@@ -163,6 +178,9 @@ class Agent:
             tokens += n
             self._emit("generation", step=steps, prompt_tokens=prompt_len, tokens=n, finish=finish, text=text)
             parsed = self.fmt.parse(text)
+            unreadable = _unreadable_arguments(parsed.calls)
+            if unreadable is not None:  # the history must render: such a call is malformed, not run
+                parsed = Parsed(parsed.content, [], parsed.final, unreadable)
             if parsed.calls:
                 messages.append({"role": "assistant", "content": parsed.content or None,
                                  "tool_calls": [c.openai() for c in parsed.calls]})

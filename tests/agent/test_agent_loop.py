@@ -85,6 +85,18 @@ def test_bad_calls_come_back_as_observations(tok):
     assert eng.prompts[3].endswith("Observation: sunny in Paris\n")
 
 
+def test_a_call_with_cut_off_arguments_is_answered_not_a_crash(tok):
+    # the model stops inside the JSON string: the call cannot be carried into the next prompt, so the
+    # model is told what is wrong and retries (this raised the chat renderer's TokenizerError before)
+    eng = ScriptedEngine(tok, ['Action: calculator\nAction Input: {"expression": "3 + 4',
+                               'Action: calculator\nAction Input: {"expression": "3 + 4"}',
+                               "Final Answer: 7"])
+    res = Agent(eng, registry(), ReactFormat()).run("What is 3 + 4?")
+    assert (res.answer, res.steps) == ("7", 3) and [c["ok"] for c in res.calls] == [True]
+    assert ("Your tool call could not be read: the arguments of calculator are not valid JSON "
+            "(Unterminated string starting at at character 15)") in eng.prompts[1]
+
+
 def test_step_and_token_limits(tok):
     call = 'Action: calculator\nAction Input: {"expression": "1 + 1"}\n'
     res = Agent(ScriptedEngine(tok, [call] * 5), registry(), ReactFormat(), limits=AgentLimits(max_steps=3)).run("loop")
