@@ -46,9 +46,13 @@ def _print_manifest(m: dict) -> None:
 
 
 def _demo_corpus(args: argparse.Namespace) -> int:
-    from .demo_corpus import build_demo_corpus
+    from .demo_corpus import DemoCorpusConfig, build_demo_corpus
 
-    m = build_demo_corpus(args.out, quick=args.quick)
+    cfg = DemoCorpusConfig.quick() if args.quick else DemoCorpusConfig()
+    if args.code_tasks_bytes < 0:
+        raise ValueError(f"--code-tasks-bytes must be >= 0, got {args.code_tasks_bytes}")
+    cfg.code_tasks_bytes = args.code_tasks_bytes
+    m = build_demo_corpus(args.out, quick=args.quick, config=cfg)
     print(f"{m['kept']} documents, {m['bytes_kept'] / 1e6:.2f} MB in {args.out}")
     for name, why in m.get("skipped", {}).items():
         print(f"skipped {name}: {why}", file=sys.stderr)
@@ -262,7 +266,7 @@ def _add_stage_options(sp: argparse.ArgumentParser, stage: str | None) -> None:
         sp.add_argument("--lm", default=None, help="n-gram model (.npz from train-lm) for the perplexity stage")
     if stage in (None, "decontam"):
         sp.add_argument("--eval-sets", default=None, help="evaluation sets, comma-separated (default: all of "
-                        "humaneval,mbpp,gsm8k,mmlu,ceval,cmmlu,math,tools; those without data are skipped)")
+                        "humaneval,mbpp,gsm8k,mmlu,ceval,cmmlu,math,code,tools; those without data are skipped)")
         sp.add_argument("--eval-file", action="append", help="extra evaluation file (repeatable)")
         sp.add_argument("--eval-data", action="append", metavar="SET=PATH",
                         help="the file of a set without a built-in copy, e.g. --eval-data gsm8k=test.jsonl "
@@ -287,6 +291,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        "the Python stdlib and synthetic arithmetic; downloads cached in ~/.cache/openqwen.")
     d.add_argument("--out", required=True, help="output folder (one .jsonl.gz per source + manifest.json)")
     d.add_argument("--quick", action="store_true", help="tiny corpus (~0.3 MB) for tests")
+    d.add_argument("--code-tasks-bytes", type=int, default=0,
+                   help="add this many bytes of small Python functions with tests (the train split of the "
+                        "built-in code tasks; the Code-Qwen nano mix uses 400000); default 0: none")
     d.set_defaults(func=_demo_corpus)
 
     k = sub.add_parser("pack", help="tokenise and pack documents into fixed-length binary sequences",

@@ -11,6 +11,12 @@ Four sources, each recorded with its licence in the manifest:
   when npm or the registry is unavailable.
 * ``python_stdlib`` (code): the ``.py`` files of the running interpreter's standard library.
 * ``arithmetic`` (synthetic math): seeded question/answer text from :func:`arithmetic_documents`.
+* ``code_tasks`` (code, off unless ``code_tasks_bytes`` > 0): small Python functions with their
+  tests, the train split of :mod:`openqwen.data.synthetic_code` (the code-heavy mix of the
+  Code-Qwen nano recipe).
+
+Every document carries its own ``licence`` record; a standard-library file also its path, SHA-256
+and the copyright line of its header when it has one.
 
 Downloads are cached under ``~/.cache/openqwen/`` (``OPENQWEN_CACHE`` overrides) so a second run
 does not touch the network. The default corpus is about 15 MB; ``quick=True`` makes ~0.3 MB.
@@ -18,6 +24,7 @@ does not touch the network. The default corpus is about 15 MB; ``quick=True`` ma
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -43,7 +50,10 @@ LICENCES = {
     "chinese_poetry": "MIT licence (chinese-poetry npm package 2.0.1, (c) 2016 JackeyGao); the poems are public domain",
     "python_stdlib": "Python Software Foundation License (source of the running interpreter)",
     "arithmetic": "Generated here (seeded); Apache-2.0 with openqwen",
+    "code_tasks": "Generated here (seeded); Apache-2.0 with openqwen",
 }
+STDLIB_LICENCE = "PSF-2.0"
+"""SPDX id of the Python Software Foundation License, under which CPython ships its standard library."""
 
 
 @dataclass
@@ -55,6 +65,7 @@ class DemoCorpusConfig:
     code_bytes: int = 4_000_000  # the first stdlib modules in path order
     arithmetic_bytes: int = 1_000_000
     max_code_file_bytes: int = 100_000  # a few huge generated tables would dominate otherwise
+    code_tasks_bytes: int = 0  # the synthetic function tasks (train split); 0 leaves them out
     seed: int = 0
 
     @classmethod
@@ -131,7 +142,7 @@ def shakespeare_documents(budget: int) -> tuple[list[dict[str, Any]], str]:
             if used >= budget:
                 return docs, origin
             docs.append({"text": scene, "source": "shakespeare", "domain": "text",
-                         "id": f"shakespeare/{name}#{j}"})
+                         "id": f"shakespeare/{name}#{j}", "licence": LICENCES["shakespeare"]})
             used += len(scene.encode("utf-8"))
     return docs, origin
 
@@ -177,7 +188,7 @@ def chinese_documents(budget: int, poems_per_doc: int = 10) -> tuple[list[dict[s
                     parts.append(f"{p.get('title', '')}\n{p.get('author', '')}\n{body}")
                 text = "\n\n".join(parts) + "\n"
                 docs.append({"text": text, "source": "chinese_poetry", "domain": "text", "lang": "zh",
-                             "id": f"chinese_poetry/{name}#{start}"})
+                             "id": f"chinese_poetry/{name}#{start}", "licence": LICENCES["chinese_poetry"]})
                 used += len(text.encode("utf-8"))
     return docs, f"npm {tgz.name}"
 
@@ -203,9 +214,38 @@ def code_documents(budget: int, max_file_bytes: int) -> tuple[list[dict[str, Any
         if used >= budget:
             break
         docs.append({"text": text, "source": "python_stdlib", "domain": "code", "lang": "code",
-                     "id": f"python_stdlib/{rel.as_posix()}"})
+                     "id": f"python_stdlib/{rel.as_posix()}", "licence": STDLIB_LICENCE,
+                     "path": str(path), "sha256": hashlib.sha256(raw).hexdigest(),
+                     "copyright": copyright_line(text)})
         used += len(raw)
     return docs, f"{root} (Python {sys.version.split()[0]})"
+
+
+_COPYRIGHT = re.compile(r"^\W*(copyright\b.*|\(c\).*)$", re.I | re.M)
+
+
+def copyright_line(text: str, head_lines: int = 40) -> str | None:
+    """The first copyright notice in a file's first ``head_lines`` lines (comment marks stripped),
+    or None: some standard-library modules name their own authors under the PSF licence."""
+    m = _COPYRIGHT.search("\n".join(text.splitlines()[:head_lines]))
+    return m.group(1).strip().strip('"').strip() if m else None
+
+
+def code_task_documents(budget: int) -> list[dict[str, Any]]:
+    """Files of the synthetic train-split function tasks up to ``budget`` bytes: each seed orders the
+    tasks anew, so repeated files differ."""
+    from .synthetic_code import code_documents  # noqa: PLC0415 - same layer; only this source needs it
+
+    docs: list[dict[str, Any]] = []
+    used, seed = 0, 0
+    while used < budget:
+        for d in code_documents(10_000, seed):
+            if used >= budget:
+                break
+            docs.append(d)
+            used += len(d["text"].encode("utf-8"))
+        seed += 1
+    return docs
 
 
 # ---------------------------------------------------------------- synthetic arithmetic
@@ -234,7 +274,7 @@ def arithmetic_documents(budget: int, seed: int = 0, problems_per_doc: int = 40)
     while used < budget:
         text = "\n\n".join(arithmetic_problem(rng) for _ in range(problems_per_doc)) + "\n"
         docs.append({"text": text, "source": "arithmetic", "domain": "math", "lang": "en",
-                     "id": f"arithmetic/{seed}/{k}"})
+                     "id": f"arithmetic/{seed}/{k}", "licence": LICENCES["arithmetic"]})
         used += len(text.encode("utf-8"))
         k += 1
     return docs
@@ -264,6 +304,8 @@ def build_demo_corpus(out_dir: str | Path, quick: bool = False,
         "python_stdlib": lambda: code_documents(cfg.code_bytes, cfg.max_code_file_bytes),
         "arithmetic": lambda: (arithmetic_documents(cfg.arithmetic_bytes, cfg.seed), "generated"),
     }
+    if cfg.code_tasks_bytes > 0:
+        builders["code_tasks"] = lambda: (code_task_documents(cfg.code_tasks_bytes), "generated")
     stats = StageStats()
     sources: dict[str, Any] = {}
     skipped: dict[str, str] = {}

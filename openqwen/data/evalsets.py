@@ -15,6 +15,7 @@ mmlu       question + the four choices                                  the MMLU
 ceval      question + the four choices (C-Eval CSV)                     none: give a file/folder
 cmmlu      question + the four choices (CMMLU CSV)                      none: give a file/folder
 math       the built-in math test split (question + worked solution)      generated (synthetic_math)
+code       the built-in code test split (task text + code + asserts)    generated (synthetic_code)
 tools      the agent's bundled tool benchmark (queries + gold calls)    package data (when present)
 ========== ============================================================ ======================
 
@@ -135,6 +136,16 @@ def _math(path: Path | None) -> list[Item]:
     return [(f"{it.category}/{i}", it.question + "\n" + it.solution) for i, it in enumerate(items)]
 
 
+def _code(path: Path | None) -> list[Item]:
+    try:
+        from . import synthetic_code
+    except ImportError as e:
+        raise EvalSetUnavailable("the built-in code tasks (openqwen/data/synthetic_code.py) are not installed") from e
+    # the held-out function tasks of `openqwen eval --task mbpp --data builtin` (all of them)
+    return [(r["task_id"], r["text"] + "\n" + r["code"] + "\n".join(r["test_list"]))
+            for r in synthetic_code.code_tasks("test", 10_000, seed=0)]
+
+
 def _tools(path: Path | None) -> list[Item]:
     if path is None:
         base = Path(__file__).resolve().parent.parent / "agent" / "data"
@@ -161,9 +172,9 @@ READERS: dict[str, Callable[[Path], list[Item]]] = {
     "humaneval": _humaneval, "mbpp": _mbpp, "gsm8k": _gsm8k,
     **{name: _multiple_choice for name in MC_SETS},
 }
-GENERATED: dict[str, Callable[[Path | None], list[Item]]] = {"math": _math, "tools": _tools}
+GENERATED: dict[str, Callable[[Path | None], list[Item]]] = {"math": _math, "code": _code, "tools": _tools}
 # every set decontamination checks by default (mc is the generic multiple-choice file: give it one)
-EVAL_SETS = ("humaneval", "mbpp", "gsm8k", "mmlu", "ceval", "cmmlu", "math", "tools")
+EVAL_SETS = ("humaneval", "mbpp", "gsm8k", "mmlu", "ceval", "cmmlu", "math", "code", "tools")
 
 
 def eval_items(name: str, path: str | Path | None = None) -> list[Item]:

@@ -17,6 +17,7 @@ import random
 from typing import Any, Callable
 
 TEST_BUCKETS = 5
+LICENCE = "Generated here (seeded); Apache-2.0 with openqwen"
 
 _WORDS = ["apple", "river", "stone", "green", "music", "light", "table", "cloud", "tiger", "paper"]
 
@@ -48,9 +49,11 @@ def _task(rng: random.Random) -> dict[str, Any]:
         return _row(f"Write a function is_multiple_of_{k}(n) that returns True when n is divisible by {k}.",
                     f"is_multiple_of_{k}", "n", f"n % {k} == 0", lambda n: n % k == 0, [(k * 3,), (k + 1,), (0,)])
     if kind == 4:
+        # multiples of k as the long input: a list shared by every first_k task (range(25)) would
+        # make all of them one 13-gram apart, and decontamination would rightly drop them all
         return _row(f"Write a function first_{k}(items) that returns the first {k} elements of a list.",
                     f"first_{k}", "items", f"items[:{k}]", lambda xs: xs[:k],
-                    [(list(range(25)),), ([1, 2],), ([],)])
+                    [(list(range(0, k * (k + 4), k)),), ([1, 2],), ([],)])
     if kind == 5:
         w = rng.choice(_WORDS)
         return _row(f"Write a function count_{w}(words) that returns how many times '{w}' is in a list of words.",
@@ -79,8 +82,62 @@ def code_tasks(split: str, n: int, seed: int = 0) -> list[dict[str, Any]]:
     return out
 
 
-def code_chats(n: int, seed: int = 0) -> list[list[dict[str, str]]]:
-    """Code conversations of the train split (the task as the user turn, the solution in a code block)."""
+def code_documents(n: int, seed: int = 0, tasks_per_document: int = 8) -> list[dict[str, Any]]:
+    """Python files made of ``n`` train-split tasks (the task as a comment, the solution, its tests),
+    ``tasks_per_document`` to a file, as corpus documents (``source`` ``code_tasks``) for continued
+    pretraining on code. No test task is among them (the hash split), and the data pipeline's
+    decontamination stage checks it again against the ``code`` evaluation set."""
     rows = code_tasks("train", n, seed)
-    return [[{"role": "user", "content": r["text"]},
-             {"role": "assistant", "content": f"```python\n{r['code']}```"}] for r in rows]
+    docs = []
+    for k in range(0, len(rows), tasks_per_document):
+        parts = [f"# {r['text']}\n{r['code']}\n" + "\n".join(r["test_list"]) + "\n"
+                 for r in rows[k: k + tasks_per_document]]
+        docs.append({"text": "\n\n".join(parts), "source": "code_tasks", "domain": "code", "lang": "code",
+                     "id": f"code_tasks/{seed}/{k // tasks_per_document}", "licence": LICENCE})
+    return docs
+
+
+def chat_instruction(row: dict[str, Any]) -> str:
+    """The user turn of a task in chat form: MBPP's task statement with its tests, then the request
+    for a code block; ``openqwen eval --task mbpp --mode chat`` asks exactly this."""
+    tests = "\n".join(row["test_list"])
+    return (f"You are an expert Python programmer, and here is your task: {row['text']} "
+            f"Your code should pass these tests:\n\n{tests}\n\nWrite the function in a Python code block.")
+
+
+CHAT_RESPONSE_PREFIX = (
+    "Below is a Python script with a self-contained function that solves the problem and passes "
+    "corresponding tests:\n```python\n"
+)
+"""EvalPlus' response prefix: the chat evaluation (``eval/tasks/code.py``) starts the model's reply
+with it, and the code chats' replies start with it too."""
+
+
+def code_chats(n: int, seed: int = 0) -> list[list[dict[str, str]]]:
+    """Code conversations of the train split, ``n`` of them (the train split's ~220 tasks in a new
+    order per pass when ``n`` is larger): the task as the user turn, as the chat evaluation asks it,
+    and the reply as the evaluation starts it for the model (EvalPlus' response prefix, then the
+    solution and the closing fence). A reply of a bare code block would teach the model to open a
+    fence right after the evaluation's prefix has opened one: measured, 2 of 55 held-out tasks."""
+    out: list[list[dict[str, str]]] = []
+    while len(out) < n:
+        rows = code_tasks("train", n - len(out), seed + len(out))
+        out += [[{"role": "user", "content": chat_instruction(r)},
+                 {"role": "assistant", "content": f"{CHAT_RESPONSE_PREFIX}{r['code']}```"}] for r in rows]
+    return out
+
+
+def humaneval_rows(split: str = "test", seed: int = 0) -> list[dict[str, Any]]:
+    """The tasks of ``split`` in HumanEval's shape, for base models (``openqwen eval --task humaneval
+    --data builtin``): the prompt is the task as a comment and the ``def`` line, as the code corpus
+    writes the train split (``code_documents``), the model writes the body; ``check(candidate)``
+    runs the three tests."""
+    out = []
+    for r in code_tasks(split, 1000, seed):
+        head, body = r["code"].split("\n", 1)
+        name = head[len("def "): head.index("(")]
+        test = "def check(candidate):\n" + "".join(f"    {t.replace(name + '(', 'candidate(', 1)}\n"
+                                                 for t in r["test_list"])
+        out.append({"task_id": r["task_id"], "prompt": f"# {r['text']}\n{head}\n", "test": test,
+                    "entry_point": name, "canonical_solution": body})
+    return out

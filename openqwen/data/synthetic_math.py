@@ -60,43 +60,42 @@ def split_of(question: str) -> str:
 
 
 # ------------------------------------------------------------------------------ worked solutions
+def _column(a: int, b: int, op: str) -> list[str]:
+    """The written (column) method for two numbers below 100, one digit column a line, units first:
+    ``47 + 38``: ``7 + 8 = 15`` then ``4 + 3 + 1 = 8`` (the carry written as a third term); ``52 - 38``:
+    ``12 - 8 = 4`` (a borrow shows as the ten added) then ``5 - 3 - 1 = 1``; ``47 * 6``: ``7 * 6 = 42``
+    then ``4 * 6 + 4 = 28``. Each line needs one single-digit fact and the carry of the line before,
+    so a held-out question is made of steps the training data holds (a small model learns them where
+    it cannot learn two-digit sums as single facts). The answer is the last line's result followed by
+    the units digit of the line before."""
+    (at, au), (bt, bu) = divmod(a, 10), divmod(b, 10)
+    if op == "*":
+        if at == 0:
+            return [f"{a} * {b} = {a * b}"]
+        return [f"{au} * {b} = {au * b}", f"{at} * {b} + {au * b // 10} = {at * b + au * b // 10}"]
+    if at == 0 and bt == 0:
+        return [f"{a} {op} {b} = {a + b if op == '+' else a - b}"]
+    if op == "+":
+        carry = (au + bu) // 10
+        return [f"{au} + {bu} = {au + bu}", f"{at} + {bt} + {carry} = {at + bt + carry}"]
+    borrow = int(au < bu)
+    return [f"{au + 10 * borrow} - {bu} = {au + 10 * borrow - bu}", f"{at} - {bt} - {borrow} = {at - bt - borrow}"]
+
+
 def _add(rng: random.Random) -> MathItem:
     a, b = rng.randint(2, 99), rng.randint(2, 99)
-    steps = []
-    if a >= 10 and b >= 10:
-        steps.append(f"{a} + {b} = {a} + {b // 10 * 10} + {b % 10}")
-        steps.append(f"{a} + {b // 10 * 10} = {a + b // 10 * 10}")
-        steps.append(f"{a + b // 10 * 10} + {b % 10} = {a + b}")
-    else:
-        steps.append(f"{a} + {b} = {a + b}")
-    return MathItem("add", f"What is {a} + {b}?", "\n".join(steps) + f"\n#### {a + b}", a + b)
+    return MathItem("add", f"What is {a} + {b}?", "\n".join(_column(a, b, "+")) + f"\n#### {a + b}", a + b)
 
 
 def _sub(rng: random.Random) -> MathItem:
     a, b = rng.randint(2, 99), rng.randint(2, 99)
     a, b = max(a, b), min(a, b)
-    steps = []
-    if b >= 10:
-        steps.append(f"{a} - {b} = {a} - {b // 10 * 10} - {b % 10}")
-        steps.append(f"{a} - {b // 10 * 10} = {a - b // 10 * 10}")
-        steps.append(f"{a - b // 10 * 10} - {b % 10} = {a - b}")
-    else:
-        steps.append(f"{a} - {b} = {a - b}")
-    return MathItem("sub", f"What is {a} - {b}?", "\n".join(steps) + f"\n#### {a - b}", a - b)
+    return MathItem("sub", f"What is {a} - {b}?", "\n".join(_column(a, b, "-")) + f"\n#### {a - b}", a - b)
 
 
 def _mul(rng: random.Random) -> MathItem:
     a, b = rng.randint(2, 99), rng.randint(2, 9)
-    steps = []
-    if a >= 10:
-        t, u = a // 10 * 10, a % 10
-        steps.append(f"{a} * {b} = {t} * {b} + {u} * {b}")
-        steps.append(f"{t} * {b} = {t * b}")
-        steps.append(f"{u} * {b} = {u * b}")
-        steps.append(f"{t * b} + {u * b} = {a * b}")
-    else:
-        steps.append(f"{a} * {b} = {a * b}")
-    return MathItem("mul", f"What is {a} * {b}?", "\n".join(steps) + f"\n#### {a * b}", a * b)
+    return MathItem("mul", f"What is {a} * {b}?", "\n".join(_column(a, b, "*")) + f"\n#### {a * b}", a * b)
 
 
 def _div(rng: random.Random) -> MathItem:
@@ -229,6 +228,20 @@ def math_items(split: str, n: int, seed: int = 0, categories: tuple[str, ...] | 
     return out
 
 
-def math_chats(n: int, seed: int = 0) -> list[list[dict[str, str]]]:
-    """Training chats (the ``train`` split, questions may repeat) for ``openqwen sft``'s ``builtin-math``."""
-    return [it.messages() for it in math_items("train", n, seed, unique=False)]
+def parse_categories(text: str | None) -> tuple[str, ...]:
+    """Categories named in ``text`` (``add+sub+mul`` or ``add,sub,mul``); all of them for None/empty.
+    An unknown name is a ValueError that lists the choices."""
+    if not text:
+        return CATEGORIES
+    names = tuple(c.strip() for c in text.replace("+", ",").split(",") if c.strip())
+    bad = [c for c in names if c not in _MAKERS]
+    if bad or not names:
+        raise ValueError(f"unknown math categories {bad or [text]}; choose from {', '.join(CATEGORIES)} "
+                         "(several joined by '+' or ',', e.g. add+sub+mul)")
+    return names
+
+
+def math_chats(n: int, seed: int = 0, categories: tuple[str, ...] | list[str] = CATEGORIES) -> list[list[dict[str, str]]]:
+    """Training chats (the ``train`` split, questions may repeat) for ``openqwen sft``'s ``builtin-math``
+    (``builtin-math:add+sub+mul`` names the categories)."""
+    return [it.messages() for it in math_items("train", n, seed, categories, unique=False)]

@@ -41,9 +41,10 @@ _DATA_HELP = {
     "mbpp": "an MBPP-shaped .jsonl (task_id, text, code, test_list), or 'builtin' for the project's own tasks",
     "gsm8k": "a GSM8K-shaped .jsonl (question, answer ending in '#### 42')",
     "mmlu": "the MMLU .jsonl (question, answer_a..d, correct_answer, topic)",
-    "humaneval": "HumanEval.jsonl(.gz)",
+    "humaneval": "HumanEval.jsonl(.gz), or 'builtin' for the project's own tasks in HumanEval's shape",
     "perplexity": "a text file, .jsonl with 'text', .zip of texts, or a folder",
     "tools": "a .jsonl of tool cases (messages, tools, gold calls); default: the bundled benchmark",
+    "synthetic-math": "the categories of the built-in held-out set to ask, e.g. add,sub,mul (default: all)",
 }
 
 
@@ -74,8 +75,8 @@ class EvalConfig:
     """Chat mode: the system message of every prompt. None: the model's own default, read from the
     chat template stored with it (Qwen2.5: "You are Qwen, created by Alibaba Cloud. You are a helpful
     assistant."), else the first generation's "You are a helpful assistant."."""
-    dtype: str = "fp32"
-    """fp32 (default), bf16, or int8 (weight-only, the engine's fast CPU decode): see
+    dtype: str = "auto"
+    """auto (default: the checkpoint's own precision, a q4_k_m GGUF as int4), fp32, bf16, int8 or int4: see
     :data:`openqwen.infer.loading.DTYPE_CHOICES`."""
     batch_size: int = 8
     samples: int = 1
@@ -268,6 +269,8 @@ def _run_code(model, tok, cfg: EvalConfig) -> dict[str, Any]:
     shots = cfg.resolved_shots()
     if cfg.task == "mbpp" and cfg.data == "builtin":
         problems = code.builtin_mbpp(shots, cfg.seed)
+    elif cfg.task == "humaneval" and cfg.data == "builtin":
+        problems = code.builtin_humaneval(cfg.seed)
     else:
         path = task_data_path(cfg.task, cfg.data)
         problems = code.load_humaneval(path) if cfg.task == "humaneval" else code.load_mbpp(path, shots)
@@ -323,8 +326,8 @@ def _run_math(model, tok, cfg: EvalConfig) -> dict[str, Any]:
         stop = [] if chat else ["\n\nQuestion:", "Question:"]
     elif cfg.task == "synthetic-math":
         # the built-in held-out split, asked as the SFT data asks (the question alone as the user turn)
-        problems = m.synthetic_math_problems(cfg.limit or 360, seed=cfg.seed)
-        examples = m.synthetic_math_problems(shots, seed=cfg.seed, split="train") if shots else []
+        problems = m.synthetic_math_problems(cfg.limit or 360, seed=cfg.seed, categories=cfg.data)
+        examples = m.synthetic_math_problems(shots, seed=cfg.seed, split="train", categories=cfg.data) if shots else []
         rel_tol, max_new = 1e-4, cfg.max_new_tokens or 128
         if chat:
             prompts = [_chat_ids(tok, [{"role": "user", "content": p.question}], model, max_new, cfg) for p in problems]
@@ -403,7 +406,8 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None) -> dict[
         raise ValueError(f"unknown task {cfg.task!r}; choose one of: {', '.join(TASKS)}")
     if cfg.mode not in ("base", "chat"):
         raise ValueError(f"--mode must be base or chat, got {cfg.mode!r}")
-    builtin = cfg.task in ("math401", "synthetic-math", "tools") or (cfg.task == "mbpp" and cfg.data == "builtin")
+    builtin = cfg.task in ("math401", "synthetic-math", "tools") or (
+        cfg.task in ("mbpp", "humaneval") and cfg.data == "builtin")
     if not builtin:  # generated or bundled, no file needed
         task_data_path(cfg.task, cfg.data)  # a missing task file is reported before the (slow) model load
     t0 = time.perf_counter()

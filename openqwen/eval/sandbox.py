@@ -146,7 +146,9 @@ def run_code(
         fd = os.open(program, os.O_RDONLY)
         try:
             with open(sb.root / ".stdout", "wb") as out, open(sb.root / ".stderr", "wb") as err:
-                proc = sb.popen([python or sys.executable, "-I", "main.py"], files={"main.py": fd},
+                # normalised: started as ../../.venv/bin/python from a subfolder, sys.executable holds
+                # '..' parts through folders the sandbox does not mount, and bwrap cannot exec it
+                proc = sb.popen([os.path.abspath(python or sys.executable), "-I", "main.py"], files={"main.py": fd},
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=err)
         finally:
             os.close(fd)

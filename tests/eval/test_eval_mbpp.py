@@ -19,7 +19,11 @@ def test_builtin_tasks_are_heldout_and_three_shot():
     test = code_tasks("test", 1000)
     assert len(problems) == len(test) >= 40 and not train & {r["text"] for r in test}
     assert all(split_of(r["text"]) == "test" for r in test)
-    assert not {c[0]["content"] for c in code_chats(500)} & {r["text"] for r in test}
+    asked = [c[0]["content"] for c in code_chats(500)]
+    assert not any(f"task: {r['text']} " in a for r in test for a in asked)  # no test task in the SFT data
+    # the SFT data asks a task as the chat evaluation asks it, character for character
+    train_problems = code.mbpp_problems(code_tasks("train", 3), 0, "train")
+    assert [c[0]["content"] for c in code_chats(3)] == [p.instruction for p in train_problems]
     p = problems[0]
     shots = code_tasks("train", 3)
     assert p.prompt.count("[BEGIN]") == 4 and p.prompt.count("[DONE]") == 3 and p.prompt.endswith("[BEGIN]\n")
@@ -42,3 +46,26 @@ def test_reference_solutions_pass_and_wrong_ones_fail(tmp_path):
             for p, r in zip(problems, rows[3:])]
     results = run_many(right + wrong + chat, 10.0, 512, progress=False)
     assert [r.passed for r in results] == [True] * 4 + [False] * 4 + [True] * 4
+
+
+def test_code_chat_replies_continue_the_evaluations_response_prefix():
+    """The chat evaluation starts the reply with EvalPlus' prefix (which opens the fence); the SFT
+    replies are that prefix, the solution and the closing fence, so what the model learns to write
+    after the prefix is the code, and extract_code on prefix + reply finds the solution."""
+    row = code_tasks("train", 1)[0]
+    reply = code_chats(1)[0][1]["content"]
+    assert reply.startswith(code.CHAT_RESPONSE_PREFIX) and reply.endswith("```")
+    assert code.extract_code(reply) == row["code"]
+
+
+def test_builtin_humaneval_shape_runs_reference_bodies_and_rejects_wrong_ones():
+    """--task humaneval --data builtin: the held-out tasks as a commented def line whose body the
+    model writes; the reference body passes check() in the sandbox, a wrong body fails."""
+    problems = code.builtin_humaneval()
+    test = code_tasks("test", 1000)
+    assert [p.task_id for p in problems] == [r["task_id"] for r in test]
+    p, r = problems[0], test[0]
+    assert p.prompt == f"# {r['text']}\n{r['code'].splitlines()[0]}\n" and p.entry_point in r["code"]
+    right = [code.build_program(q, q.canonical_solution + "\n# next", "base") for q in problems[:5]]
+    wrong = [code.build_program(q, "    return None\n", "base") for q in problems[:5]]
+    assert [x.passed for x in run_many(right + wrong, 10.0, 512, progress=False)] == [True] * 5 + [False] * 5

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from openqwen import Qwen, QwenConfig, save_model
-from openqwen.eval.tasks.perplexity import perplexity, read_texts
+from openqwen.eval.tasks.perplexity import perplexity, read_texts, sliding_perplexity
 from openqwen.infer import score
 from openqwen.infer.engine import Engine
 
@@ -55,6 +55,27 @@ def test_perplexity_chunked_head_and_errors(monkeypatch):
         perplexity(engine, list(range(10)), 64)
     with pytest.raises(ValueError, match="context holds 128"):
         perplexity(engine, w, 140)
+
+
+def test_sliding_perplexity_scores_the_same_tokens_with_at_least_l_minus_stride_context():
+    """Reference: for every scored token t, -log p(ids[t] | ids[t - c .. t-1]) from a plain forward over
+    the window that ends at the stride's end (c between L - stride and L - 1)."""
+    torch.manual_seed(0)
+    model = Qwen(QwenConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                            num_attention_heads=2, seq_length=64, max_position_embeddings=256)).eval()
+    engine = Engine(model, _Vocab(50), max_seq_len=64, background=False)
+    ids = torch.randint(0, 50, (200,), generator=torch.Generator().manual_seed(3)).tolist()
+    for L, stride in ((24, 8), (40, 8), (17, 1)):
+        got = sliding_perplexity(engine, ids, L, stride, start=40, stop=88)
+        nll = 0.0
+        with torch.no_grad():
+            for end in range(40 + stride, 89, stride):
+                logp = torch.log_softmax(model(torch.tensor([ids[end - L : end]]))[0].float(), -1)
+                nll -= sum(logp[L - stride - 1 + k, ids[end - stride + k]].item() for k in range(stride))
+        assert got["tokens"] == 48
+        assert got["mean_nll"] == pytest.approx(nll / 48, rel=1e-5)
+    with pytest.raises(ValueError, match="start >= 32"):
+        sliding_perplexity(engine, ids, 40, 8, start=20)
 
 
 def test_read_texts_zip_and_jsonl(tmp_path, artifact):

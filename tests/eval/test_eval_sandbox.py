@@ -26,6 +26,20 @@ def test_runs_code_and_captures_output():
     assert r.enforced["memory"] == "RLIMIT_AS"
 
 
+def test_runs_when_the_interpreter_path_climbs_through_an_unmounted_folder(tmp_path, monkeypatch):
+    """Started as ``../../.venv/bin/python`` from a run folder, sys.executable holds '..' parts through
+    that folder, which the sandbox does not mount: the interpreter path is normalised first."""
+    import os
+    import sys
+
+    sub = tmp_path / "runs" / "spec"
+    sub.mkdir(parents=True)
+    climb = os.path.join(str(sub), os.path.relpath(sys.executable, str(sub)))
+    assert ".." in climb and os.path.samefile(climb, sys.executable)
+    monkeypatch.setattr(sys, "executable", climb)
+    assert run_code("print(6 * 7)").stdout == "42\n"
+
+
 def test_failing_assertion_fails():
     r = run_code("assert 1 + 1 == 3, 'arithmetic'")
     assert r.status == "failed" and "AssertionError: arithmetic" in r.reason

@@ -35,10 +35,7 @@ CHAT_INSTRUCTION = (
 # Chat mode starts the assistant's reply for the model (as EvalPlus does for instruct models): the
 # reply is then the code itself, and generation stops at the closing fence instead of running on
 # into explanations.
-CHAT_RESPONSE_PREFIX = (
-    "Below is a Python script with a self-contained function that solves the problem and passes "
-    "corresponding tests:\n```python\n"
-)
+from ...data.synthetic_code import CHAT_RESPONSE_PREFIX  # noqa: E402 - EvalPlus' text, shared with the SFT data
 # EvalPlus' stops for chat models: the closing fence, and the demo code chat models write after the
 # solution (a main block, a main function, example prints), which would only be sanitized away.
 CHAT_STOP = ["\n```\n", "\nif __name__", "\ndef main(", "\nprint("]
@@ -110,6 +107,17 @@ def builtin_mbpp(shots: int = 3, seed: int = 0) -> list[CodeProblem]:
     from ...data.synthetic_code import code_tasks  # noqa: PLC0415
 
     return mbpp_problems(code_tasks("train", shots, seed) + code_tasks("test", 1000, seed), shots, "builtin")
+
+
+def builtin_humaneval(seed: int = 0) -> list[CodeProblem]:
+    """The project's held-out function tasks in HumanEval's shape (0-shot, the model writes the body
+    of a commented ``def``): a base-model protocol a nano model can follow without few-shot
+    in-context learning (:func:`openqwen.data.synthetic_code.humaneval_rows`)."""
+    from ...data.synthetic_code import humaneval_rows  # noqa: PLC0415
+
+    return [CodeProblem(r["task_id"], r["prompt"], r["test"] + f"\n\ncheck({r['entry_point']})\n", r["entry_point"],
+                        r["canonical_solution"], CHAT_INSTRUCTION.format(prompt=r["prompt"].strip()))
+            for r in humaneval_rows("test", seed)]
 
 
 def mbpp_problems(rows: list[dict[str, Any]], shots: int, path: str) -> list[CodeProblem]:

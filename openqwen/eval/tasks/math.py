@@ -173,14 +173,15 @@ def _math401_category(group: int, expr: str) -> str:
     return {"+": "add", "-": "sub", "*": "mul"}[next(c for c in expr[1:] if c in "+-*")]
 
 
-def synthetic_math_problems(n: int, seed: int = 0, split: str = "test") -> list[MathProblem]:
+def synthetic_math_problems(n: int, seed: int = 0, split: str = "test",
+                            categories: str | None = None) -> list[MathProblem]:
     """The held-out split of the built-in math data (:mod:`openqwen.data.synthetic_math`): ``n``
     distinct questions, categories in turn, none of them in any training draw (``split="train"``:
-    training questions, for few-shot examples)."""
-    from ...data.synthetic_math import math_items  # noqa: PLC0415
+    training questions, for few-shot examples). ``categories``: e.g. ``add,sub,mul`` (default all)."""
+    from ...data.synthetic_math import math_items, parse_categories  # noqa: PLC0415
 
     return [MathProblem(f"synthetic-math/{split}/{i}", it.question, it.answer, it.solution, it.category)
-            for i, it in enumerate(math_items(split, n, seed))]
+            for i, it in enumerate(math_items(split, n, seed, parse_categories(categories)))]
 
 
 def math401_chat_messages(p: MathProblem) -> list[dict[str, str]]:

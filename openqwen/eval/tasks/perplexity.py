@@ -17,6 +17,10 @@ model that breaks past its training length S shows it as soon as L > S. Long-con
 (``openqwen eval --task perplexity --lengths 1024,2048,4096 --rope-scaling ntk --logn --window-sizes
 ...``) are the model's own settings; :func:`markdown_table` and :func:`plot_curves` lay several runs side
 by side (docs/long-context.md).
+
+:func:`sliding_perplexity` measures a model *at* a context length instead: the same tokens at every L,
+each predicted from at least L - stride tokens (windows sliding by ``stride``, each scoring its last
+``stride`` tokens), as the context-extension literature does; it costs L / stride times as much.
 """
 
 from __future__ import annotations
@@ -83,6 +87,32 @@ def perplexity(engine: Any, token_ids: Sequence[int], context_length: int, max_w
     mean = nll / count
     return {"perplexity": math.exp(mean), "mean_nll": mean, "tokens": count, "windows": n_windows,
             "context_length": context_length}
+
+
+def sliding_perplexity(engine: Any, token_ids: Sequence[int], context_length: int, stride: int, start: int,
+                       stop: int | None = None) -> dict[str, Any]:
+    """Perplexity of tokens ``start .. stop - 1`` of ``token_ids``, each predicted with at least
+    ``context_length - stride`` tokens before it (sliding windows, as context-extension papers measure
+    "perplexity at context L"): windows of ``context_length`` tokens ending at ``start + stride``,
+    ``start + 2 stride`` ..., each scoring only its last ``stride`` tokens. So every L scores the same
+    tokens, and a model is judged at the context length, not averaged over positions 0..L-1 as the
+    chunked :func:`perplexity` does. Needs ``start >= context_length - stride``."""
+    stop = len(token_ids) if stop is None else stop
+    if not 0 < stride <= context_length - 1:
+        raise ValueError(f"stride must be between 1 and context_length - 1, got {stride} for {context_length}")
+    if start < context_length - stride:
+        raise ValueError(f"start {start} leaves the first window short: use start >= {context_length - stride}")
+    if stop > len(token_ids) or stop - start < stride:
+        raise ValueError(f"tokens {start}..{stop} do not hold one stride of {stride} within the text")
+    nll, count = 0.0, 0
+    for end in range(start + stride, stop + 1, stride):
+        window = [int(t) for t in token_ids[end - context_length : end]]
+        (scored,) = engine.score([window[: context_length - stride]], [window[context_length - stride :]])
+        nll -= scored.total
+        count += scored.num_tokens
+    mean = nll / count
+    return {"perplexity": math.exp(mean), "mean_nll": mean, "tokens": count, "context_length": context_length,
+            "stride": stride, "start": start}
 
 
 def markdown_table(curves: dict[str, dict[int, float]]) -> str:

@@ -43,7 +43,7 @@ from ...serve.tools import TOOL_CALL_START, arguments_object
 from ...tokenizer.react import parse_react
 
 __all__ = ["CodeCase", "ToolCase", "CaseScore", "bundled_path", "load_code_cases", "load_tool_cases",
-           "normalise_arguments", "rouge_l_f1", "score_output", "tool_metrics", "code_metrics", "extract_code",
+           "normalise_arguments", "rouge_l_f1", "score_calls", "score_output", "tool_metrics", "code_metrics", "extract_code",
            "run_tools"]
 
 STYLES = ("hermes", "react")
@@ -177,7 +177,15 @@ def score_output(text: str, case: ToolCase, style: str) -> CaseScore:
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     calls, attempted, failed = _read_calls(text, style)
-    s = CaseScore(case.id, case.category, bool(case.gold), calls, attempted, failed, output=text)
+    return score_calls(calls, attempted, failed, case, text)
+
+
+def score_calls(calls: list[dict], attempted: bool, parse_failed: bool, case: ToolCase, output: str = "") -> CaseScore:
+    """Score calls already read (``{"name", "arguments"}``, e.g. an API response's ``tool_calls``)
+    against their case: the one scoring rule of :func:`score_output` and of the served benchmark."""
+    s = CaseScore(case.id, case.category, bool(case.gold), calls, attempted, parse_failed, output=output)
+    failed = parse_failed or any(normalise_arguments(c["arguments"]) is None for c in calls)
+    s.parse_failed = failed
     if not case.gold or failed:  # an output that cannot be read scores nothing
         return s
     names = Counter(c["name"].strip().lower() for c in calls)
