@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "openqwen.tokenizer.cli",
     "openqwen.train.cli",
     "openqwen.infer.cli",
+    "openqwen.infer.quantize_cli",  # quantize (GPTQ / round-to-nearest)
     "openqwen.serve.cli",
     "openqwen.align.reward_cli",  # reward, dpo
     "openqwen.align.ppo_cli",     # ppo

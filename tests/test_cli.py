@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 PROGRESS = re.compile(r"\[\d+:\d+")  # a tqdm bar shows its elapsed time as [00:01...]
+NOTE = re.compile(r"\[[a-z-]+\] ")  # the trainer's informational lines, e.g. "[sft] precision fp32 (...)"
 
 
 def openqwen(*args: str, stdin: str = "", timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
@@ -23,12 +24,13 @@ def openqwen(*args: str, stdin: str = "", timeout: float = 300, **env: str) -> s
 
 
 def error_line(result: subprocess.CompletedProcess, verb: str, *names: object) -> str:
-    """The one error line of a failed run (progress bars and the serve verb's 'loading ...' aside);
-    it must name every one of ``names``."""
+    """The one error line of a failed run (progress bars, the trainer's ``[task] precision ...`` note and
+    the serve verb's 'loading ...' aside); it must name every one of ``names``."""
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 2, (result.returncode, result.stderr)
     lines = [line for line in re.split(r"[\r\n]", result.stderr)
-             if line.strip() and not PROGRESS.search(line) and not line.startswith("loading ")]
+             if line.strip() and not PROGRESS.search(line) and not line.startswith("loading ")
+             and not NOTE.match(line)]
     assert len(lines) == 1, result.stderr
     (line,) = lines
     assert line.startswith(f"openqwen {verb}: error: "), line
@@ -189,8 +191,8 @@ def test_demo_out_is_a_file(tmp_path):
 
 
 def test_demo_bad_set_value(tmp_path):
-    error_line(openqwen("demo", "--quick", "--out", tmp_path / "demo", "--set", "pretrain_steps=many"), "demo",
-               "pretrain_steps", "whole number")
+    error_line(openqwen("demo", "--quick", "--out", tmp_path / "demo", "--set", "max_steps.sft=many"), "demo",
+               "max_steps.sft", "whole number")
 
 
 # ------------------------------------------------------------------------------- the mechanism
