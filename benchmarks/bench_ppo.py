@@ -45,6 +45,8 @@ VARIANTS = {
     "kl0.04+ptx": {"ppo.kl_coef": 0.04},
     "kl0+ptx": {"ppo.kl_coef": 0.0},
     "kl0.04-no-ptx": {"ppo.kl_coef": 0.04, "ppo.ptx_coef": 0.0, "ppo.ptx_data": None},
+    "kl0.04+ptx0.05": {"ppo.kl_coef": 0.04, "ppo.ptx_coef": 0.05},
+    "kl0-no-ptx": {"ppo.kl_coef": 0.0, "ppo.ptx_coef": 0.0, "ppo.ptx_data": None},
 }
 
 
@@ -61,16 +63,34 @@ def evaluate(policy, reference, rm, tokenizer, heldout, ptx_rows, seed: int = 12
           - full_logprobs(reference(ro.input_ids)[:, :-1], tokens, 1.0, limit)) * mask
     greedy = engine.chat(heldout, SamplingParams(max_new_tokens=12, temperature=0))
     engine.close()
+    correct = [synthetic.is_correct(m, r) for m, r in zip(ro.messages, ro.responses)]
     batch = collate([ptx_rows[i] for i in range(len(ptx_rows))])
     logits = policy(batch["input_ids"])[:, :-1]
     ptx_loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch["labels"][:, 1:].flatten(),
                                                  ignore_index=-100)
     return {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
             "score": sum(synthetic.score_response(m, r) for m, r in zip(ro.messages, ro.responses)) / len(ro),
-            "accuracy": sum(synthetic.is_correct(m, r) for m, r in zip(ro.messages, ro.responses)) / len(ro),
+            "accuracy": sum(correct) / len(ro),
+            "rm_accuracy_on_samples": ranked_right(ro.messages, rewards.tolist(), correct),
             "greedy_accuracy": sum(synthetic.is_correct(m, o.text) for m, o in zip(heldout, greedy)) / len(heldout),
             "kl_per_token": float(kl.sum() / mask.sum()), "response_length": float(mask.sum(-1).mean()),
             "heldout_pretrain_loss": float(ptx_loss)}
+
+
+def ranked_right(messages: list, rewards: list[float], correct: list[bool]) -> float | None:
+    """The reward model's pairwise accuracy on the policy's own samples: over every (right, wrong) pair
+    of answers to the same question, the fraction it rewards the right one higher (ties count half).
+    This, not held-out accuracy on a fixed pair set, is what PPO can climb (None: no such pair)."""
+    by_question: dict[str, tuple[list[float], list[float]]] = {}
+    for m, r, ok in zip(messages, rewards, correct):
+        by_question.setdefault(m[-1]["content"], ([], []))[0 if ok else 1].append(r)
+    wins = total = 0.0
+    for right, wrong in by_question.values():
+        for a in right:
+            for b in wrong:
+                wins += 1.0 if a > b else 0.5 if a == b else 0.0
+                total += 1
+    return wins / total if total else None
 
 
 def main() -> None:

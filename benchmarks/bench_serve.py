@@ -192,7 +192,11 @@ The server / peer column is the cost of HTTP, JSON and SSE on top of the engine 
 ![aggregate tokens/s](serving.png)
 
 {NOTES}"""
-    (out_dir / "serving.md").write_text(text)
+    path = out_dir / "serving.md"
+    old = path.read_text() if path.exists() else ""
+    if "<!-- load-test -->" in old:  # bench_serve_load.py's section: keep it when this table is rewritten
+        text = text.rstrip("\n") + "\n\n<!-- load-test -->" + old.split("<!-- load-test -->", 1)[1]
+    path.write_text(text)
     (out_dir / "serving.json").write_text(json.dumps({"model": label, "runs": runs}, indent=2) + "\n")
 
 

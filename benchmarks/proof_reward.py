@@ -39,6 +39,12 @@ def heldout_by_kind(model_dir: str | Path, n: int = 400, seed: int = 0) -> dict:
     for value, name in KINDS.items():
         idx = [i for i, p in enumerate(pairs) if synthetic.score_response(p.messages, p.rejected) == value]
         out[name] = pair_metrics([chosen[i] for i in idx], [rejected[i] for i in idx])
+    # the mistakes a policy makes are near misses (8 + 9 -> 16), not guesses: the same held-out
+    # questions with the wrong number off by 1..2, in the format (what PPO needs the model to rank)
+    near = [p for p in synthetic.preference_pairs("heldout", n, seed, near_miss=1.0)
+            if synthetic.score_response(p.messages, p.rejected) == 0.25]
+    encoded, _ = encode_pairs(near, tokenizer, rm.config.max_position_embeddings)
+    out["near miss (off by 1-2), right format"] = pair_metrics(*score_pairs(rm, encoded, 32, tokenizer.eos_id))
     return out
 
 
