@@ -189,6 +189,23 @@ class ChatTemplate:
         return f"ChatTemplate({len(self.source)} characters, knows_tools={self.knows_tools})"
 
 
+def chat_template_from_flag(flag: "str | ChatTemplate | None", model: str | Path) -> "ChatTemplate | None":
+    """The template a ``--chat-template`` value names: ``auto`` the model's own (None when it has
+    none), ``chatml`` (or None) the built-in ChatML, a ``.jinja`` file that template; a
+    :class:`ChatTemplate` is taken as it is. ``generate``/``chat``/``serve``/``Engine.from_pretrained``
+    all read it here."""
+    if flag is None or isinstance(flag, ChatTemplate):
+        return flag
+    if flag == "chatml":
+        return None
+    if flag == "auto":
+        return ChatTemplate.from_checkpoint(model)
+    path = Path(flag).expanduser()
+    if not path.is_file():
+        raise ValueError(f"--chat-template {flag!r} is not auto, chatml or an existing .jinja file")
+    return ChatTemplate(path.read_text(encoding="utf-8"))
+
+
 def _stored_template(path: Path) -> tuple[str | None, dict[str, Any]]:
     """The template text stored at ``path`` and the special-token variables beside it."""
     if path.is_file() and path.suffix == ".gguf":
@@ -235,4 +252,4 @@ def _stored_template(path: Path) -> tuple[str | None, dict[str, Any]]:
     return (source if isinstance(source, str) else None), variables
 
 
-__all__ = ["ChatTemplate"]
+__all__ = ["ChatTemplate", "chat_template_from_flag"]
