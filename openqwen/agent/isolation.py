@@ -124,6 +124,17 @@ class IsolationPolicy:
         return self
 
 
+def _mount_point(path: str | Path) -> str:
+    """Where a bind of ``path`` goes inside the sandbox. /tmp there is a symlink to the work folder's
+    .tmp, so a Python install below the host's /tmp (a venv in a CI clone under /tmp, say) is mounted
+    at the symlink's target: the path still resolves inside, and bwrap does not have to make /tmp a
+    folder first (which left it unable to make the symlink: "Can't make symlink at /tmp")."""
+    path = str(path)
+    if path == "/tmp" or path.startswith("/tmp/"):
+        return SANDBOX_WORKDIR + "/.tmp" + path[len("/tmp"):]
+    return path
+
+
 # ------------------------------------------------------------------------------ what the host offers
 @dataclass(frozen=True)
 class _Support:
@@ -324,9 +335,9 @@ class Sandbox:
                     raise ValueError(f"sandbox file names are plain names, got {name!r}")
                 bw += ["--file", str(fd), f"{SANDBOX_WORKDIR}/{name}"]
         for host, dest in extra_binds:
-            bw += ["--bind", str(self._maybe_stage(Path(host), stage)), dest]
+            bw += ["--bind", str(self._maybe_stage(Path(host), stage)), _mount_point(dest)]
         for p in self.ro_binds:
-            bw += ["--ro-bind", str(self._maybe_stage(p, stage)), str(p)]
+            bw += ["--ro-bind", str(self._maybe_stage(p, stage)), _mount_point(p)]
         bw += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev", "--symlink", SANDBOX_WORKDIR + "/.tmp",
                "/tmp", "--chdir", SANDBOX_WORKDIR, "--remount-ro", "/", "--", *argv]
 
