@@ -143,6 +143,9 @@ def run(args: argparse.Namespace) -> int:
         engine.close()
         raise ValueError(f"cannot listen on {args.host}:{args.port}: {e.strerror}; pick another --port or --host") \
             from None
+    # Listen before the line below is printed: a client that reads it and connects at once queues in the
+    # backlog until uvicorn starts accepting, instead of being refused (uvicorn listens again, harmlessly).
+    sock.listen(2048)
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if family == socket.AF_INET6 else args.host
     server = DrainingServer(uvicorn.Config(app, log_level=args.log_level, access_log=not args.access_log),
