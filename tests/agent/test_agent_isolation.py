@@ -50,6 +50,22 @@ def test_runs_as_nobody_in_its_own_namespaces(tmp_path):
     assert enforced["uid"].startswith("65534")
 
 
+def test_a_read_only_folder_below_the_hosts_tmp_is_mounted_at_its_own_path(tmp_path):
+    """A Python install or tool folder under the host's /tmp (a venv in a CI clone there) keeps its path
+    inside, where /tmp is the private work folder's; before, bwrap failed ("Can't make symlink at /tmp")."""
+    assert str(tmp_path).startswith("/tmp/")
+    tool = tmp_path / "tool"
+    tool.mkdir()
+    (tool / "greeting.py").write_text("print('hello from', __file__)\n")
+    os.chmod(tmp_path, 0o755)  # the dropped uid must traverse the folders above it
+    os.chmod(tool, 0o755)
+    out = tmp_path / "out"
+    with Sandbox(IsolationPolicy(**SMALL), ro_binds=[tool]) as sb, open(out, "wb") as f:
+        rc = sb.run([sys.executable, "-I", str(tool / "greeting.py")], timeout_s=10, stdin=subprocess.DEVNULL,
+                    stdout=f, stderr=subprocess.STDOUT)
+    assert rc == 0 and out.read_text() == f"hello from {tool / 'greeting.py'}\n", out.read_text()
+
+
 def test_the_host_sees_the_sandboxed_process_as_nobody(tmp_path):
     pol = IsolationPolicy(**SMALL)
     with Sandbox(pol) as sb:
