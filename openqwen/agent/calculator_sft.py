@@ -27,7 +27,7 @@ import json
 import random
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..tokenizer.chat import chat_messages
 from ..tokenizer.react import react_conversation
@@ -128,10 +128,17 @@ def _kinds(n: int, rng: random.Random, calc: float, weather: float) -> list[str]
     return kinds
 
 
-def training_dialogues(n: int = 1500, seed: int = 0) -> list[list[dict[str, str]]]:
+def training_dialogues(n: int = 1500, seed: int = 0,
+                       plain_extra: Sequence[tuple[str, str]] = ()) -> list[list[dict[str, str]]]:
     """``n`` SFT conversations (40 % arithmetic, 15 % weather, 45 % no tool) as plain
-    ``{"role", "content"}`` turns in the ReAct format, for ``openqwen sft`` (``sft.train_files``)."""
+    ``{"role", "content"}`` turns in the ReAct format, for ``openqwen sft`` (``sft.train_files``).
+
+    ``plain_extra``: more (question, answer) pairs that need no tool (a chat model's own training
+    questions, say); half of the no-tool dialogues then come from them. The built-in list alone is 45
+    questions: a model fine-tuned on it learns to answer those without a tool, not that most questions
+    need none (the demo's agent called the calculator on 1 of 12 held-out small-talk questions)."""
     rng = random.Random(seed)
+    plain_extra = list(plain_extra)
     held = {c["gold"][0]["arguments"]["expression"] for c in heldout_cases() if c["category"] == "calculator"}
     out = []
     for kind in _kinds(n, rng, 0.4, 0.15):
@@ -149,7 +156,7 @@ def training_dialogues(n: int = 1500, seed: int = 0) -> list[list[dict[str, str]
             msgs = _call_dialogue(rng.choice(_WEATHER).format(c=city), "get_weather", {"city": city}, result,
                                   f"It is {r['sky']} and {r['temp_c']} degrees Celsius in {city}.")
         else:
-            q, a = rng.choice(_PLAIN)
+            q, a = rng.choice(plain_extra if plain_extra and rng.random() < 0.5 else _PLAIN)
             msgs = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
         turns, tail = react_conversation(chat_messages(msgs), _tools(rng))
         assert not tail  # every dialogue ends with the assistant's answer

@@ -44,6 +44,17 @@ def test_training_dialogues_teach_the_call_its_observation_and_the_answer():
     assert kinds["calculator"] == 120 and kinds["get_weather"] == 45 and kinds["none"] == 135
 
 
+def test_extra_plain_questions_fill_half_the_no_tool_dialogues_and_are_answered_directly():
+    extra = [(f"Count from {i} to {i + 2}.", f"{i}, {i + 1}, {i + 2}") for i in range(10, 60)]
+    chats = training_dialogues(400, seed=2, plain_extra=extra)
+    direct = {_question(t): parse_react(t[1]["content"]) for t in chats if parse_react(t[1]["content"]).action is None}
+    from_extra = {q for q in direct if q.startswith("Count from")}
+    assert len(direct) >= 60 and 0.3 < len(from_extra) / len(direct) < 0.7  # about half, as documented
+    for q in from_extra:  # a number in the question, answered at once with the pair's own answer
+        assert direct[q].final_answer == dict(extra)[q]
+    assert training_dialogues(400, seed=2) != chats  # without extras: the built-in questions only
+
+
 def test_heldout_cases_are_disjoint_from_training_and_score_as_the_benchmark(tmp_path):
     cases = heldout_cases()
     train = training_dialogues(1500, seed=0)
