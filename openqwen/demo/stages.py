@@ -326,6 +326,16 @@ PPO_PREFERRED_SHARE = 0.1
 about as common each): SFT teaches the task and leaves the preference to the reward model and PPO."""
 
 
+def agent_plain_questions(n: int, seed: int) -> list[tuple[str, str]]:
+    """Questions the agent must answer without a tool: ``n`` of the SFT set's instructions (train split;
+    counting, comparing, copying words, numbers in most of them) and the corpus facts, so the agent
+    learns that numbers in a question do not call for the calculator, only arithmetic does."""
+    from openqwen.data.synthetic_instructions import instructions
+    from openqwen.train.sft_data import CORPUS_FACTS
+
+    return [(i.question, i.answer) for i in instructions("train", n, seed)] + list(CORPUS_FACTS)
+
+
 def training_chats(run: DemoRun, heldout: set[str]) -> dict[str, Path]:
     """The chat sets the SFT stages train on, written to ``OUT/data/``: the built-in generators'
     output minus every conversation whose user turn is a held-out question of the evaluation (the
@@ -342,7 +352,7 @@ def training_chats(run: DemoRun, heldout: set[str]) -> dict[str, Path]:
     sets = {"sft": builtin_chat_set(n, seed, arithmetic=0.35, instructions_share=0.55)
             + synthetic.styled_conversations("train", n // 6, seed, preferred=PPO_PREFERRED_SHARE),
             "math": math_chats(n, seed, MATH_CATEGORIES), "code": code_chats(max(200, n // 3), seed),
-            "agent": training_dialogues(max(300, n // 4), seed)}
+            "agent": training_dialogues(max(300, n // 4), seed, plain_extra=agent_plain_questions(n // 4, seed))}
     paths, dropped = {}, {}
     for name, chats in sets.items():
         kept = [c for c in chats if not user_questions(c) & heldout]
