@@ -15,13 +15,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 STAGE_SHARES: dict[str, float] = {
-    "pretrain": 0.34, "sft": 0.20, "reward": 0.04, "ppo": 0.10, "code-continue": 0.10, "code-sft": 0.06,
-    "math": 0.07, "agent": 0.09,
+    "pretrain": 0.33, "sft": 0.19, "reward": 0.04, "ppo": 0.08, "code-continue": 0.07, "code-sft": 0.05,
+    "math": 0.11, "agent": 0.13,
 }
 """Share of the training time each training stage gets (the rest of the budget is the data pipeline,
 evaluation and the report, measured as :data:`FIXED_SECONDS`). Tuned on the first timed 15-minute run
 (docs/demo.md): SFT got more (instructions were short of 50 % at 468 steps), math less (82.9 % at 312);
-then the agent more (0.06 -> 0.09, from SFT and pretraining): at 172 steps its loop answers were 0 %."""
+then, on a 2-core AMD EPYC that pretrains 1.7x slower than that run's Xeon (10.8K against 17.9K
+tokens/s), math and the agent more (math 0.07 -> 0.11: 168 steps gave 35 % arithmetic, 264 gave
+77.9 %; agent 0.06 -> 0.13: loop answers 0 % at 172 steps, 57.5 % at 221), from code (code-continue's
+96.4 % pass@1 left code-sft nothing to gain: 0.10 + 0.06 -> 0.07 + 0.05), PPO (+17.8 points at 120
+steps: 0.10 -> 0.08), SFT and pretraining."""
 
 FIXED_SECONDS = 60.0
 """Seconds the plan sets aside for the stages after the plan that do not train (long-context check,
