@@ -34,7 +34,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.bench_serve import PROMPTS as PEER_PROMPTS  # the serving benchmark's code prompts
+from benchmarks.servers import free_port, wait_until_up
 
 ROOT = Path(__file__).resolve().parent.parent
 MARK_START, MARK_END = "<!-- load-test -->", "<!-- /load-test -->"
@@ -183,11 +183,7 @@ def start_openqwen(model: Path | str, max_batch: int, max_queue: int, threads: i
 
 def start_llama(python: str, gguf: Path, threads: int, max_len: int):
     """llama-cpp-python's OpenAI server (``python -m llama_cpp.server``) on a free port; (process, url)."""
-    import httpx
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [python, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "peer", "--host", "127.0.0.1",
          "--port", str(port), "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx",
@@ -196,19 +192,9 @@ def start_llama(python: str, gguf: Path, threads: int, max_len: int):
         env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     drain_stderr(proc)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"llama_cpp.server exited {proc.returncode} (is llama-cpp-python[server] installed "
-                               f"in {python}?)")
-        try:
-            if httpx.get(url + "/v1/models", timeout=5).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("llama_cpp.server did not answer in 300 s")
+    wait_until_up(proc, url, "/v1/models", timeout_s=300, poll_s=0.5,
+                  what=f"llama_cpp.server (is llama-cpp-python[server] installed in {python}?)")
+    return proc, url
 
 
 def stop(proc: subprocess.Popen) -> int:

@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
+from benchmarks.servers import free_port, wait_until_up
 from openqwen.eval.tasks.tools import load_tool_cases, score_calls, tool_metrics
 from openqwen.serve.tools import TOOL_CALL_START
 
@@ -41,32 +41,17 @@ def interleaved(cases: list) -> list:
     return [c for _, _, c in sorted(keyed, key=lambda k: (k[0], k[1]))]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(model: str, dtype: str, max_batch: int, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [str(Path(sys.executable).with_name("openqwen")), "serve", "--model", model, "--dtype", dtype, "--port", str(port),
            "--max-batch-size", str(max_batch), "--served-model-name", "bench", "--log-level", "warning"]
     proc = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
-    import httpx
-
-    deadline = time.time() + 900
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited with {proc.returncode}; see {log}")
-        try:
-            if httpx.get(url + "/health", timeout=5).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    proc.kill()
-    raise SystemExit(f"the server did not come up in 900 s; see {log}")
+    try:
+        wait_until_up(proc, url, "/health", timeout_s=900, poll_s=2, what="openqwen serve")
+    except RuntimeError as e:
+        raise SystemExit(f"{e}; see {log}") from None
+    return proc, url
 
 
 def ask(client, case, max_tokens: int) -> dict:

@@ -79,7 +79,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     import transformers  # noqa: PLC0415
 
-    from humaneval_peer import read_ours  # noqa: PLC0415 - the sibling benchmark's reader
+    from humaneval_peer import read_ours, read_partial  # noqa: PLC0415 - the sibling benchmark's readers
 
     from openqwen.eval.prompts import model_system_prompt  # noqa: PLC0415
     from openqwen.tokenizer import QwenTokenizer  # noqa: PLC0415
@@ -89,8 +89,7 @@ def main() -> None:
     problems = code.load_humaneval(artifact_path("humaneval"))
     ours = read_ours(Path(args.ours))
     partial = Path(args.out + ".partial.jsonl")
-    done = {int(r["index"]): r for r in map(json.loads, partial.read_text().splitlines()) if r} \
-        if partial.exists() else {}
+    done = read_partial(partial)
     hf_tok = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     oq_tok = QwenTokenizer.from_pretrained(gguf)
     system = model_system_prompt(gguf)

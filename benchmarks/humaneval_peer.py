@@ -48,6 +48,14 @@ def cut_at_stops(text: str) -> str:
     return code.truncate_base(text, code.CHAT_STOP)
 
 
+def read_partial(path: Path) -> dict[int, dict]:
+    """The rows an interrupted run already wrote to its ``OUT.partial.jsonl``, by problem index (none
+    when the file does not exist): the run resumes after them."""
+    if not path.exists():
+        return {}
+    return {int(r["index"]): r for r in map(json.loads, path.read_text().splitlines()) if r}
+
+
 def read_ours(path: Path) -> dict[int, str]:
     """openqwen's completions by problem index: an ``openqwen eval --output`` JSON (its details) or the
     JSON lines of a partial / completions file."""
@@ -79,9 +87,7 @@ def main() -> None:
     gguf = Path(args.gguf or artifact_path("qwen25-coder-0.5b-instruct-gguf"))
     problems = code.load_humaneval(artifact_path("humaneval"))[args.start: args.start + args.count]
     partial = Path(args.out + ".partial.jsonl")
-    done = {}
-    if partial.exists():
-        done = {int(r["index"]): r for r in map(json.loads, partial.read_text().splitlines()) if r}
+    done = read_partial(partial)
     t0 = time.perf_counter()
     hf_tok = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     hf_tok.padding_side = "left"

@@ -91,3 +91,22 @@ def solo(model: Qwen, prompt, params, max_seq_len: int = 128):
         return eng.generate([prompt], params)[0]
     finally:
         eng.close()
+
+
+def assert_fused_step_equals_torch(model: Qwen, caches: tuple, lengths: list[int], steps: int = 9) -> None:
+    """Prefill row i of both caches with ``lengths[i]`` random tokens, then decode ``steps`` random
+    tokens per row: the fused C step on ``caches[1]`` must equal the torch step on ``caches[0]``."""
+    from openqwen.infer.kernels import FusedDecoder  # noqa: PLC0415
+
+    with torch.no_grad():
+        for cache in caches:
+            for i, n in enumerate(lengths):
+                model.hidden_states(torch.randint(0, 259, (1, n), generator=torch.Generator().manual_seed(i)),
+                                    cache=cache.rows(i, i + 1))
+        fused = FusedDecoder.build(model, caches[1])
+        assert fused is not None, FusedDecoder.why_not
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(steps):
+            ids = torch.randint(0, 259, (len(lengths), 1), generator=gen)
+            ref = model.hidden_states(ids, cache=caches[0])
+            torch.testing.assert_close(fused.hidden_states(ids), ref, atol=2e-4, rtol=2e-4)

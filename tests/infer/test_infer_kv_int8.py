@@ -8,11 +8,10 @@ import argparse
 
 import pytest
 import torch
-from infer_helpers import ByteTokenizer, tiny_model
+from infer_helpers import ByteTokenizer, assert_fused_step_equals_torch, tiny_model
 
 from openqwen.infer import kernels
 from openqwen.infer.engine import Engine
-from openqwen.infer.kernels import FusedDecoder
 from openqwen.infer.sampling import SamplingParams
 
 needs_kernels = pytest.mark.skipif(kernels.load_kernels() is None, reason=f"C kernels: {kernels.kernel_status()}")
@@ -26,18 +25,7 @@ def test_fused_step_on_an_int8_cache_equals_the_torch_step(windows):
     lengths = [3, 9, 17]
     caches = model.new_cache(3, 40), model.new_cache(3, 40)
     assert caches[0].keys[0].dtype == torch.int8
-    with torch.no_grad():
-        for cache in caches:
-            for i, n in enumerate(lengths):
-                model.hidden_states(torch.randint(0, 259, (1, n), generator=torch.Generator().manual_seed(i)),
-                                    cache=cache.rows(i, i + 1))
-        fused = FusedDecoder.build(model, caches[1])
-        assert fused is not None, FusedDecoder.why_not
-        gen = torch.Generator().manual_seed(0)
-        for _ in range(9):
-            ids = torch.randint(0, 259, (3, 1), generator=gen)
-            ref = model.hidden_states(ids, cache=caches[0])
-            torch.testing.assert_close(fused.hidden_states(ids), ref, atol=2e-4, rtol=2e-4)
+    assert_fused_step_equals_torch(model, caches, lengths)
     # the C step rounds keys and values exactly as kv_cache.quantize_int8 does
     for a, b in zip(caches[0].keys + caches[0].values, caches[1].keys + caches[1].values):
         assert (a.int() - b.int()).abs().max() <= 1

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from infer_helpers import ByteTokenizer, tiny_model
+from infer_helpers import ByteTokenizer, assert_fused_step_equals_torch, tiny_model
 
 from openqwen.infer import kernels
 from openqwen.infer.engine import Engine
-from openqwen.infer.kernels import FusedDecoder
 from openqwen.infer.sampling import SamplingParams
 
 S = 8
@@ -78,18 +77,7 @@ def test_fused_step_equals_the_torch_step_with_every_option(name):
     model = model_with(name, seed=4)
     lengths = [3, 9, 17]  # alpha 1, 3, 7 (dynamic NTK): every row its own base
     caches = model.new_cache(3, 40, ring=False), model.new_cache(3, 40)  # torch on every position, fused on rings
-    with torch.no_grad():
-        for cache in caches:
-            for i, n in enumerate(lengths):
-                model.hidden_states(torch.randint(0, 259, (1, n), generator=torch.Generator().manual_seed(i)),
-                                    cache=cache.rows(i, i + 1))
-        fused = FusedDecoder.build(model, caches[1])
-        assert fused is not None, FusedDecoder.why_not
-        gen = torch.Generator().manual_seed(0)
-        for _ in range(9):  # row 0 crosses S (3 -> 12), row 1 crosses 2S (9 -> 18)
-            ids = torch.randint(0, 259, (3, 1), generator=gen)
-            ref = model.hidden_states(ids, cache=caches[0])
-            torch.testing.assert_close(fused.hidden_states(ids), ref, atol=2e-4, rtol=2e-4)
+    assert_fused_step_equals_torch(model, caches, lengths)  # 9 steps: row 0 crosses S (3 -> 12), row 1 2S (9 -> 18)
     assert torch.equal(caches[0].rope_bases, caches[1].rope_bases)
 
 

@@ -13,15 +13,6 @@ from openqwen.infer.quant import BF16Linear, Int8Linear, optimise_for_decode, qu
 from openqwen.infer.sampling import SamplingParams
 
 
-@pytest.fixture(params=["kernel", "torch-fallback"])
-def backend(request, monkeypatch):
-    if request.param == "torch-fallback":
-        monkeypatch.setattr(quant, "load_kernels", lambda: None)
-    elif quant.load_kernels() is None:
-        pytest.skip(f"C kernels unavailable: {quant.kernel_status()}")
-    return request.param
-
-
 @pytest.mark.parametrize("rows", [1, 3, 16, 40, 80, 300])
 def test_int8_linear_equals_its_dequantised_weight(backend, rows):
     torch.manual_seed(0)

@@ -14,15 +14,6 @@ from openqwen.infer.quant import Int4Linear, Int8Linear, pack_int4, quantize_int
 from openqwen.infer.sampling import SamplingParams
 
 
-@pytest.fixture(params=["kernel", "torch-fallback"])
-def backend(request, monkeypatch):
-    if request.param == "torch-fallback":
-        monkeypatch.setattr(quant, "load_kernels", lambda: None)
-    elif quant.load_kernels() is None:
-        pytest.skip(f"C kernels unavailable: {quant.kernel_status()}")
-    return request.param
-
-
 def test_packing_round_trips_and_follows_the_segment_order():
     q = torch.randint(0, 16, (3, 64), dtype=torch.uint8)
     packed = pack_int4(q)
