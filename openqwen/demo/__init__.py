@@ -43,14 +43,14 @@ def add_parser(subparsers: Any) -> None:
                     "are printed first. Finished stages are skipped when run again with the same --out.",
         epilog="examples:\n"
                "  openqwen demo                          # 15 minutes, into runs/demo\n"
-               "  openqwen demo --minutes 60 --out runs/demo60   # a bigger model, more steps\n"
+               "  openqwen demo --minutes 60 --out runs/demo60   # 4x the steps of every stage\n"
                "  openqwen demo --quick --out runs/demo-quick    # every stage at a tiny size (smoke run)\n"
                "  openqwen demo --set max_steps.ppo=40          # cap one stage\n"
                "  openqwen chat --model runs/demo/sft           # talk to a result\n",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=15.0,
                    help="the budget of the whole demo in minutes, install excluded (default 15); bigger budgets "
-                        "train a bigger model for more steps")
+                        "train every stage for more steps, and past 2 hours a bigger model (nano-10m; nano-50m past 8)")
     p.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run (every stage, none learns much)")
     p.add_argument("--out", default=None, help="output folder (default runs/demo, or runs/demo-quick with --quick)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")

@@ -33,10 +33,11 @@ runs on an idle 2-core machine (docs/demo.md). Chat rows are shorter than pretra
 PPO step carries a quarter of a rollout (generation, reference, value and reward forwards)."""
 
 
-def seconds_per_step(cfg: Any, steps: int = 4) -> float:
+def seconds_per_step(cfg: Any, steps: int = 8, warmup: int = 3) -> float:
     """Seconds of one ``Trainer.train_step`` of the pretraining run ``cfg`` describes, on its data and
-    with the model ``pretrain.run`` builds (the median after a warm-up step), in a trainer made for
-    the measurement and dropped."""
+    with the model ``pretrain.run`` builds (the median after ``warmup`` steps), in a trainer made for
+    the measurement and dropped. The first trainer of a process is slow for a few steps (allocator and
+    kernel caches): with one warm-up step a 2-core Xeon read 0.44 s, twice its real 0.21 s."""
     import torch
 
     from openqwen.train.batches import PackedRows
@@ -52,7 +53,7 @@ def seconds_per_step(cfg: Any, steps: int = 4) -> float:
         if trainer.info.device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times[1:])
+    return statistics.median(times[warmup:])
 
 
 def plan_steps(dc: DemoConfig, elapsed: float, step_s: float) -> dict[str, int]:
@@ -63,6 +64,20 @@ def plan_steps(dc: DemoConfig, elapsed: float, step_s: float) -> dict[str, int]:
     left = max(0.0, dc.minutes * 60 - elapsed - FIXED_SECONDS)
     return {s: max(dc.min_steps, min(cap, int(STAGE_SHARES[s] * left / (step_s * STEP_COST[s]))))
             for s, cap in dc.max_steps.items() if s in STAGE_SHARES}
+
+
+def replan_stage(dc: DemoConfig, plan: dict[str, Any], records: dict[str, Any], stage: str) -> int:
+    """Steps of a training stage after pretraining, decided just before it starts: its share of the
+    minutes left now among the training stages not yet run, at the rate pretraining really ran (its
+    seconds over its planned cost). The timing before the plan sees a few warm-up steps only (on one
+    2-core Xeon it read 0.44 s per step, the run then took 0.21), and ``STEP_COST`` is an average over
+    machines; re-planning from what the run measured keeps the whole demo on its budget."""
+    rate = records["pretrain"]["seconds"] / (plan["steps"]["pretrain"] * STEP_COST["pretrain"])
+    elapsed = sum(r.get("seconds", 0) for r in records.values())
+    left = max(0.0, dc.minutes * 60 - elapsed - FIXED_SECONDS)
+    remaining = [s for s in STAGE_SHARES if s != "pretrain" and s not in records]
+    share = STAGE_SHARES[stage] / sum(STAGE_SHARES[s] for s in remaining)
+    return max(dc.min_steps, min(dc.max_steps[stage], int(share * left / (rate * STEP_COST[stage]))))
 
 
 def estimate_seconds(plan: dict[str, int], step_s: float) -> float:
@@ -152,6 +167,12 @@ def run(out: str | Path, dc: DemoConfig) -> dict[str, Any]:
     rec.run("long-context", lambda: {"curves": scores.long_context_shape(run_.model("base"), text, dc.seq_len,
                                                                          layers), "info": "perplexity at 1x, 2x, 4x"})
     for name, fn in stages.TRAINING_STAGES.items():
+        if dc.minutes and name not in rec.data and name not in plan.setdefault("replanned", []):
+            planned, steps[name] = steps[name], replan_stage(dc, plan, rec.data, name)
+            plan["replanned"].append(name)  # decided once: a resumed stage keeps its steps
+            atomic_write_json(plan_path, plan)
+            log(f"{name}: {steps[name]} steps (planned {planned}; re-planned from the time left and "
+                f"pretraining's measured rate)")
         rec.run(name, lambda fn=fn, name=name: fn(run_, steps[name]))
     reward_dir = run_.path("reward")
     for name in scores.MODEL_METRICS:
