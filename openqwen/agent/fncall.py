@@ -14,47 +14,22 @@ from __future__ import annotations
 
 from typing import Any
 
-import json
-
-from ..serve.tools import TOOL_CALL_START, ToolCall, parse_tool_calls
+from ..serve.tools import TOOL_CALL_START, ToolCall, bare_json_calls, parse_tool_calls
 from .loop import Parsed
 
-__all__ = ["FunctionCallFormat", "bare_calls", "read_calls"]
+__all__ = ["FunctionCallFormat", "read_calls"]
 
 _CHAT_SPECIALS = ("<|im_end|>", "<|im_start|>", "<|endoftext|>")
 
 
-def bare_calls(text: str) -> list[ToolCall]:
-    """The calls of a reply made only of ``{"name": ..., "arguments": {...}}`` objects (optionally
-    in a ```json fence), without tags; [] when the reply holds anything else."""
-    body = text.strip()
-    if body.startswith("```"):
-        body = body.split("\n", 1)[1] if "\n" in body else ""
-        body = body[: body.rfind("```")] if body.rstrip().endswith("```") else body
-        body = body.strip()
-    decoder, calls, i = json.JSONDecoder(), [], 0
-    while i < len(body):
-        try:
-            obj, end = decoder.raw_decode(body, i)
-        except json.JSONDecodeError:
-            return []
-        if not (isinstance(obj, dict) and isinstance(obj.get("name"), str) and obj["name"]
-                and isinstance(obj.get("arguments", {}), (dict, str))):
-            return []
-        args = obj.get("arguments", {})
-        calls.append(ToolCall(obj["name"], args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)))
-        i = end
-        while i < len(body) and body[i] in " \t\r\n,":
-            i += 1
-    return calls
-
-
-def read_calls(text: str) -> tuple[str, list[ToolCall], bool]:
-    """(content, calls, bare): calls in ``<tool_call>`` tags, else a reply of bare call objects."""
+def read_calls(text: str, names: set[str] | None = None) -> tuple[str, list[ToolCall], bool]:
+    """(content, calls, bare): calls in ``<tool_call>`` tags, else a reply of bare call objects
+    (:func:`openqwen.serve.tools.bare_json_calls`; with ``names``, only of those tools, as the server
+    reads them)."""
     content, calls = parse_tool_calls(text)
     if calls:
         return content, calls, False
-    bare = bare_calls(text)
+    bare = bare_json_calls(text, names)
     return ("", bare, True) if bare else (content, [], False)
 
 

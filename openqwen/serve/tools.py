@@ -385,21 +385,29 @@ def arguments_object(arguments: Any) -> dict | None:
     return arguments if isinstance(arguments, dict) else None
 
 
-def bare_json_calls(text: str, names: set[str]) -> list[ToolCall] | None:
+def bare_json_calls(text: str, names: set[str] | None) -> list[ToolCall] | None:
     """The calls of a reply that is nothing but JSON calls without Qwen2.5's markers (small models
-    write them so): one ``{"name": ..., "arguments": {...}}`` object or a list of them, bare or in a
-    Markdown code fence, every name one of ``names``. None for anything else (it stays content)."""
+    write them so): ``{"name": ..., "arguments": {...}}`` objects (one, several one after another, or a
+    list of them), bare or in a Markdown code fence, every name one of ``names`` (None: any name).
+    None for anything else (it stays content). The one reader of such replies: the server, the agent
+    and the tool benchmark's scorer all read them here, so they agree on what is a call."""
     body = text.strip()
     fenced = _FENCE.match(body)
     if fenced:
         body = fenced.group(1).strip()
-    try:
-        value = json.loads(body)
-    except json.JSONDecodeError:
-        return None
+    decoder, items, i = json.JSONDecoder(), [], 0
+    while i < len(body):
+        try:
+            value, i = decoder.raw_decode(body, i)
+        except json.JSONDecodeError:
+            return None
+        items.extend(value if isinstance(value, list) else [value])
+        while i < len(body) and body[i] in " \t\r\n,":
+            i += 1
     calls = []
-    for item in value if isinstance(value, list) else [value]:
-        if not isinstance(item, dict) or item.get("name") not in names:
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"] \
+                or (names is not None and item["name"] not in names):
             return None
         arguments = arguments_object(item.get("arguments", {}))
         if arguments is None:

@@ -152,3 +152,15 @@ def test_bare_call_objects_without_tags_are_read_and_counted():
     assert tool_metrics([s])[1]["bare_calls"] == 1
     prose = score_output('I would call {"name": "get_weather", "arguments": {"city": "Oslo"}}', case, "hermes")
     assert not prose.attempted  # an object inside prose is not a call
+
+
+def test_bare_call_naming_a_tool_not_offered_stays_text_as_the_server_reads_it():
+    from openqwen.serve.tools import bare_json_calls
+
+    case = ToolCase("n", "no_tool", [], [WEATHER], [])
+    text = '{"name": "goodnight", "arguments": {}}'  # what the 0.5B Coder wrote to "Good night!"
+    s = score_output(text, case, "hermes")
+    assert not s.attempted and s.calls == [] and tool_metrics([s])[0]["false_positive_rate"] == 0.0
+    assert bare_json_calls(text, {"get_weather"}) is None  # the server's reading: content, not tool_calls
+    offered = score_output('{"name": "get_weather", "arguments": {"city": "Oslo"}}', case, "hermes")
+    assert offered.attempted and tool_metrics([offered])[0]["false_positive_rate"] == 1.0

@@ -37,9 +37,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
-from ...agent.fncall import bare_calls, read_calls
+from ...agent.fncall import read_calls
 from ...data.io import read_json_lines
-from ...serve.tools import TOOL_CALL_START, arguments_object
+from ...serve.tools import TOOL_CALL_START, arguments_object, bare_json_calls
 from ...tokenizer.react import parse_react
 
 __all__ = ["CodeCase", "ToolCase", "CaseScore", "bundled_path", "load_code_cases", "load_tool_cases",
@@ -100,7 +100,7 @@ def load_tool_cases(path: str | Path | None = None) -> list[ToolCase]:
         for g in row["gold"]:
             if not isinstance(g, dict) or not isinstance(g.get("name"), str) or not isinstance(g.get("arguments", {}), dict):
                 raise ValueError(f"{p}:{n}: each gold call is {{'name': str, 'arguments': object}}, got {g!r:.80}")
-        names = {t.get("function", t).get("name") for t in row["tools"] if isinstance(t, dict)}
+        names = offered_names(row["tools"])
         unknown = [g["name"] for g in row["gold"] if g["name"] not in names]
         if unknown:
             raise ValueError(f"{p}:{n}: gold calls {unknown} name tools the case does not offer")
@@ -154,10 +154,16 @@ def rouge_l_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def _read_calls(text: str, style: str) -> tuple[list[dict], bool, bool]:
-    """(calls as {"name", "arguments": JSON text}, attempted, parse_failed) of one output."""
+def offered_names(tools: Sequence[dict]) -> set[str]:
+    """The names of the tools a case offers (OpenAI function schemas, or bare ``{"name": ...}``)."""
+    return {t.get("function", t).get("name") for t in tools if isinstance(t, dict)}
+
+
+def _read_calls(text: str, style: str, names: set[str] | None = None) -> tuple[list[dict], bool, bool]:
+    """(calls as {"name", "arguments": JSON text}, attempted, parse_failed) of one output. A reply of
+    bare call objects counts as calls only when they name tools in ``names`` (as the server reads it)."""
     if style == "hermes":
-        _, calls, _ = read_calls(text)
+        _, calls, _ = read_calls(text, names)
         attempted = TOOL_CALL_START in text or bool(calls)
         out = [{"name": c.name, "arguments": c.arguments} for c in calls]
         failed = attempted and (not out or any(normalise_arguments(c["arguments"]) is None for c in out)
@@ -176,7 +182,7 @@ def score_output(text: str, case: ToolCase, style: str) -> CaseScore:
     """Score one generated output against its case."""
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
-    calls, attempted, failed = _read_calls(text, style)
+    calls, attempted, failed = _read_calls(text, style, offered_names(case.tools))
     return score_calls(calls, attempted, failed, case, text)
 
 
@@ -214,7 +220,7 @@ def tool_metrics(scores: Sequence[CaseScore]) -> tuple[dict[str, float], dict[st
               "parse_failures": sum(s.parse_failed for s in scores),
               "abstentions": sum(not s.attempted for s in tool),
               "bare_calls": sum(bool(s.calls) and TOOL_CALL_START not in s.output and "Action" not in s.output
-                                and bool(bare_calls(s.output)) for s in scores)}
+                                and bare_json_calls(s.output, None) is not None for s in scores)}
     metrics = {
         "tool_selection_accuracy": counts["selection_correct"] / len(tool) if tool else float("nan"),
         "tool_input_rouge_l": sum(s.rouge_l for s in tool) / len(tool) if tool else float("nan"),
