@@ -7,7 +7,8 @@ task against a nano reward model, in variants that differ in one setting each.
 For each variant a fresh policy starts from the SFT folder and trains ``--steps`` PPO steps (rollouts from
 the engine, the one Trainer). Before and after, on held-out questions the training never asks (the
 task's ``heldout`` split), it measures: the reward model's reward of sampled answers (top-p 0.9, as the
-rollouts; mean and std), the ground-truth score and accuracy, the mean per-token KL of the policy to the
+rollouts; mean and std), the ground-truth score, accuracy (the right number) and the preferred share
+(the right number in the preferred wording, the ground truth's top score), the mean per-token KL of the policy to the
 starting model on those samples (full distributions, k1), greedy accuracy, and the next-token loss on
 held-out pretraining rows (the last ``--ptx-heldout`` packed sequences, which the ptx term never sees).
 Results go to OUT/results-VARIANTS.json and a comparison plot (``--plot-only`` once they are done) to OUT/ppo_proof.png; each run's own log, loss.png
@@ -47,7 +48,10 @@ VARIANTS = {
     "kl0.04-no-ptx": {"ppo.kl_coef": 0.04, "ppo.ptx_coef": 0.0, "ppo.ptx_data": None},
     "kl0.04+ptx0.05": {"ppo.kl_coef": 0.04, "ppo.ptx_coef": 0.05},
     "kl0-no-ptx": {"ppo.kl_coef": 0.0, "ppo.ptx_coef": 0.0, "ppo.ptx_data": None},
+    "kl0+ptx0.05": {"ppo.kl_coef": 0.0, "ppo.ptx_coef": 0.05},
+    "demo": {"ppo.kl_coef": 0.2, "ppo.ptx_coef": 0.05},  # the demo's PPO (DemoConfig.ppo_kl_coef, ppo_ptx_coef)
 }
+"""Each variant's defining settings; they win over ``--set`` (which sets what all variants share)."""
 
 
 @torch.no_grad()
@@ -64,13 +68,15 @@ def evaluate(policy, reference, rm, tokenizer, heldout, ptx_rows, seed: int = 12
     greedy = engine.chat(heldout, SamplingParams(max_new_tokens=12, temperature=0))
     engine.close()
     correct = [synthetic.is_correct(m, r) for m, r in zip(ro.messages, ro.responses)]
+    preferred = [synthetic.is_preferred(m, r) for m, r in zip(ro.messages, ro.responses)]
     batch = collate([ptx_rows[i] for i in range(len(ptx_rows))])
     logits = policy(batch["input_ids"])[:, :-1]
     ptx_loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch["labels"][:, 1:].flatten(),
                                                  ignore_index=-100)
     return {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
             "score": sum(synthetic.score_response(m, r) for m, r in zip(ro.messages, ro.responses)) / len(ro),
-            "accuracy": sum(correct) / len(ro),
+            "accuracy": sum(correct) / len(ro), "preferred": sum(preferred) / len(ro),
+            "greedy_preferred": sum(synthetic.is_preferred(m, o.text) for m, o in zip(heldout, greedy)) / len(heldout),
             "rm_accuracy_on_samples": ranked_right(ro.messages, rewards.tolist(), correct),
             "greedy_accuracy": sum(synthetic.is_correct(m, o.text) for m, o in zip(heldout, greedy)) / len(heldout),
             "kl_per_token": float(kl.sum() / mask.sum()), "response_length": float(mask.sum(-1).mean()),
@@ -133,8 +139,8 @@ def main() -> None:
         settings = {"train.out_dir": str(out / name), "train.max_steps": args.steps, "train.resume": False,
                     "train.progress": False, "train.tensorboard": False, "train.save_every": 0,
                     "ppo.ptx_data": args.ptx, "ppo.ptx_coef": 0.5}
-        settings.update(VARIANTS[name])
         settings.update({k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)})
+        settings.update(VARIANTS[name])
         cfg = PPOConfig.load("ppo-nano.yaml", settings)
         policy = copy.deepcopy(start).train()
         trainer = build_ppo_trainer(cfg, policy, tokenizer, rm, synthetic.prompts("train", cfg.ppo.prompt_pool,
