@@ -100,6 +100,10 @@ class TrainSection:
     every layer: compile time of one block, parameter names unchanged, the chunked head loss kept);
     ``model``: the whole model wrapped (longer compile; the loss then goes through full logits).
     Compile time is paid in the first steps; docs/benchmarks/train.md measures it end to end."""
+    cpu_matmul: str = "auto"
+    """Library of fp32 linear layers on CPU: ``mkl`` (torch's default), ``onednn``, or ``auto``: oneDNN
+    on non-Intel CPUs (MKL skips its fastest kernels there) in eager fp32 training without FSDP, else
+    MKL. Printed at start; :mod:`openqwen.train.cpu_matmul` and docs/benchmarks/train.md measure it."""
     activation_checkpointing: bool = False
     """Recompute each block in the backward pass (memory for compute), applied from outside the model."""
     parallel: str = "auto"

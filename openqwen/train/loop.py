@@ -45,6 +45,7 @@ from .distributed import (DistInfo, all_reduce_sum, all_reduce_sums, apply_paral
 from .export import export_model
 from .metrics import MetricsLogger, measure_peak_flops, plot_loss_curves
 from .optim import build_optimizer, lr_at
+from .cpu_matmul import resolve_cpu_matmul, use_onednn_linears
 from .precision import resolve_precision, step_flops
 from .sources import BatchSource, BatchStream
 from .tasks import NextTokenTask, Task
@@ -193,6 +194,10 @@ class Trainer:
         if t.compile and t.compile_scope == "blocks":  # before FSDP/DDP wrap the blocks (as torchtitan)
             compile_blocks(model)
         self.parallel = resolve_parallel(t.parallel, self.info)
+        self.cpu_matmul, matmul_why = resolve_cpu_matmul(t.cpu_matmul, self.info.device, self.precision,
+                                                         t.compile, self.parallel)
+        if self.cpu_matmul == "onednn":
+            use_onednn_linears(model)
         extra = task_modules(self.task, model)
         self.model = apply_parallel(model, self.parallel, self.info)
         self.optimizer = build_optimizer(self.model, cfg.optim)
@@ -207,6 +212,8 @@ class Trainer:
             compiled = f", torch.compile ({t.compile_scope})" if t.compile else ""
             # stderr, like the progress bar: stdout stays the CLI's summary (JSON that callers parse)
             print(f"[{name}] precision {self.precision} ({why}){compiled}", file=sys.stderr, flush=True)
+            if self.info.device.type == "cpu" and self.precision == "fp32":
+                print(f"[{name}] fp32 matmuls on {self.cpu_matmul} ({matmul_why})", file=sys.stderr, flush=True)
         self.source: BatchSource = (train_data if is_batch_source(train_data) else
                                     BatchStream(train_data, t.batch_size, cfg.data.seed, self.info.rank,
                                                 self.info.world_size))

@@ -34,6 +34,7 @@ from openqwen.config import QwenConfig
 
 from .batches import IGNORE_INDEX
 from .chunked_loss import linear_cross_entropy, output_weight
+from .cpu_matmul import runs_on_onednn
 
 Metrics = dict[str, "float | torch.Tensor | tuple[float | torch.Tensor, float | torch.Tensor]"]
 
@@ -114,7 +115,8 @@ def next_token_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.T
     weight = output_weight(model)
     if weight is not None:
         hidden = model.hidden_states(batch["input_ids"], **kwargs)
-        return linear_cross_entropy(hidden[:, :-1], weight, targets, ignore_index=IGNORE_INDEX)
+        return linear_cross_entropy(hidden[:, :-1], weight, targets, ignore_index=IGNORE_INDEX,
+                                    onednn=runs_on_onednn(model.lm_head))
     logits = model(batch["input_ids"], **kwargs)
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
                            ignore_index=IGNORE_INDEX, reduction="sum")

@@ -9,6 +9,7 @@ import torch
 
 from openqwen import Qwen
 from openqwen.config import get_preset
+from openqwen.train import cpu_matmul
 from openqwen.train import precision as prec
 from openqwen.train.batches import PackedRows
 from openqwen.train.config import TrainConfig
@@ -88,3 +89,24 @@ def test_compiled_training_follows_the_eager_loss_curve(tmp_path, packed_text, s
         curves[name] = [trainer.train_step()["loss"] for _ in range(3)]
     assert curves["eager"][-1] < curves["eager"][0]
     assert max(abs(a - b) for a, b in zip(curves["eager"], curves["compiled"])) < 1e-5
+
+
+@pytest.mark.skipif(not cpu_matmul.onednn_available(), reason="this torch build has no oneDNN")
+def test_trainer_runs_fp32_linears_on_the_library_it_prints(tmp_path, packed_text, capsys, monkeypatch):
+    """train.cpu_matmul auto: oneDNN on a non-Intel CPU, MKL on Intel; the same loss curve either way."""
+    monkeypatch.setattr(prec, "cpu_flags", lambda: {"avx2"})
+    rows = PackedRows(packed_text)
+    curves = {}
+    for vendor, library in (("AuthenticAMD", "onednn"), ("GenuineIntel", "mkl")):
+        monkeypatch.setattr(cpu_matmul, "cpu_vendor", lambda v=vendor: v)
+        cfg = _cfg(tmp_path / library, packed_text)
+        torch.manual_seed(0)
+        trainer = Trainer(cfg, build_model(cfg, 257, 64), rows)
+        assert trainer.cpu_matmul == library and f"fp32 matmuls on {library} (auto: " in capsys.readouterr().err
+        assert cpu_matmul.runs_on_onednn(trainer.model.lm_head) == (library == "onednn")
+        curves[library] = [trainer.train_step()["loss"] for _ in range(3)]
+    assert curves["mkl"][-1] < curves["mkl"][0]
+    assert max(abs(a - b) for a, b in zip(curves["mkl"], curves["onednn"])) < 1e-5
+    with pytest.raises(ValueError, match="train.cpu_matmul must be one of"):
+        Trainer(_cfg(tmp_path, packed_text, **{"train.cpu_matmul": "openblas"}),
+                build_model(_cfg(tmp_path, packed_text), 257, 64), rows)
