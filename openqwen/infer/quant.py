@@ -16,7 +16,8 @@ Both run small batches (decode, M <= 64 rows) through the AVX2/FMA C kernel of
 :mod:`openqwen.infer.kernels` (compiled once on first use); it streams each weight row once for all
 rows of the batch, converting to fp32 in registers. Without a compiler or AVX2 they fall back to torch
 (``torch.ops.aten._weight_int8pack_mm`` for int8, which has no fast AVX2 path, and ``F.linear`` for
-bf16). Prefill (many rows) is compute-bound and uses torch's matmul on the dequantised weight.
+bf16). Prefill (many rows) is compute-bound and multiplies by the dequantised fp32 weight, on oneDNN
+where it beats MKL (non-Intel CPUs: :func:`openqwen.train.cpu_matmul.onednn_preferred`).
 The generation engine goes further at decode time and runs whole decode steps in C
 (:class:`openqwen.infer.kernels.FusedDecoder`) over these same modules.
 
@@ -28,6 +29,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from openqwen.train.cpu_matmul import matmul_nt, onednn_preferred
 
 from .kernels import (KERNEL_ROW_CHUNK, W_BF16, W_I4, W_I8, dequantize_int4, kernel_status,  # noqa: F401
                       linear_forward, linear_spec, load_kernels)
@@ -89,8 +92,10 @@ class _KernelLinear(nn.Module):
             parts = [linear_forward(spec, xf[i : i + KERNEL_ROW_CHUNK], self.out_features)
                      for i in range(0, xf.shape[0], KERNEL_ROW_CHUNK)]
             y = torch.cat(parts) if parts else xf.new_empty(0, self.out_features)
-        elif x2.shape[0] > MAX_KERNEL_ROWS:
-            y = F.linear(self._prepare_input(x2), self._dense(), None if self.bias is None else self.bias.float())
+        elif x2.shape[0] > MAX_KERNEL_ROWS:  # compute-bound: the library that multiplies fp32 fastest here
+            y = matmul_nt(self._prepare_input(x2), self._dense(), onednn_preferred())
+            if self.bias is not None:
+                y += self.bias.float()
         else:
             y = self._fallback(self._prepare_input(x2))
         return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
@@ -111,7 +116,7 @@ class Int8Linear(_KernelLinear):
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
 
     def _dense(self) -> torch.Tensor:
-        return self.weight.float() * self.scale[:, None]
+        return torch.mul(self.weight, self.scale[:, None])  # int8 x fp32 -> fp32 in one pass
 
     def _prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         # the kernel's int16 rounding, so that prefill and the fallback compute what decode computes
