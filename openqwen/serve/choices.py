@@ -84,12 +84,12 @@ class _Sink:
         done = ev.completion
         if done is not None:
             self._tokens = done.completion_tokens
+        if ev.finish_reason is not None:  # counted before the last event is handed over: whoever reads
+            self._stats.count(ev.finish_reason, self._tokens)  # the stats after it sees this choice
         self._put(ChoiceEvent(self.index, ev.text, self._tokens, ev.finish_reason,
                               None if done is None else list(done.token_ids),
                               None if done is None else done.logprobs, list(ev.token_ids), ev.logprobs,
                               getattr(done, "top_logprobs", None), getattr(ev, "top_logprobs", None)))
-        if ev.finish_reason is not None:
-            self._stats.count(ev.finish_reason, self._tokens)
 
 
 class Choices:

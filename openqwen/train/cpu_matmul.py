@@ -30,6 +30,7 @@ ONEDNN_ATTR = "_openqwen_onednn"
 """Set on every ``nn.Linear`` whose forward runs through oneDNN (read by the chunked loss)."""
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_vendor() -> str:
     """``vendor_id`` of /proc/cpuinfo (``GenuineIntel``, ``AuthenticAMD`` ...; empty where unknown)."""
     try:
@@ -73,7 +74,6 @@ def resolve_cpu_matmul(requested: str, device: torch.device, precision: str, com
     return "onednn", f"auto: CPU vendor {vendor}, where MKL skips its fastest kernels"
 
 
-@functools.lru_cache(maxsize=1)
 def onednn_preferred() -> bool:
     """Whether fp32 products on this CPU go faster through oneDNN than MKL (``auto``'s vendor rule);
     inference's long prefills follow it too (:mod:`openqwen.infer.quant`)."""
