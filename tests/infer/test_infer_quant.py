@@ -11,6 +11,7 @@ from openqwen.infer import quant
 from openqwen.infer.engine import Engine
 from openqwen.infer.quant import BF16Linear, Int8Linear, optimise_for_decode, quantize_int8
 from openqwen.infer.sampling import SamplingParams
+from openqwen.train.cpu_matmul import onednn_available
 
 
 @pytest.mark.parametrize("rows", [1, 3, 16, 40, 80, 300])
@@ -27,6 +28,22 @@ def test_int8_linear_equals_its_dequantised_weight(backend, rows):
     # per-row absmax int8 keeps every weight within half a step of the original
     err = (q.weight.float() * q.scale[:, None] - lin.weight).abs()
     assert bool((err <= q.scale[:, None] / 2 + 1e-7).all())
+
+
+@pytest.mark.parametrize("onednn", [False, True])
+def test_long_prefills_multiply_alike_on_either_library(monkeypatch, onednn):
+    """Past MAX_KERNEL_ROWS the product runs on MKL or oneDNN (onednn_preferred); both compute the
+    int16-rounded activations times the dequantised weight, up to fp32 summation order."""
+    if onednn and not onednn_available():
+        pytest.skip("this torch build has no oneDNN")
+    monkeypatch.setattr(quant, "onednn_preferred", lambda: onednn)
+    torch.manual_seed(1)
+    lin = torch.nn.Linear(192, 320, bias=True)
+    x = torch.randn(quant.MAX_KERNEL_ROWS + 30, 192)
+    for layer in (Int8Linear(lin.weight, lin.bias), BF16Linear(lin.weight, lin.bias)):
+        dense = layer.weight.double() * (layer.scale[:, None].double() if hasattr(layer, "scale") else 1.0)
+        exact = F.linear(layer._prepare_input(x).double(), dense, layer.bias.double())
+        torch.testing.assert_close(layer(x).double(), exact, atol=2e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("rows", [1, 5, 40, 80, 600])

@@ -1,0 +1,91 @@
+"""Prefill time of a quantised model with its long-prompt products on MKL or on oneDNN, side by side.
+
+    .venv/bin/python -m benchmarks.bench_prefill_matmul [--model GGUF] [--precisions int8,int4]
+        [--tokens 256,512,2048] [--threads 2] [--rounds 3]
+
+Prompts longer than ``quant.MAX_KERNEL_ROWS`` tokens multiply each layer's dequantised fp32 weight by the
+prompt's activations (compute-bound); :func:`openqwen.train.cpu_matmul.onednn_preferred` decides whether
+that product runs on oneDNN or on torch's default (MKL). This benchmark prefills the same prompt (the
+first N tokens of CPython's ``textwrap.py``, as ``bench_infer_quant``) into a fresh KV cache with each
+library in turn (and, for prompts the engine sends through the C kernel, with the kernel), ``--rounds``
+times, and prints a markdown row of tokens/s per variant and the oneDNN/MKL ratio; the two libraries give
+the same logits up to fp32 summation order (printed: the largest difference of the last position's
+logits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import textwrap
+import time
+from pathlib import Path
+from unittest import mock
+
+import torch
+
+from openqwen.infer import quant
+from openqwen.infer.loading import load_for_inference
+from openqwen.tokenizer import QwenTokenizer
+
+DEFAULT_MODEL = "~/.cache/openqwen-artifacts/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+
+
+VARIANTS = {"C kernel": None, "MKL": False, "oneDNN": True}
+"""How the long-prompt products run: the C kernel (prompts up to ``quant.MAX_KERNEL_ROWS`` tokens only,
+as the engine runs them), or every prompt through torch's matmul on MKL or on oneDNN."""
+
+
+def prefill_seconds(model, ids: torch.Tensor, onednn: bool | None) -> tuple[float, torch.Tensor]:
+    rows = quant.MAX_KERNEL_ROWS if onednn is None else 0
+    with mock.patch.object(quant, "onednn_preferred", lambda: bool(onednn)), \
+            mock.patch.object(quant, "MAX_KERNEL_ROWS", rows), torch.no_grad():
+        cache = model.new_cache(1, ids.shape[1] + 8)
+        t0 = time.perf_counter()
+        hidden = model.hidden_states(ids, cache=cache)
+        seconds = time.perf_counter() - t0
+        return seconds, model.lm_head(hidden[:, -1]).float()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument("--precisions", default="int8,int4")
+    ap.add_argument("--tokens", default="256,512,2048")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    path = Path(args.model).expanduser()
+    if not path.exists():
+        ap.error(f"{path} does not exist (fetch it with ../shared/tools/fetch-artifacts)")
+    tok = QwenTokenizer.from_pretrained(path)
+    text = Path(textwrap.__file__).read_text() * 4
+    print(f"load {os.getloadavg()[0]:.2f}; {args.threads} threads; model {path.name}")
+    print("| precision | prompt tokens | " + " | ".join(f"{v} tok/s" for v in VARIANTS)
+          + " | oneDNN vs MKL | max logit difference oneDNN vs MKL |")
+    print("|---|---|" + "---|" * (len(VARIANTS) + 2))
+    for precision in args.precisions.split(","):
+        model = load_for_inference(path, precision, announce=False)
+        for n in (int(t) for t in args.tokens.split(",")):
+            ids = torch.tensor([tok.encode(text)[:n]])
+            names = [v for v in VARIANTS if VARIANTS[v] is not None or n <= quant.MAX_KERNEL_ROWS]
+            times: dict[str, list[float]] = {v: [] for v in names}
+            logits = {}
+            for v in names:  # warm-up
+                prefill_seconds(model, ids[:, :64], VARIANTS[v])
+            for _ in range(args.rounds):
+                for v in names:
+                    s, logits[v] = prefill_seconds(model, ids, VARIANTS[v])
+                    times[v].append(s)
+            med = {v: statistics.median(times[v]) for v in names}
+            diff = (logits["oneDNN"] - logits["MKL"]).abs().max().item()
+            cells = " | ".join(f"{n / med[v]:.1f}" if v in med else "-" for v in VARIANTS)
+            print(f"| {precision} | {n} | {cells} | {med['MKL'] / med['oneDNN']:.2f}x | {diff:.1e} |", flush=True)
+    print(f"load {os.getloadavg()[0]:.2f} at the end")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
