@@ -3,9 +3,10 @@
     .venv/bin/python -m benchmarks.bench_prefill_matmul [--model GGUF] [--precisions int8,int4]
         [--tokens 256,512,2048] [--threads 2] [--rounds 3]
 
-Prompts longer than ``quant.MAX_KERNEL_ROWS`` tokens multiply each layer's dequantised fp32 weight by the
-prompt's activations (compute-bound); :func:`openqwen.train.cpu_matmul.onednn_preferred` decides whether
-that product runs on oneDNN or on torch's default (MKL). This benchmark prefills the same prompt (the
+Prompts longer than a layer type's ``kernel_rows`` (``quant.MAX_KERNEL_ROWS`` at most) multiply each
+layer's dequantised fp32 weight by the prompt's activations (compute-bound);
+:func:`openqwen.train.cpu_matmul.onednn_preferred` decides whether that product runs on oneDNN or on
+torch's default (MKL). The variants force one path for every layer, whatever the prompt's length. This benchmark prefills the same prompt (the
 first N tokens of CPython's ``textwrap.py``, as ``bench_infer_quant``) into a fresh KV cache with each
 library in turn (and, for prompts the engine sends through the C kernel, with the kernel), ``--rounds``
 times, and prints a markdown row of tokens/s per variant and the oneDNN/MKL ratio; the two libraries give
@@ -40,7 +41,7 @@ as the engine runs them), or every prompt through torch's matmul on MKL or on on
 def prefill_seconds(model, ids: torch.Tensor, onednn: bool | None) -> tuple[float, torch.Tensor]:
     rows = quant.MAX_KERNEL_ROWS if onednn is None else 0
     with mock.patch.object(quant, "onednn_preferred", lambda: bool(onednn)), \
-            mock.patch.object(quant, "MAX_KERNEL_ROWS", rows), torch.no_grad():
+            mock.patch.object(quant._KernelLinear, "max_kernel_rows", lambda self: rows), torch.no_grad():
         cache = model.new_cache(1, ids.shape[1] + 8)
         t0 = time.perf_counter()
         hidden = model.hidden_states(ids, cache=cache)

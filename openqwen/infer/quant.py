@@ -51,11 +51,14 @@ def round_activations_int16(x: torch.Tensor) -> torch.Tensor:
 
 
 MAX_KERNEL_ROWS = 384
-"""Up to this many rows (decode, and prefills of short prompts) run through the C kernel, in chunks of
-KERNEL_ROW_CHUNK rows whose rounded activations stay in the L2 cache. On the 2-core benchmark machine
-(Qwen2.5-0.5B, int8) that prefills 128 tokens in 2.0 s against 4.8 s for torch's matmul on weights
-dequantised at every call, 256 in 3.5 s against 5.6 s; from about 400 rows up the matmul wins
-(512: 7.2 s against 8.3 s), its dequantisation spread over many rows."""
+"""Up to this many rows (decode, and prefills of short prompts) an int8 or bf16 layer runs through the C
+kernel, in chunks of KERNEL_ROW_CHUNK rows whose rounded activations stay in the L2 cache. On the 2-core
+benchmark machine (Qwen2.5-0.5B, int8) that prefills 128 tokens in 2.0 s against 4.8 s for torch's
+matmul (MKL) on weights dequantised at every call, 256 in 3.5 s against 5.6 s; from about 400 rows up
+the matmul wins (512: 7.2 s against 8.3 s), its dequantisation spread over many rows. Each layer type
+states its own limit per library (``kernel_rows``): ``benchmarks/bench_prefill_matmul.py`` measured
+them on a 2-core AVX-512 EPYC (2026-12-03), where oneDNN's matmul ties the int8 kernel at 256 rows and
+beats the int4 kernel (whose 4-bit unpacking costs more per row) from 32 rows, MKL from 64."""
 
 
 class _KernelLinear(nn.Module):
@@ -65,6 +68,11 @@ class _KernelLinear(nn.Module):
     out_features: int
     bias: torch.Tensor | None
     _spec_cache: tuple | None = None
+    kernel_rows: tuple[int, int] = (MAX_KERNEL_ROWS, MAX_KERNEL_ROWS)
+    """(with MKL, with oneDNN): the most rows this layer type sends through the C kernel."""
+
+    def max_kernel_rows(self) -> int:
+        return self.kernel_rows[1 if onednn_preferred() else 0]
 
     def _dense(self) -> torch.Tensor:  # fp32 weight for torch's matmul
         raise NotImplementedError
@@ -86,13 +94,14 @@ class _KernelLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
-        spec = self._spec() if x2.shape[0] <= MAX_KERNEL_ROWS else None
+        limit = self.max_kernel_rows()
+        spec = self._spec() if x2.shape[0] <= limit else None
         if spec is not None:
             xf = x2.float().contiguous()
             parts = [linear_forward(spec, xf[i : i + KERNEL_ROW_CHUNK], self.out_features)
                      for i in range(0, xf.shape[0], KERNEL_ROW_CHUNK)]
             y = torch.cat(parts) if parts else xf.new_empty(0, self.out_features)
-        elif x2.shape[0] > MAX_KERNEL_ROWS:  # compute-bound: the library that multiplies fp32 fastest here
+        elif x2.shape[0] > limit:  # compute-bound: the library that multiplies fp32 fastest here
             y = matmul_nt(self._prepare_input(x2), self._dense(), onednn_preferred())
             if self.bias is not None:
                 y += self.bias.float()
@@ -105,6 +114,7 @@ class Int8Linear(_KernelLinear):
     """y = x @ (int8 W * per-row scale)^T + b, with fp32 activations."""
 
     kernel_weight_type = W_I8  # what :func:`openqwen.infer.kernels.linear_spec` reads
+    kernel_rows = (MAX_KERNEL_ROWS, 256)
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
@@ -209,6 +219,7 @@ class Int4Linear(_KernelLinear):
     """
 
     kernel_weight_type = W_I4
+    kernel_rows = (48, 24)
 
     def __init__(self, packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, group_size: int,
                  bias: torch.Tensor | None = None, zero: torch.Tensor | None = None) -> None:
