@@ -1,8 +1,10 @@
 """Which library multiplies fp32 matrices in CPU training: MKL (torch's default) or oneDNN.
 
 torch sends fp32 ``nn.Linear`` products on CPU to MKL's sgemm. MKL picks its fastest code paths by
-the CPU's vendor string, and on AMD CPUs it does not run its AVX-512 kernels; oneDNN (shipped inside
-torch) picks its kernels by the instruction set alone. Measured on a 2-core AMD EPYC with AVX-512
+the CPU's vendor string, and on AMD CPUs it does not run its AVX-512 kernels (``MKL_VERBOSE=1`` on the
+AVX-512 EPYC below names its generic "Intel(R) Architecture processors" path, also with
+``MKL_ENABLE_INSTRUCTIONS=AVX512``); oneDNN (shipped inside torch) picks its kernels by the instruction
+set alone. Measured on a 2-core AMD EPYC with AVX-512
 (one thread, the shapes of the benchmark's and the demo's steps, 2026-12-03): oneDNN ran the forward
 product 1.1-1.7x and the input gradient 1.1-1.4x as fast as MKL; for the weight gradient
 (``grad_y.T @ x``, both operands transposed) MKL stayed ahead, so that one stays on MKL.
