@@ -44,6 +44,7 @@ def cpu_vendor() -> str:
     return ""
 
 
+@functools.lru_cache(maxsize=1)
 def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 

@@ -40,12 +40,12 @@ from openqwen.model import Qwen
 from . import checkpointing as ckpt
 from .batches import RowDataset, eval_batches
 from .config import TrainConfig
+from .cpu_matmul import resolve_cpu_matmul, use_onednn_linears
 from .distributed import (DistInfo, all_reduce_sum, all_reduce_sums, apply_parallel, barrier, init_distributed,
                           resolve_parallel, unwrap)
 from .export import export_model
 from .metrics import MetricsLogger, measure_peak_flops, plot_loss_curves
 from .optim import build_optimizer, lr_at
-from .cpu_matmul import resolve_cpu_matmul, use_onednn_linears
 from .precision import resolve_precision, step_flops
 from .sources import BatchSource, BatchStream
 from .tasks import NextTokenTask, Task
