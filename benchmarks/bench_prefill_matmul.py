@@ -41,7 +41,7 @@ as the engine runs them), or every prompt through torch's matmul on MKL or on on
 def prefill_seconds(model, ids: torch.Tensor, onednn: bool | None) -> tuple[float, torch.Tensor]:
     rows = quant.MAX_KERNEL_ROWS if onednn is None else 0
     with mock.patch.object(quant, "onednn_preferred", lambda: bool(onednn)), \
-            mock.patch.object(quant._KernelLinear, "max_kernel_rows", lambda self: rows), torch.no_grad():
+            mock.patch.object(quant._KernelLinear, "max_kernel_rows", lambda self, onednn: rows), torch.no_grad():
         cache = model.new_cache(1, ids.shape[1] + 8)
         t0 = time.perf_counter()
         hidden = model.hidden_states(ids, cache=cache)

@@ -42,7 +42,7 @@ from openqwen import Qwen, QwenConfig
 from openqwen.checkpoint import hf_state_from_model
 from openqwen.config import get_preset
 from openqwen.train.config import OptimSection
-from openqwen.train.cpu_matmul import resolve_cpu_matmul, use_onednn_linears
+from openqwen.train.cpu_matmul import apply_cpu_matmul, resolve_cpu_matmul
 from openqwen.train.loop import compile_blocks
 from openqwen.train.optim import build_optimizer, param_groups
 from openqwen.train.precision import resolve_precision, step_flops
@@ -129,8 +129,7 @@ def ours(cfg: QwenConfig, init: dict, precision: str = "fp32", compiled: bool = 
     model.load_state_dict(init)
     if compiled:
         compile_blocks(model)
-    if resolve_cpu_matmul(matmul, torch.device("cpu"), precision, compiled, "none")[0] == "onednn":
-        use_onednn_linears(model)
+    apply_cpu_matmul(model, matmul, torch.device("cpu"), precision, compiled, "none")
     opt = build_optimizer(model, OptimSection(lr=1e-3))
     task = NextTokenTask()
 

@@ -71,8 +71,8 @@ class _KernelLinear(nn.Module):
     kernel_rows: tuple[int, int] = (MAX_KERNEL_ROWS, MAX_KERNEL_ROWS)
     """(with MKL, with oneDNN): the most rows this layer type sends through the C kernel."""
 
-    def max_kernel_rows(self) -> int:
-        return self.kernel_rows[1 if onednn_preferred() else 0]
+    def max_kernel_rows(self, onednn: bool) -> int:
+        return self.kernel_rows[1 if onednn else 0]
 
     def _dense(self) -> torch.Tensor:  # fp32 weight for torch's matmul
         raise NotImplementedError
@@ -94,7 +94,8 @@ class _KernelLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
-        limit = self.max_kernel_rows()
+        onednn = onednn_preferred()
+        limit = self.max_kernel_rows(onednn)
         spec = self._spec() if x2.shape[0] <= limit else None
         if spec is not None:
             xf = x2.float().contiguous()
@@ -102,7 +103,7 @@ class _KernelLinear(nn.Module):
                      for i in range(0, xf.shape[0], KERNEL_ROW_CHUNK)]
             y = torch.cat(parts) if parts else xf.new_empty(0, self.out_features)
         elif x2.shape[0] > limit:  # compute-bound: the library that multiplies fp32 fastest here
-            y = matmul_nt(self._prepare_input(x2), self._dense(), onednn_preferred())
+            y = matmul_nt(self._prepare_input(x2), self._dense(), onednn)
             if self.bias is not None:
                 y += self.bias.float()
         else:

@@ -142,5 +142,15 @@ def use_onednn_linears(model: nn.Module) -> int:
     return count
 
 
+def apply_cpu_matmul(model: nn.Module, requested: str, device: torch.device, precision: str, compiled: bool,
+                     parallel: str) -> tuple[str, str]:
+    """Resolve ``train.cpu_matmul`` (:func:`resolve_cpu_matmul`) and, where it says oneDNN, swap ``model``'s
+    linears (:func:`use_onednn_linears`); returns ``(library, reason)``. The trainer's one call."""
+    library, why = resolve_cpu_matmul(requested, device, precision, compiled, parallel)
+    if library == "onednn":
+        use_onednn_linears(model)
+    return library, why
+
+
 def runs_on_onednn(module: nn.Module | None) -> bool:
     return bool(getattr(module, ONEDNN_ATTR, False))

@@ -40,7 +40,7 @@ from openqwen.model import Qwen
 from . import checkpointing as ckpt
 from .batches import RowDataset, eval_batches
 from .config import TrainConfig
-from .cpu_matmul import resolve_cpu_matmul, use_onednn_linears
+from .cpu_matmul import apply_cpu_matmul
 from .distributed import (DistInfo, all_reduce_sum, all_reduce_sums, apply_parallel, barrier, init_distributed,
                           resolve_parallel, unwrap)
 from .export import export_model
@@ -194,10 +194,8 @@ class Trainer:
         if t.compile and t.compile_scope == "blocks":  # before FSDP/DDP wrap the blocks (as torchtitan)
             compile_blocks(model)
         self.parallel = resolve_parallel(t.parallel, self.info)
-        self.cpu_matmul, matmul_why = resolve_cpu_matmul(t.cpu_matmul, self.info.device, self.precision,
-                                                         t.compile, self.parallel)
-        if self.cpu_matmul == "onednn":
-            use_onednn_linears(model)
+        self.cpu_matmul, matmul_why = apply_cpu_matmul(model, t.cpu_matmul, self.info.device, self.precision,
+                                                       t.compile, self.parallel)
         extra = task_modules(self.task, model)
         self.model = apply_parallel(model, self.parallel, self.info)
         self.optimizer = build_optimizer(self.model, cfg.optim)
