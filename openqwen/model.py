@@ -330,7 +330,7 @@ class Qwen(nn.Module):
     def new_cache(self, batch_size: int, max_length: int, ring: bool = True) -> KVCache:
         """A KV cache on this model's device and dtype (int8 storage when ``config.kv_cache_dtype`` says
         so); windowed layers get ring buffers unless ``ring=False``."""
-        p = self.embed_tokens.weight
+        p = self.norm.weight  # the activations' dtype (a quantised model's embedding rows are int8)
         return KVCache(self.config, batch_size, max_length, dtype=p.dtype, device=p.device, ring=ring,
                        kv_dtype=self.config.kv_cache_dtype)
 

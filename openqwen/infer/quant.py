@@ -141,6 +141,56 @@ class Int8Linear(_KernelLinear):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-row scales"
 
 
+class Int8Embedding(nn.Module):
+    """The input embedding as int8 rows with one fp32 scale per row: a lookup gathers the rows it needs
+    and dequantises only those. Built from an :class:`Int8Linear` output head (:meth:`sharing`), the two
+    read one copy of the matrix, as a tied checkpoint stores it: for Qwen2.5-0.5B that drops the fp32
+    embedding (544 MB) from a quantised model's memory. The rows are the head's rows, so a lookup's
+    rounding is the head's (per-row absmax / 127, what llama.cpp's 8-bit embedding rows cost too)."""
+
+    def __init__(self, weight: torch.Tensor, scale: torch.Tensor) -> None:
+        super().__init__()
+        if weight.dtype != torch.int8 or weight.dim() != 2 or scale.shape != weight.shape[:1]:
+            raise ValueError("Int8Embedding takes int8 rows [vocab, hidden] and one scale per row")
+        self.num_embeddings, self.embedding_dim = weight.shape
+        self.register_buffer("weight", weight)
+        self.register_buffer("scale", scale)
+
+    @classmethod
+    def sharing(cls, head: "Int8Linear") -> "Int8Embedding":
+        """An embedding that reads ``head``'s int8 rows and scales (no copy)."""
+        return cls(head.weight, head.scale)
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor) -> "Int8Embedding":
+        """``weight`` [vocab, hidden] rounded per row, as :class:`Int8Linear` rounds it."""
+        head = Int8Linear(weight, None)
+        return cls(head.weight, head.scale)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.weight[input_ids].float() * self.scale[input_ids].unsqueeze(-1)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8 per-row scales"
+
+
+@torch.no_grad()
+def quantize_embedding(model: nn.Module) -> nn.Module:
+    """Replace the model's fp32 input embedding with an :class:`Int8Embedding`, in place: one sharing the
+    output head's int8 rows when the head is an :class:`Int8Linear` of the same shape (a tied
+    checkpoint), else its own int8 copy. For quantised inference only: training needs float rows."""
+    embed = model.embed_tokens
+    if isinstance(embed, Int8Embedding):
+        return model
+    head = getattr(model, "lm_head", None)
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))  # the head was made from these rows
+    if tied and isinstance(head, Int8Linear) and head.weight.shape == embed.weight.shape:
+        model.embed_tokens = Int8Embedding.sharing(head)
+    else:
+        model.embed_tokens = Int8Embedding.from_float(embed.weight)
+    return model
+
+
 class BF16Linear(_KernelLinear):
     """bf16 weights, fp32 accumulation; output in the input's dtype."""
 

@@ -17,7 +17,7 @@ from openqwen.infer.loading import (
     load_model_and_tokenizer,
     normalise_dtype,
 )
-from openqwen.infer.quant import BF16Linear, Int8Linear
+from openqwen.infer.quant import BF16Linear, Int8Embedding, Int8Linear
 
 
 def test_dtype_vocabulary():
@@ -58,6 +58,7 @@ def test_load_for_inference_precisions(saved):
         torch.testing.assert_close(fp32(ids), want, atol=1e-5, rtol=1e-5)
         int8 = load_for_inference(path, "int8")
         assert any(isinstance(m, Int8Linear) for m in int8.modules())
+        assert isinstance(int8.embed_tokens, Int8Embedding)  # no fp32 vocabulary matrix in a quantised model
         err = (int8(ids) - want).abs().max() / want.abs().max()
         assert err < 0.03  # the same function, weights rounded to 8 bits
         bf16 = load_for_inference(path, "bf16")  # bf16 weights in the linears, fp32 compute

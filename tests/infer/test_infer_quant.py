@@ -9,7 +9,8 @@ from infer_helpers import ByteTokenizer, tiny_model
 
 from openqwen.infer import quant
 from openqwen.infer.engine import Engine
-from openqwen.infer.quant import BF16Linear, Int8Linear, optimise_for_decode, quantize_int8
+from openqwen.infer.quant import (BF16Linear, Int8Embedding, Int8Linear, optimise_for_decode, quantize_embedding,
+                                  quantize_int8)
 from openqwen.infer.sampling import SamplingParams
 from openqwen.train.cpu_matmul import onednn_available
 
@@ -90,6 +91,39 @@ def test_int8_model_close_to_fp32():
     # and the decoded tokens mostly agree (random tiny models are fragile; real ones agree more)
     agree = (out.argmax(-1) == ref.argmax(-1)).float().mean()
     assert agree > 0.9
+
+
+def test_int8_embedding_rows_are_the_heads_rows():
+    torch.manual_seed(1)
+    weight = torch.randn(300, 64)
+    head = Int8Linear(weight, None)
+    shared = Int8Embedding.sharing(head)
+    assert shared.weight.data_ptr() == head.weight.data_ptr() and shared.scale.data_ptr() == head.scale.data_ptr()
+    ids = torch.tensor([[0, 7, 299, 7], [3, 3, 150, 42]])
+    rows = head.weight.float() * head.scale[:, None]  # the head's dequantised matrix, computed apart
+    got = shared(ids)
+    assert got.dtype == torch.float32 and got.shape == (2, 4, 64)
+    torch.testing.assert_close(got, rows[ids], rtol=0, atol=0)
+    torch.testing.assert_close(Int8Embedding.from_float(weight)(ids), rows[ids], rtol=0, atol=0)
+    # within half a rounding step of the float rows
+    assert bool(((got - weight[ids]).abs() <= head.scale[ids].unsqueeze(-1) / 2 + 1e-7).all())
+    with pytest.raises(ValueError, match="int8 rows"):
+        Int8Embedding(weight, head.scale)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_quantized_embedding_shares_a_tied_head(tied):
+    model = quantize_int8(tiny_model(seed=4, tie_word_embeddings=tied))
+    float_rows = model.embed_tokens.weight.clone()
+    quantize_embedding(model)
+    embed = model.embed_tokens
+    assert isinstance(embed, Int8Embedding)
+    # a tied checkpoint's one matrix stays one; an untied one gets its own int8 rows of its own weights
+    assert (embed.weight.data_ptr() == model.lm_head.weight.data_ptr()) == tied
+    ids = torch.tensor([[1, 5, 9, 200, 7]])
+    assert (embed(ids) - float_rows[ids]).abs().max() <= embed.scale.max() / 2 + 1e-7
+    assert model.new_cache(1, 8).dtype == torch.float32  # the cache follows the activations, not int8 rows
+    assert quantize_embedding(model).embed_tokens is embed  # idempotent
 
 
 def test_engine_runs_int8_and_bf16_models():
