@@ -111,6 +111,21 @@ class _KernelLinear(nn.Module):
         return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
 
 
+def round_rows_int8(w: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """``w`` [rows, k] rounded per row: int8 codes and scales (absmax / 127, symmetric), a chunk of rows
+    at a time, so rounding a vocabulary-sized matrix (151,936 x 896) never holds more than one chunk of
+    float temporaries (whole-matrix rounding held three fp32 copies of it: 1.6 GB)."""
+    rows = w.shape[0]
+    q = torch.empty(w.shape, dtype=torch.int8)
+    scale = torch.empty(rows, dtype=torch.float32)
+    for start in range(0, rows, chunk):
+        part = w[start:start + chunk].float()
+        s = torch.linalg.vector_norm(part, float("inf"), dim=1).clamp_(min=1e-12) / 127.0  # absmax, one pass
+        q[start:start + chunk] = (part / s[:, None]).round_().clamp_(-127, 127)
+        scale[start:start + chunk] = s
+    return q, scale
+
+
 class Int8Linear(_KernelLinear):
     """y = x @ (int8 W * per-row scale)^T + b, with fp32 activations."""
 
@@ -119,11 +134,10 @@ class Int8Linear(_KernelLinear):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
-        w = weight.detach().float()
-        self.out_features, self.in_features = w.shape
-        scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-        self.register_buffer("weight", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous())
-        self.register_buffer("scale", scale.contiguous())
+        self.out_features, self.in_features = weight.shape
+        q, scale = round_rows_int8(weight.detach())
+        self.register_buffer("weight", q)
+        self.register_buffer("scale", scale)
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
 
     def _dense(self) -> torch.Tensor:
@@ -164,8 +178,7 @@ class Int8Embedding(nn.Module):
     @classmethod
     def from_float(cls, weight: torch.Tensor) -> "Int8Embedding":
         """``weight`` [vocab, hidden] rounded per row, as :class:`Int8Linear` rounds it."""
-        head = Int8Linear(weight, None)
-        return cls(head.weight, head.scale)
+        return cls(*round_rows_int8(weight.detach()))
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.weight[input_ids].float() * self.scale[input_ids].unsqueeze(-1)
