@@ -46,7 +46,7 @@ from ..model import Qwen
 from ..tokenizer.chat import DEFAULT_CHAT_WINDOW, chat_prompt_ids
 from ..tokenizer.template import chat_template_from_flag
 from .embed import pool_hidden
-from .loading import load_model_and_tokenizer
+from .loading import load_model_and_tokenizer, release_freed_memory
 from .requests import Completion, EventSink, Request, RequestHandle, StreamEvent, params_list, wait_all
 from .runner import ModelRunner
 from .sampling import SamplingParams
@@ -54,6 +54,13 @@ from .scheduler import Scheduler
 from .score import Scorer, ScoreResult
 
 __all__ = ["Completion", "Engine", "EventSink", "RequestHandle", "ScoreResult", "StreamEvent"]
+
+
+TRIM_AFTER_PREFILL_TOKENS = 512
+"""After a prefill of at least this many tokens the engine hands the C heap's free pages back to the OS.
+A long prompt's activations and dequantised weight blocks are freed when it ends, but glibc keeps them
+mapped: a 2,048-token prompt left about 100 MB more resident in a server (q4_k_m Qwen2.5-0.5B, int4).
+The trim takes milliseconds against the seconds such a prefill takes."""
 
 
 class Engine:
@@ -308,15 +315,20 @@ class Engine:
 
     def _prefill(self, admitted: list[Request]) -> None:
         reusing, groups = self._scheduler.prefill_plan(admitted)
+        tokens = 0
         for r in reusing:  # prefix reuse: prefill only the new tail, alone
             logits = self._runner.prefill_tail(r.slot, r.reuse, r.prompt[r.reuse:])
+            tokens += len(r.prompt) - r.reuse
             self._scheduler.prefilled(r)
             self._accept(r, logits)
         for g in groups:
             logits = self._runner.prefill(g[0].slot, [r.prompt for r in g])
+            tokens += sum(len(r.prompt) for r in g)
             for r, row in zip(g, logits):
                 self._scheduler.prefilled(r)
                 self._accept(r, row)
+        if tokens >= TRIM_AFTER_PREFILL_TOKENS:
+            release_freed_memory()
 
     def _decode(self, start: int, rows: list[Request | None]) -> None:
         idle = [i for i, r in enumerate(rows) if r is None or r.next_input < 0]

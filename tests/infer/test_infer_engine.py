@@ -389,3 +389,18 @@ def test_sink_without_a_background_thread():
     got = []
     done = eng.submit("x", GREEDY.replace(max_new_tokens=5), sink=got.append).result()
     assert len(done.token_ids) == 5 and got[-1].completion == done
+
+
+def test_long_prefills_hand_freed_memory_back(monkeypatch):
+    from openqwen.infer import engine as engine_module
+
+    calls = []
+    monkeypatch.setattr(engine_module, "release_freed_memory", lambda: calls.append(1))
+    eng = Engine(tiny_model(seed=1), ByteTokenizer(), max_batch_size=2, max_seq_len=1024, background=False)
+    params = SamplingParams(max_new_tokens=2, temperature=0, ignore_eos=True)
+    eng.generate(["short prompt"], params)
+    assert calls == []  # a short prompt leaves little behind: no trim on the hot path
+    long_prompt = [3 + i % 250 for i in range(engine_module.TRIM_AFTER_PREFILL_TOKENS)]
+    eng.generate([long_prompt], params)
+    assert calls == [1]
+    eng.close()
