@@ -189,7 +189,7 @@ def plot_comparison(out: Path, names: list[str]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [("reward_raw", "reward (rollouts, raw)"), ("accuracy", "rollout accuracy"), ("kl", "KL per token"),
+    keys = [("reward_raw", "reward (rollouts, raw)"), ("accuracy", "rollouts: right number"), ("kl", "KL per token"),
             ("ptx_loss", "ptx loss (pretraining rows)")]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.4))
     for ax, (key, title) in zip(axes, keys):
