@@ -61,7 +61,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--windows", type=int, default=6, help="held-out windows per text (default 6)")
     ap.add_argument("--length", type=int, default=512, help="tokens per window (default 512)")
-    ap.add_argument("--samples", type=int, default=32, help="GPTQ calibration windows (default 32)")
+    ap.add_argument("--samples", type=int, default=64, help="GPTQ calibration windows (default 64, as openqwen quantize)")
     ap.add_argument("--group-size", type=int, default=128)
     ap.add_argument("--variants", default="fp32,bf16,rtn4,gptq4,rtn4asym,gptq4asym,rtn8,gptq8")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
