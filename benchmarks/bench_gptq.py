@@ -6,7 +6,7 @@ calibration never saw: Shakespeare plays of the other half (calibration takes ev
 standard-library source past the calibration budget. Every variant keeps the output head in float,
 so the rows differ only in the block linears.
 
-    OMP_NUM_THREADS=2 nice -n 10 .venv/bin/python benchmarks/bench_gptq.py --windows 6 --samples 32
+    OMP_NUM_THREADS=2 nice -n 10 .venv/bin/python benchmarks/bench_gptq.py --windows 6 --samples 64
 
 Prints a markdown table (perplexity per text, the change against fp32) and writes it as JSON with
 --out. Quality numbers need no quiet machine.

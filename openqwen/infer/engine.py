@@ -60,7 +60,7 @@ TRIM_AFTER_PREFILL_TOKENS = 512
 """After a prefill of at least this many tokens the engine hands the C heap's free pages back to the OS.
 A long prompt's activations and dequantised weight blocks are freed when it ends, but glibc keeps them
 mapped: a 2,048-token prompt left about 100 MB more resident in a server (q4_k_m Qwen2.5-0.5B, int4).
-The trim takes milliseconds against the seconds such a prefill takes."""
+The trim took about 30 ms there, against 2.5 s for a 512-token prefill and 11 s for 2,048."""
 
 
 class Engine:

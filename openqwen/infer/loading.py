@@ -155,7 +155,7 @@ def load_for_inference(path: str | Path, dtype: str = "auto", announce: bool = T
 def release_freed_memory() -> None:
     """Give the C heap's free pages back to the OS (glibc's ``malloc_trim``; elsewhere nothing). A load
     dequantises and re-rounds one layer at a time, and glibc keeps those freed temporaries mapped: on
-    the q4_k_m Qwen2.5-0.5B at int4 that held 230-390 MB of resident memory after the load, for good."""
+    the q4_k_m Qwen2.5-0.5B at int4 that held 190-390 MB of resident memory after the load, for good."""
     import ctypes  # noqa: PLC0415
 
     try:

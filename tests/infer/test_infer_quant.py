@@ -10,7 +10,7 @@ from infer_helpers import ByteTokenizer, tiny_model
 from openqwen.infer import quant
 from openqwen.infer.engine import Engine
 from openqwen.infer.quant import (BF16Linear, Int8Embedding, Int8Linear, optimise_for_decode, quantize_embedding,
-                                  quantize_int8)
+                                  quantize_int8, round_rows_int8)
 from openqwen.infer.sampling import SamplingParams
 from openqwen.train.cpu_matmul import onednn_available
 
@@ -91,6 +91,17 @@ def test_int8_model_close_to_fp32():
     # and the decoded tokens mostly agree (random tiny models are fragile; real ones agree more)
     agree = (out.argmax(-1) == ref.argmax(-1)).float().mean()
     assert agree > 0.9
+
+
+def test_rounding_rows_in_chunks_equals_rounding_the_whole_matrix():
+    torch.manual_seed(5)
+    w = torch.randn(103, 64) * torch.rand(103, 1) * 3
+    w[7] = 0.0  # an all-zero row keeps a tiny positive scale and zero codes
+    scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0  # the whole-matrix formula, written out
+    codes = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    for chunk in (1, 10, 64, 103, 4096):  # chunk edges inside, at and past the last row
+        q, s = round_rows_int8(w, chunk)
+        assert q.dtype == torch.int8 and torch.equal(q, codes) and torch.equal(s, scale), chunk
 
 
 def test_int8_embedding_rows_are_the_heads_rows():
