@@ -31,6 +31,9 @@ token instead of ``4 * head_dim`` (fp32) or ``2 * head_dim`` (bf16): 3.8x and 1.
 
 from __future__ import annotations
 
+import math
+import mmap
+
 import torch
 
 from .config import KV_CACHE_DTYPES  # auto: the model's dtype; int8: per head, per token scales
@@ -50,6 +53,32 @@ def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return (q.float() * scale[..., None]).to(dtype)
+
+
+def zeroed_buffers(shapes: list[tuple[int, ...]], dtype: torch.dtype,
+                   device: torch.device | str | None = None) -> list[torch.Tensor]:
+    """Zero-filled tensors of ``shapes``. On the CPU they are views of one anonymous memory map, whose
+    pages the OS supplies (zeroed) on first write: a cache costs resident memory only for the
+    positions it has held, not for its whole ``max_length`` (``torch.zeros`` writes every byte, so a
+    4,096-position fp32 cache of a 0.5B model was 100 MB resident from the first token)."""
+    if torch.device(device or "cpu").type != "cpu":
+        return [torch.zeros(s, dtype=dtype, device=device) for s in shapes]
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    align = 64 // itemsize  # every view starts on a cache line
+    counts = [math.prod(s) for s in shapes]
+    offsets, total = [], 0
+    for n in counts:
+        offsets.append(total)
+        total += -(-n // align) * align
+    if total == 0:
+        return [torch.zeros(s, dtype=dtype) for s in shapes]
+    # private: a forked child (a code sandbox, a data loader) must not share the parent's cache pages
+    flags = {"flags": mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS} if hasattr(mmap, "MAP_PRIVATE") else {}
+    buffer = mmap.mmap(-1, total * itemsize, **flags)
+    if hasattr(buffer, "madvise") and hasattr(mmap, "MADV_NOHUGEPAGE"):
+        buffer.madvise(mmap.MADV_NOHUGEPAGE)  # a 2 MB huge page would make a first write resident 2 MB at once
+    flat = torch.frombuffer(buffer, dtype=dtype)  # the tensor holds the map
+    return [flat[o:o + n].view(s) for o, n, s in zip(offsets, counts, shapes)]
 
 
 class KVCache:
@@ -80,11 +109,12 @@ class KVCache:
         self.dtype = dtype
         store = torch.int8 if self.quantized else dtype
         heads, dim = config.num_key_value_heads, config.head_dim
-        self.keys = [torch.zeros((batch_size, heads, c, dim), dtype=store, device=device) for c in self.capacity]
-        self.values = [torch.zeros((batch_size, heads, c, dim), dtype=store, device=device) for c in self.capacity]
+        kv_shapes = [(batch_size, heads, c, dim) for c in self.capacity]
+        self.keys = zeroed_buffers(kv_shapes, store, device)
+        self.values = zeroed_buffers(kv_shapes, store, device)
         if self.quantized:
-            self.key_scales = [torch.zeros((batch_size, heads, c), device=device) for c in self.capacity]
-            self.value_scales = [torch.zeros((batch_size, heads, c), device=device) for c in self.capacity]
+            self.key_scales = zeroed_buffers([s[:3] for s in kv_shapes], torch.float32, device)
+            self.value_scales = zeroed_buffers([s[:3] for s in kv_shapes], torch.float32, device)
         else:
             self.key_scales = self.value_scales = []
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)

@@ -6,6 +6,9 @@ replay of the writes; int8 storage against its formula and the fp32 cache."""
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 import torch
 
@@ -145,3 +148,24 @@ def test_int8_cache_decodes_close_to_the_fp32_cache_in_a_quarter_of_the_memory(w
     assert 0 < err < 0.02, float(err)  # rounding shows, and stays below 0.02 in log-probability
     d = model.config.head_dim
     assert caches["int8"].nbytes() * 4 * d == caches["auto"].nbytes() * (d + 4)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+def test_cache_pages_become_resident_only_as_positions_are_written():
+    def resident_mb() -> float:
+        return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    config = QwenConfig(vocab_size=64, hidden_size=256, intermediate_size=64, num_hidden_layers=4,
+                        num_attention_heads=4, num_key_value_heads=4)
+    before = resident_mb()
+    cache = KVCache(config, batch_size=2, max_length=8192)  # 4 layers x 2 x 2 rows x 4 heads x 8192 x 64 x fp32
+    assert cache.nbytes() == 128 * 2**20
+    assert resident_mb() - before < 16, "an empty cache must not be resident"
+    assert all(float(t.abs().sum()) == 0 for t in cache.keys + cache.values)  # zeros all the same
+    before = resident_mb()
+    for t in cache.keys + cache.values:
+        t[:, :, :4096] = 1.0  # half the positions of every row
+    grown = resident_mb() - before
+    assert 56 < grown < 72, grown  # the written half: 64 MB
+    # the views do not overlap: each holds exactly what was written into it
+    assert all(float(t.sum()) == t.numel() / 2 for t in cache.keys + cache.values)
