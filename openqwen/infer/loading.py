@@ -17,7 +17,8 @@ flags from :func:`add_model_arguments`, so they accept the same precisions under
 
 At int8 and int4 the input embedding is int8 rows too (:class:`~openqwen.infer.quant.Int8Embedding`),
 read from the output head's own rows when the checkpoint ties them, so a quantised model holds no fp32
-copy of its vocabulary matrix.
+copy of its vocabulary matrix; a GGUF with an untied head whose embedding is stored in fewer than 8
+bits per weight keeps those blocks as they are (:class:`~openqwen.infer.gguf_quant.GGUFBlockEmbedding`).
 
 ``float32`` and ``bfloat16`` are accepted as spellings of fp32 and bf16. The choice and its reason are
 printed at load (stderr). A GGUF loaded as int4 / int8 never exists in float32 (:mod:`.gguf_quant`).
@@ -130,11 +131,13 @@ def load_for_inference(path: str | Path, dtype: str = "auto", announce: bool = T
         is_gguf = path.is_file() and path.suffix == ".gguf"
         if is_gguf and precision in ("int4", "int8"):
             from ..checkpoint.gguf import load_gguf  # noqa: PLC0415
-            from .gguf_quant import int4_builder, int8_builder  # noqa: PLC0415
+            from .gguf_quant import gguf_block_embedding, int4_builder, int8_builder  # noqa: PLC0415
 
             model = load_gguf(path, dtype="fp32", linear_builder=int4_builder if precision == "int4" else int8_builder)
             if not isinstance(model.lm_head, Int8Linear):  # a tied head: an int8 copy of the embedding
                 model.lm_head = Int8Linear(model.lm_head.weight, None)
+            elif (blocks := gguf_block_embedding(path)) is not None:  # an untied head: the file's own rows
+                model.embed_tokens = blocks
         else:
             model = load_model(path, dtype="bf16" if precision == "bf16" else "fp32")
             if precision == "int8":

@@ -194,7 +194,7 @@ def quantize_embedding(model: nn.Module) -> nn.Module:
     output head's int8 rows when the head is an :class:`Int8Linear` of the same shape (a tied
     checkpoint), else its own int8 copy. For quantised inference only: training needs float rows."""
     embed = model.embed_tokens
-    if isinstance(embed, Int8Embedding):
+    if not isinstance(embed, nn.Embedding):  # already int8 rows, or a GGUF's own blocks (gguf_quant)
         return model
     head = getattr(model, "lm_head", None)
     tied = bool(getattr(model.config, "tie_word_embeddings", False))  # the head was made from these rows

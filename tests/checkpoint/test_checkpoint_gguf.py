@@ -82,13 +82,14 @@ LAYER_TYPES = {"attn_q.weight": ("self_attn.q_proj.weight", "Q8_0"), "attn_k.wei
 
 
 def write_gguf(path, model: Qwen, all_f32: bool = False, arch: str = "qwen2", bad_shape: str | None = None,
-               metadata=None, eps: bool = True) -> dict:
+               metadata=None, eps: bool = True, embed_type: str = "Q8_0") -> dict:
     """Write ``model`` with GGUFWriter; return the dequantised reference weights under Qwen2 names.
 
-    ``metadata``: called with the writer to add fields; ``eps=False`` leaves out the RMSNorm epsilon."""
+    ``metadata``: called with the writer to add fields; ``eps=False`` leaves out the RMSNorm epsilon;
+    ``embed_type``: the storage type of ``token_embd``."""
     c = model.config
     hf = {k: v.detach().float().numpy() for k, v in hf_state_from_model(model).items()}
-    names = {"token_embd.weight": ("model.embed_tokens.weight", "Q8_0"), "output_norm.weight": ("model.norm.weight", "F32")}
+    names = {"token_embd.weight": ("model.embed_tokens.weight", embed_type), "output_norm.weight": ("model.norm.weight", "F32")}
     if not c.tie_word_embeddings:
         names["output.weight"] = ("lm_head.weight", "F16")
     for i in range(c.num_hidden_layers):

@@ -11,7 +11,8 @@ from openqwen import Qwen, QwenConfig
 from openqwen.checkpoint import save_model
 from openqwen.checkpoint.gguf import q4_k_groups
 from openqwen.infer.loading import checkpoint_precision, load_for_inference
-from openqwen.infer.quant import Int4Linear, Int8Linear
+from openqwen.infer.gguf_quant import GGUFBlockEmbedding
+from openqwen.infer.quant import Int4Linear, Int8Embedding, Int8Linear
 
 gguf = pytest.importorskip("gguf")
 Q = gguf.GGMLQuantizationType
@@ -64,6 +65,33 @@ def test_int4_load_keeps_q4_k_exact_and_rounds_the_rest_within_half_a_step(tiny_
         twin.embed_tokens.weight.copy_(embed.weight.float() * embed.scale[:, None])
         ids = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(1))
         torch.testing.assert_close(model(ids), twin(ids), atol=2e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("embed_type", ["Q5_0", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_an_embedding_of_fewer_than_8_bits_stays_in_its_blocks(tmp_path, embed_type, precision):
+    model = randomise(Qwen(QwenConfig(**GGUF_CONFIG, tie_word_embeddings=False)), seed=5)
+    path = tmp_path / "m.gguf"
+    reference = write_gguf(path, model, embed_type=embed_type)
+    loaded = load_for_inference(path, precision, announce=False)
+    embed = loaded.embed_tokens
+    assert isinstance(embed, GGUFBlockEmbedding) and embed.type_name == embed_type
+    block, size = gguf.GGML_QUANT_SIZES[Q[embed_type]]
+    assert embed.weight.numel() == 97 * 256 // block * size  # the file's bytes, nothing more
+    rows = reference["model.embed_tokens.weight"]  # the gguf package's dequantisation of the whole matrix
+    ids = torch.tensor([[0, 5, 96, 5], [17, 3, 3, 60]])
+    assert np.array_equal(embed(ids).numpy(), rows[ids.numpy()])
+    assert np.array_equal(embed(torch.tensor([42])).numpy(), rows[[42]])  # a decode step's one row
+
+
+def test_an_embedding_of_8_bits_or_a_tied_one_becomes_int8_rows(tmp_path):
+    for tied, embed_type in ((False, "Q8_0"), (True, "Q5_0")):
+        model = randomise(Qwen(QwenConfig(**GGUF_CONFIG, tie_word_embeddings=tied)), seed=5)
+        write_gguf(tmp_path / "m.gguf", model, embed_type=embed_type)
+        loaded = load_for_inference(tmp_path / "m.gguf", "int8", announce=False)
+        assert isinstance(loaded.embed_tokens, Int8Embedding), (tied, embed_type)
+        if tied:  # the head's int8 rows, read by both
+            assert loaded.embed_tokens.weight.data_ptr() == loaded.lm_head.weight.data_ptr()
 
 
 def test_int8_load_equals_quantising_the_dequantised_model(tiny_gguf):
