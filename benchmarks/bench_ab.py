@@ -74,7 +74,7 @@ def main() -> int:
         return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--baseline", help="git revision or path of the checkout to compare against")
-    ap.add_argument("--dtypes", nargs="+", default=["int8", "fp32"], choices=["fp32", "bf16", "int8"])
+    ap.add_argument("--dtypes", nargs="+", default=["int8", "fp32"], choices=["fp32", "bf16", "int8", "int4"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=64)
     args = ap.parse_args()

@@ -76,10 +76,13 @@ for line in sys.stdin:
     elif cmd == "prefill":
         ids = json.loads(rest[0])
         eng = engine(1)
+        eng.reset_prefix_cache()  # the whole prompt, as llama.cpp after reset() (the 2,048-token prompt
+        reused = eng.reused_tokens  # starts with the 512-token one, which the slot still holds)
         eng.submit(ids, SamplingParams(max_new_tokens=1, ignore_eos=True, temperature=0))
         t = time.perf_counter()
         eng.step()
         out = time.perf_counter() - t
+        assert eng.reused_tokens == reused, "the prefill reused a cached prefix"
         while eng.num_active:
             eng.step()
     elif cmd == "rss":
@@ -165,7 +168,9 @@ def main() -> int:
                     help="a Python with llama-cpp-python installed (without it: openqwen only, no ratios)")
     ap.add_argument("--threads", type=int, default=2, help="threads of every contender [2]")
     ap.add_argument("--rounds", type=int, default=5, help="rounds of measurements [5]")
-    ap.add_argument("--tokens", type=int, default=16, help="decode steps timed per round [16]")
+    ap.add_argument("--tokens", type=int, default=16, help="decode steps timed per sample [16]")
+    ap.add_argument("--decode-samples", type=int, default=3,
+                    help="batch-1 decode samples per contender and round, each between two bandwidth readings [3]")
     ap.add_argument("--prefill", default="512", help="prompt lengths to time, comma-separated ['512']")
     ap.add_argument("--precisions", default="int4,int8", help="openqwen precisions (auto is int8 for the q4_k_m 0.5B) [int4,int8]")
     ap.add_argument("--batch-sizes", default="4,16", help="openqwen aggregate decode at these batches ['4,16']")
@@ -200,9 +205,13 @@ def main() -> int:
     serving_rss: dict[str, float] = {}
     for r in range(args.rounds):
         for w in workers:
-            # the read bandwidth right next to each decode measurement: the roofline of that round
-            times.setdefault((w.name, "read"), []).append(min(probe.seconds_per_byte() for _ in range(3)))
-            times.setdefault((w.name, "decode"), []).append(w.ask("decode", [args.tokens, 1, prompt_ids[0]]))
+            for _ in range(args.decode_samples):
+                # the read bandwidth just before and just after each decode sample: that sample's roofline
+                # (the host's bandwidth drifts by half within minutes, so one reading per round misleads)
+                before = min(probe.seconds_per_byte() for _ in range(3))
+                times.setdefault((w.name, "decode"), []).append(w.ask("decode", [args.tokens, 1, prompt_ids[0]]))
+                after = min(probe.seconds_per_byte() for _ in range(3))
+                times.setdefault((w.name, "read"), []).append((before + after) / 2)
             for n in lengths:
                 times.setdefault((w.name, f"prefill {n}"), []).append(w.ask("prefill", text_ids[:n]))
             if r == 0:  # resident while serving one stream (before the batch engines add their KV caches)
@@ -225,9 +234,10 @@ def main() -> int:
         row["decode_vs_llama"] = med([a / b for a, b in zip(times[(llama, "decode")], times[(w.name, "decode")])])
         row["bytes_per_token_mb"] = w.info["bytes_per_token"] / 1e6
         row["bandwidth_gb_s"] = 1 / med(times[(w.name, "read")]) / 1e9
-        # per round: (time the bytes take at that round's read bandwidth) / (the decode step's time)
-        row["roofline_fraction"] = med([w.info["bytes_per_token"] * spb / step
-                                        for spb, step in zip(times[(w.name, "read")], times[(w.name, "decode")])])
+        # per sample: (time the bytes take at the read bandwidth around it) / (the decode step's time)
+        shares = [w.info["bytes_per_token"] * spb / step for spb, step in zip(times[(w.name, "read")], times[(w.name, "decode")])]
+        row["roofline_fraction"] = med(shares)
+        row["roofline_fraction_samples"] = [round(x, 3) for x in shares]
         for n in lengths:
             key = f"prefill {n}"
             row[f"prefill_{n}_tok_s"] = n / med(times[(w.name, key)])

@@ -232,6 +232,13 @@ class Engine:
         """Tell the engine the weights changed in a way it cannot see (e.g. written through ``.data``)."""
         self._runner.mark_weights_changed()
 
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prompt prefix: the next prompts are prefilled in full (what a prefill
+        benchmark must measure; prompts that share a prefix with a finished request otherwise prefill
+        only their new tail)."""
+        with self._step_lock:  # not between a step's admission and its prefill
+            self._scheduler.forget_prefixes()
+
     def _check_weights(self) -> None:
         if self._runner.weights_changed():
             self._scheduler.forget_prefixes()

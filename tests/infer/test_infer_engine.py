@@ -269,6 +269,10 @@ def test_prefix_reuse_gives_the_same_tokens_as_a_fresh_prefill():
         # an unrelated prompt does not reuse anything
         eng.generate(["something else entirely, long enough to matter here"], GREEDY)
         assert eng.reused_tokens == len(ByteTokenizer().encode(first_prompt)) + 19
+        # after reset_prefix_cache the same follow-up is prefilled in full, to the same tokens
+        eng.reset_prefix_cache()
+        assert eng.generate([nxt], GREEDY)[0].token_ids == second.token_ids
+        assert eng.reused_tokens == len(ByteTokenizer().encode(first_prompt)) + 19
     finally:
         eng.close()
 
