@@ -47,6 +47,36 @@ def test_long_prefills_multiply_alike_on_either_library(monkeypatch, onednn):
         torch.testing.assert_close(layer(x).double(), exact, atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_long_prefills_multiply_in_bf16_when_asked_and_only_without_grad(monkeypatch, kind):
+    """OPENQWEN_PREFILL_PRODUCTS=bf16: past the kernel's rows, inference multiplies bf16-rounded
+    activations by the bf16 weight (int8: the codes themselves, exact in bf16, then the row scale) with
+    fp32 accumulation and a bf16 result; with grad enabled, or =fp32, the fp32 product as before."""
+    torch.manual_seed(2)
+    lin = torch.nn.Linear(256, 320, bias=True)
+    layer = Int8Linear(lin.weight, lin.bias) if kind == "int8" else quant.Int4Linear.from_float(lin.weight, lin.bias, 64)
+    x = torch.randn(quant.MAX_KERNEL_ROWS + 30, 256)
+    xq = layer._prepare_input(x).to(torch.bfloat16).double()
+    # w: what multiplies x (int8: the codes, scaled after; int4: the dequantised weight rounded to bf16)
+    w, scale = ((layer.weight.double(), layer.scale.double()) if kind == "int8"
+                else (layer.dequantize().to(torch.bfloat16).double(), torch.ones(320, dtype=torch.float64)))
+    raw = xq @ w.t()
+    expected = raw.to(torch.bfloat16).double() * scale + layer.bias.double()
+    # one bf16 step of the result (a rounding to either neighbour) plus fp32 accumulation over 256 terms
+    bound = (raw.abs() / 128 + 256 * 2**-24 * (xq.abs() @ w.abs().t())) * scale + 1e-7
+    fp32 = F.linear(layer._prepare_input(x).double(), layer._dense().double(), layer.bias.double())
+    monkeypatch.setenv("OPENQWEN_PREFILL_PRODUCTS", "bf16")
+    with torch.no_grad():
+        y = layer(x).double()
+    assert bool(((y - expected).abs() <= bound).all())
+    assert not torch.allclose(y, fp32, atol=1e-5, rtol=1e-5)  # it really took the bf16 product
+    torch.testing.assert_close(y, fp32, atol=0.05, rtol=0.02)
+    torch.testing.assert_close(layer(x).double(), fp32, atol=2e-5, rtol=1e-5)  # grad enabled: fp32
+    monkeypatch.setenv("OPENQWEN_PREFILL_PRODUCTS", "fp32")
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x).double(), fp32, atol=2e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("rows", [1, 5, 40, 80, 600])
 def test_bf16_linear_accumulates_in_fp32(backend, rows):
     torch.manual_seed(1)

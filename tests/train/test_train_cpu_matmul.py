@@ -99,3 +99,22 @@ def test_resolve_auto_and_refusals(monkeypatch):
         resolve_cpu_matmul("onednn", CPU, "fp32", True, "none")
     with pytest.raises(ValueError, match="must be one of auto, mkl, onednn"):
         resolve_cpu_matmul("blas", CPU, "fp32", False, "none")
+
+
+def test_bf16_prefill_products_follow_the_cpu_unless_the_environment_says(monkeypatch):
+    monkeypatch.delenv("OPENQWEN_PREFILL_PRODUCTS", raising=False)
+    monkeypatch.setattr(cpu_matmul, "onednn_available", lambda: True)
+    monkeypatch.setattr(cpu_matmul, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))
+    assert cpu_matmul.bf16_products_preferred()
+    monkeypatch.setattr(cpu_matmul, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))  # no native bf16
+    assert not cpu_matmul.bf16_products_preferred()
+    monkeypatch.setattr(cpu_matmul, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    assert cpu_matmul.bf16_products_preferred()
+    monkeypatch.setenv("OPENQWEN_PREFILL_PRODUCTS", "fp32")
+    assert not cpu_matmul.bf16_products_preferred()
+    monkeypatch.setattr(cpu_matmul, "cpu_flags", lambda: frozenset())
+    monkeypatch.setenv("OPENQWEN_PREFILL_PRODUCTS", "bf16")
+    assert cpu_matmul.bf16_products_preferred()
+    monkeypatch.setenv("OPENQWEN_PREFILL_PRODUCTS", "fp16")
+    with pytest.raises(ValueError, match="OPENQWEN_PREFILL_PRODUCTS must be one of auto, fp32, bf16, got 'fp16'"):
+        cpu_matmul.bf16_products_preferred()
