@@ -68,7 +68,8 @@ class Engine:
 
     max_batch_size: slots in the KV cache (concurrent requests); more requests wait in a queue.
     max_seq_len: positions per slot (prompt + output); default min(max_position_embeddings, 8192).
-    The cache costs ``2 * layers * kv_heads * head_dim * bytes * max_batch_size * max_seq_len``.
+    The cache's buffers take ``2 * layers * kv_heads * head_dim * bytes * max_batch_size * max_seq_len``
+    of address space, resident only as positions are written (:func:`openqwen.kv_cache.zeroed_buffers`).
     background: run :meth:`step` in a background thread whenever there is work (the default); with
     False the caller drives :meth:`step` itself (deterministic tests, benchmarks, custom schedulers).
     fused: decode with one C call per step (:class:`openqwen.infer.kernels.FusedDecoder`) when the model

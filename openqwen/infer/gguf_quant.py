@@ -28,10 +28,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pathlib import Path
-
 from ..checkpoint.gguf import RawLinear, dequantize, q4_k_groups
-from ..checkpoint.gguf_file import GGUFFile, ggml_type_info
+from ..checkpoint.gguf_file import GGUFTensorInfo, ggml_type_info
 from .quant import Int4Linear, Int8Linear, pack_int4, quantize_rtn_int4
 
 GGUF_INT4_GROUP = 32
@@ -156,16 +154,12 @@ class GGUFBlockEmbedding(nn.Module):
         return f"{self.num_embeddings}, {self.embedding_dim}, {self.type_name} blocks as stored"
 
 
-def gguf_block_embedding(path: str | Path, max_bits: float = 8.0) -> GGUFBlockEmbedding | None:
-    """The file's ``token_embd`` as a :class:`GGUFBlockEmbedding` when it is stored in blocks of fewer
-    than ``max_bits`` bits per weight (int8 rows, the alternative, cost a little over 8), else None."""
-    with GGUFFile(path) as f:
-        info = f.tensors.get("token_embd.weight")
-        if info is None:
-            return None
-        _, block, size = ggml_type_info(info.ggml_type)
-        if block == 1 or 8 * size / block >= max_bits:  # float types, Q8_0
-            return None
-        rows, dim = info.shape
-        raw = torch.from_numpy(f.raw("token_embd.weight").copy()).view(torch.uint8).reshape(rows, -1)
-    return GGUFBlockEmbedding(raw, info.ggml_type, dim)
+def block_embedding_builder(info: GGUFTensorInfo, raw: torch.Tensor, max_bits: float = 8.0) -> GGUFBlockEmbedding | None:
+    """The ``embedding_builder`` of ``load_gguf``: ``token_embd`` as a :class:`GGUFBlockEmbedding` (its
+    bytes copied out of the mapped file) when it is stored in blocks of fewer than ``max_bits`` bits per
+    weight (int8 rows, the alternative, cost a little over 8), else None."""
+    _, block, size = ggml_type_info(info.ggml_type)
+    if block == 1 or 8 * size / block >= max_bits:  # float types, Q8_0
+        return None
+    rows, dim = info.shape
+    return GGUFBlockEmbedding(raw.clone().view(torch.uint8).reshape(rows, -1), info.ggml_type, dim)

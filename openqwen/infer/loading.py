@@ -131,13 +131,13 @@ def load_for_inference(path: str | Path, dtype: str = "auto", announce: bool = T
         is_gguf = path.is_file() and path.suffix == ".gguf"
         if is_gguf and precision in ("int4", "int8"):
             from ..checkpoint.gguf import load_gguf  # noqa: PLC0415
-            from .gguf_quant import gguf_block_embedding, int4_builder, int8_builder  # noqa: PLC0415
+            from .gguf_quant import block_embedding_builder, int4_builder, int8_builder  # noqa: PLC0415
 
-            model = load_gguf(path, dtype="fp32", linear_builder=int4_builder if precision == "int4" else int8_builder)
+            # an untied head leaves the embedding to itself: kept in the file's blocks when they are small
+            model = load_gguf(path, dtype="fp32", linear_builder=int4_builder if precision == "int4" else int8_builder,
+                              embedding_builder=block_embedding_builder)
             if not isinstance(model.lm_head, Int8Linear):  # a tied head: an int8 copy of the embedding
                 model.lm_head = Int8Linear(model.lm_head.weight, None)
-            elif (blocks := gguf_block_embedding(path)) is not None:  # an untied head: the file's own rows
-                model.embed_tokens = blocks
         else:
             model = load_model(path, dtype="bf16" if precision == "bf16" else "fp32")
             if precision == "int8":
