@@ -33,15 +33,19 @@ from openqwen.tokenizer import QwenTokenizer
 DEFAULT_MODEL = "~/.cache/openqwen-artifacts/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 
 
-VARIANTS = {"C kernel": None, "MKL": False, "oneDNN": True}
+VARIANTS = {"C kernel": None, "MKL": False, "oneDNN": True, "oneDNN bf16": "bf16"}
 """How the long-prompt products run: the C kernel (prompts up to ``quant.MAX_KERNEL_ROWS`` tokens only,
-as the engine runs them), or every prompt through torch's matmul on MKL or on oneDNN."""
+as the engine runs them), or every prompt through torch's matmul on MKL or on oneDNN in fp32, or in
+bf16 on oneDNN (``OPENQWEN_PREFILL_PRODUCTS=bf16``; fp32 for the others)."""
 
 
-def prefill_seconds(model, ids: torch.Tensor, onednn: bool | None) -> tuple[float, torch.Tensor]:
+def prefill_seconds(model, ids: torch.Tensor, onednn: bool | str | None) -> tuple[float, torch.Tensor]:
     rows = quant.MAX_KERNEL_ROWS if onednn is None else 0
+    os.environ["OPENQWEN_PREFILL_PRODUCTS"] = "bf16" if onednn == "bf16" else "fp32"
     with mock.patch.object(quant, "onednn_preferred", lambda: bool(onednn)), \
-            mock.patch.object(quant._KernelLinear, "max_kernel_rows", lambda self, onednn: rows), torch.no_grad():
+            mock.patch.object(quant._KernelLinear, "max_kernel_rows", lambda self, onednn: rows), \
+            mock.patch.object(quant.Int8Linear, "bf16_kernel_rows", rows), \
+            mock.patch.object(quant.Int4Linear, "bf16_kernel_rows", rows), torch.no_grad():
         cache = model.new_cache(1, ids.shape[1] + 8)
         t0 = time.perf_counter()
         hidden = model.hidden_states(ids, cache=cache)
@@ -65,8 +69,8 @@ def main() -> int:
     text = Path(textwrap.__file__).read_text() * 4
     print(f"load {os.getloadavg()[0]:.2f}; {args.threads} threads; model {path.name}")
     print("| precision | prompt tokens | " + " | ".join(f"{v} tok/s" for v in VARIANTS)
-          + " | oneDNN vs MKL | max logit difference oneDNN vs MKL |")
-    print("|---|---|" + "---|" * (len(VARIANTS) + 2))
+          + " | oneDNN vs MKL | max logit difference oneDNN vs MKL | bf16 vs fp32 (oneDNN) | max logit difference bf16 vs fp32 |")
+    print("|---|---|" + "---|" * (len(VARIANTS) + 4))
     for precision in args.precisions.split(","):
         model = load_for_inference(path, precision, announce=False)
         for n in (int(t) for t in args.tokens.split(",")):
@@ -82,8 +86,10 @@ def main() -> int:
                     times[v].append(s)
             med = {v: statistics.median(times[v]) for v in names}
             diff = (logits["oneDNN"] - logits["MKL"]).abs().max().item()
+            diff_bf16 = (logits["oneDNN bf16"] - logits["oneDNN"]).abs().max().item()
             cells = " | ".join(f"{n / med[v]:.1f}" if v in med else "-" for v in VARIANTS)
-            print(f"| {precision} | {n} | {cells} | {med['MKL'] / med['oneDNN']:.2f}x | {diff:.1e} |", flush=True)
+            print(f"| {precision} | {n} | {cells} | {med['MKL'] / med['oneDNN']:.2f}x | {diff:.1e} "
+                  f"| {med['oneDNN'] / med['oneDNN bf16']:.2f}x | {diff_bf16:.1e} |", flush=True)
     print(f"load {os.getloadavg()[0]:.2f} at the end")
     return 0
 

@@ -77,6 +77,23 @@ def test_long_prefills_multiply_in_bf16_when_asked_and_only_without_grad(monkeyp
         torch.testing.assert_close(layer(x).double(), fp32, atol=2e-5, rtol=1e-5)
 
 
+def test_bf16_products_take_over_from_the_kernel_at_each_layer_types_rows(monkeypatch):
+    """int8 layers leave the C kernel for bf16 products past 48 rows, int4 only past 255 (rounding its
+    dequantised weight to bf16 costs more than it saves below that)."""
+    torch.manual_seed(3)
+    lin = torch.nn.Linear(256, 128, bias=False)
+    int8, int4 = Int8Linear(lin.weight, None), quant.Int4Linear.from_float(lin.weight, None, 64)
+    monkeypatch.setenv("OPENQWEN_PREFILL_PRODUCTS", "bf16")
+    for layer, rows, bf16 in ((int8, 48, False), (int8, 49, True), (int4, 200, False), (int4, 256, True)):
+        x = torch.randn(rows, 256)
+        with torch.no_grad():
+            y = layer(x)
+        fp32 = F.linear(layer._prepare_input(x), layer._dense())
+        assert torch.allclose(y, fp32, atol=2e-5, rtol=1e-5) is not bf16, (type(layer).__name__, rows)
+        if bf16:
+            torch.testing.assert_close(y, layer._bf16_product(layer._prepare_input(x)))
+
+
 @pytest.mark.parametrize("rows", [1, 5, 40, 80, 600])
 def test_bf16_linear_accumulates_in_fp32(backend, rows):
     torch.manual_seed(1)
