@@ -20,12 +20,15 @@ non-CPU inputs take ``F.linear`` as before.
 from __future__ import annotations
 
 import functools
+import os
 import types
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .precision import BF16_CPU_FLAGS, cpu_flags
 
 CHOICES = ("auto", "mkl", "onednn")
 ONEDNN_ATTR = "_openqwen_onednn"
@@ -87,31 +90,17 @@ PREFILL_PRODUCTS = ("auto", "fp32", "bf16")
 PREFILL_PRODUCTS_ENV = "OPENQWEN_PREFILL_PRODUCTS"
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The ``flags`` of /proc/cpuinfo (empty where unknown)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
 def bf16_products_preferred() -> bool:
     """Whether quantised layers multiply long prompts in bf16 (:mod:`openqwen.infer.quant`): the
     ``OPENQWEN_PREFILL_PRODUCTS`` environment variable, ``auto`` (default: bf16 where the CPU has native
     bf16 dot products, ``avx512_bf16`` or ``amx_bf16``, which run them about twice as fast as fp32),
     ``fp32`` or ``bf16``."""
-    import os  # noqa: PLC0415
-
     choice = os.environ.get(PREFILL_PRODUCTS_ENV, "auto") or "auto"
     if choice not in PREFILL_PRODUCTS:
         raise ValueError(f"{PREFILL_PRODUCTS_ENV} must be one of {', '.join(PREFILL_PRODUCTS)}, got {choice!r}")
     if choice != "auto":
         return choice == "bf16"
-    return onednn_available() and bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    return onednn_available() and bool(cpu_flags() & set(BF16_CPU_FLAGS))
 
 
 def _onednn_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -12,6 +12,7 @@ are printed by the trainer.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -26,15 +27,16 @@ CPU_BF16_MIN_STEP_FLOPS = 1e9
 (0.86 GFLOP: 0.91x; 2.1 GFLOP: 1.22x; one thread, 2026-12-02)."""
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere), read once."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
+                return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return set()
+    return frozenset()
 
 
 def step_flops(config: QwenConfig, batch_size: int, seq_len: int | None = None) -> float:
