@@ -111,6 +111,7 @@ def load_for_inference(path: str | Path, dtype: str = "auto", announce: bool = T
     import sys  # noqa: PLC0415
 
     from ..checkpoint import load_model  # noqa: PLC0415
+    from ..train.cpu_matmul import bf16_products_preferred  # noqa: PLC0415
     from .quant import (Int8Linear, optimise_for_decode, quantize_embedding, quantize_int4,  # noqa: PLC0415
                         quantize_int8)
 
@@ -149,8 +150,12 @@ def load_for_inference(path: str | Path, dtype: str = "auto", announce: bool = T
         if precision in ("int4", "int8"):
             quantize_embedding(model)  # int8 rows, shared with a tied head: no fp32 copy of the vocabulary
     release_freed_memory()
+    bf16_products = bf16_products_preferred()  # a bad OPENQWEN_PREFILL_PRODUCTS fails here, before any prompt
     if announce:
         print(f"openqwen: {path.name} runs in {precision} ({why}; --dtype overrides)", file=sys.stderr)
+        if bf16_products and precision in ("int4", "int8"):
+            print("openqwen: long prompts multiply in bf16 on this CPU (native bf16 dot products; "
+                  "OPENQWEN_PREFILL_PRODUCTS=fp32 keeps fp32)", file=sys.stderr)
     model.precision = precision
     return model.eval()
 

@@ -59,6 +59,13 @@ def test_generate_rejects_bad_settings(model_dir):
     assert res.returncode == 2 and "top_p" in res.stderr
 
 
+def test_a_bad_prefill_products_setting_is_one_line_and_exit_2(model_dir, monkeypatch):
+    monkeypatch.setenv("OPENQWEN_PREFILL_PRODUCTS", "fp16")
+    res = run_cli("generate", "--model", str(model_dir), "--prompt", "x", "--dtype", "int8")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "OPENQWEN_PREFILL_PRODUCTS must be one of auto, fp32, bf16, got 'fp16'" in res.stderr
+
+
 def test_chat_session_with_commands(model_dir):
     script = "\n".join([
         "/help",
