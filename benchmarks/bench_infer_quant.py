@@ -7,8 +7,10 @@ Every contender is a worker process holding one model (openqwen at each precisio
 llama-cpp-python), all alive at once and measured in turn, a little in every round: the machine is
 shared and its load drifts, so only measurements taken side by side compare. Reported per contender:
 load time and resident memory (the worker's peak RSS after loading, the mapped file included), batch-1
-decode tokens/s (prefill excluded), prompt processing tokens/s of a ``--prefill``-token prompt (a real
-text: CPython's ``textwrap.py``), openqwen's aggregate decode at ``--batch-sizes``, and the greedy
+decode tokens/s (prefill excluded; ``--decode-samples`` per round, each between two readings of the read
+bandwidth, whose per-sample ratio is the roofline share), prompt processing tokens/s of a
+``--prefill``-token prompt (a real text: CPython's ``textwrap.py``; the whole prompt every time, no
+cached prefix reused), openqwen's aggregate decode at ``--batch-sizes``, and the greedy
 tokens of three chat prompts (how many of the first 24 equal llama.cpp's). Ratios against llama.cpp
 (medians of the per-round ratios) are the headline. Writes docs/benchmarks/inference_quant.json and
 prints a markdown table for docs/benchmarks/inference.md.

@@ -162,4 +162,4 @@ def block_embedding_builder(info: GGUFTensorInfo, raw: torch.Tensor, max_bits: f
     if block == 1 or 8 * size / block >= max_bits:  # float types, Q8_0
         return None
     rows, dim = info.shape
-    return GGUFBlockEmbedding(raw.clone().view(torch.uint8).reshape(rows, -1), info.ggml_type, dim)
+    return GGUFBlockEmbedding(raw.clone().reshape(rows, -1), info.ggml_type, dim)
