@@ -292,116 +292,150 @@ static void gemm_bf16_pairs(const float *xp, const uint16_t *w, const float *bia
     }
 }
 
-/* ------------------------------------------------------------ int4 weights x int16 activations
+/* ------------------------------------------------------------- int4 weights x int8 activations
    Group-wise int4 (openqwen/infer/quant.py's Int4Linear): w = code * scale[g] + offset[g] per group of
    `group` inputs, codes packed per segment of 32 inputs, byte i = input i (low nibble) | input i + 16
-   (high nibble), so 16 bytes widen into two runs of 16 consecutive weights with one mask and one shift.
-   The activations are the int16 blocks of the int8 path, and per segment of 32 the sum of the rounded
-   activations (xsum, fp32) carries the offset term: sum_k w_k x_k = scale * sum_k code_k x_k +
-   offset * sum_k x_k. Integer sums are exact within a segment; each segment adds one fp32 multiply-add
-   per row, with scale[g] * xs[block] as its multiplier. */
-static void quantize_row_i16_sums(const float *x, int64_t K, int16_t *xq, float *xs, float *xsum, float *xseg) {
-    quantize_row_i16(x, K, xq, xs);
+   (high nibble). 32 bytes (two segments) split into two vectors of 32 codes with one shift and two masks.
+   The activations are rounded to int8 per segment (scale = absmax / 127, llama.cpp's choice for its
+   4-bit dot products) and stored in the order the split codes come out: per segment pair A, B,
+   [A 0..15, B 0..15, A 16..31, B 16..31]. Then 64 products are two u8 x s8 multiply-adds into int32
+   lanes (lanes 0-3 sum segment A, 4-7 segment B): half the instructions per weight of int16
+   activations, which is what lets two cores keep up with the memory at batch 1 (the int16 kernel ran
+   at 25 GB/s of its bytes from the cache). Per eight segments the lane sums reduce to one vector of
+   segment sums, and one fp32 multiply-add applies scale[g] * activation scale; the offset term is
+   offset[g] * (sum of the segment's rounded activations). Integer sums are exact, so the VNNI and the
+   plain AVX2 instructions give the same bits. */
+static void quantize_row_i8(const float *x, int64_t K, int8_t *xq, float *xs, float *xsum) {
     for (int64_t j = 0; j < K / 32; j++) {
+        const float *xb = x + j * 32;
+        float amax = 0.0f;
+        for (int i = 0; i < 32; i++) amax = fabsf(xb[i]) > amax ? fabsf(xb[i]) : amax;
+        float scale = amax / 127.0f, inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+        int8_t *dst = xq + (j / 2) * 64 + (j & 1) * 16; /* this segment's place in its pair */
         int32_t t = 0;
-        for (int i = 0; i < 32; i++) t += xq[j * 32 + i];
-        xsum[j] = xs[j * 32 / QBLK] * (float)t;
-        xseg[j] = xs[j * 32 / QBLK]; /* each segment's activation scale, for the 8-segment path below */
+        for (int i = 0; i < 32; i++) {
+            float q = nearbyintf(xb[i] * inv); /* round half to even, as torch.round */
+            q = q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q);
+            dst[(i / 16) * 32 + i % 16] = (int8_t)q;
+            t += (int32_t)q;
+        }
+        xs[j] = scale;
+        xsum[j] = scale * (float)t;
     }
 }
 
-/* the eight int32 lane sums of v[0..7], as one vector (lane j: the sum of v[j]) */
-static inline __m256i hsum8_epi32(const __m256i *v) {
-    __m256i b0 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-    __m256i b1 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
-    return _mm256_add_epi32(_mm256_permute2x128_si256(b0, b1, 0x20), _mm256_permute2x128_si256(b0, b1, 0x31));
+/* a[i]: lanes 0-3 segment 2i, lanes 4-7 segment 2i+1 -> the eight segment sums as [0 2 4 6 1 3 5 7] */
+static inline __m256i segment_sums(const __m256i *a) {
+    return _mm256_hadd_epi32(_mm256_hadd_epi32(a[0], a[1]), _mm256_hadd_epi32(a[2], a[3]));
 }
 
-#define I4_SEGMENT(p, wl, wh)                                                                          \
+#define PAIR_DOT_AVX2(lo, hi, xp)                                                                      \
+    _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(xp))), \
+                                       _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)((xp) + 32)))), \
+                      _mm256_set1_epi16(1)) /* |15 * 127 * 4| fits int16: no saturation */
+#define PAIR_DOT_VNNI(lo, hi, xp)                                                                      \
+    _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), lo, _mm256_loadu_si256((const __m256i *)(xp))), \
+                        hi, _mm256_loadu_si256((const __m256i *)((xp) + 32)))
+
+/* One row's eight segments (`pairs` of them present) against the split codes: f += sums * scale
+   products, ov += offsets * activation sums. The same arithmetic for every row, whatever the batch. */
+#define I4_ROW_STEP(PAIR_DOT, xr, xsr, xur, f, ov)                                                     \
     do {                                                                                               \
-        __m128i b_ = _mm_loadu_si128((const __m128i *)(p));                                            \
-        wl = _mm256_cvtepu8_epi16(_mm_and_si128(b_, _mm_set1_epi8(0x0F)));                             \
-        wh = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(b_, 4), _mm_set1_epi8(0x0F)));          \
+        __m256i a_[4];                                                                                 \
+        for (int p_ = 0; p_ < 4; p_++)                                                                 \
+            a_[p_] = p_ < pairs ? PAIR_DOT(lo[p_], hi[p_], (xr) + p_ * 64) : _mm256_setzero_si256();   \
+        __m256 xsv_ = full ? _mm256_loadu_ps(xsr) : _mm256_maskload_ps(xsr, mask);                     \
+        __m256 xuv_ = full ? _mm256_loadu_ps(xur) : _mm256_maskload_ps(xur, mask);                     \
+        __m256 mult_ = _mm256_permutevar8x32_ps(_mm256_mul_ps(scv, xsv_), order);                      \
+        f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(segment_sums(a_)), mult_, f);                           \
+        ov = _mm256_fmadd_ps(ofv, xuv_, ov);                                                           \
     } while (0)
-#define I4_DOT(wl, wh, q, k)                                                                           \
-    _mm256_add_epi32(_mm256_madd_epi16(wl, load_i16((q) + (k))), _mm256_madd_epi16(wh, load_i16((q) + (k) + 16)))
 
-/* columns [n0, n1) of y from the quantised rows (xq [M, K], xs [M, K / QBLK], xsum [M, K / 32]) */
-static void gemm_i4_i16(const int16_t *xq, const float *xs, const float *xsum, const float *xseg, const Linear *L,
-                        float *y, int64_t M, int64_t ldy, int accumulate, int64_t n0, int64_t n1) {
-    const int64_t K = L->k, nb = K / QBLK, nseg = K / 32, ng = K / L->group, spg = L->group / 32;
-    const uint8_t *w = (const uint8_t *)L->weight;
-    for (int64_t n = n0; n < n1; n++) {
-        const uint8_t *wr = w + n * (K / 2);
-        const float *sc = L->scale + n * ng, *of = L->offset + n * ng;
-        const float b = L->bias ? L->bias[n] : 0.0f;
-        int64_t m = 0;
-        for (; m + 4 <= M; m += 4) { /* four rows share every widened weight vector */
-            const int16_t *q0 = xq + m * K, *q1 = q0 + K, *q2 = q1 + K, *q3 = q2 + K;
-            const float *s0 = xs + m * nb, *s1 = s0 + nb, *s2 = s1 + nb, *s3 = s2 + nb;
-            const float *u0 = xsum + m * nseg, *u1 = u0 + nseg, *u2 = u1 + nseg, *u3 = u2 + nseg;
-            __m256 f0 = _mm256_setzero_ps(), f1 = _mm256_setzero_ps(), f2 = _mm256_setzero_ps(), f3 = _mm256_setzero_ps();
-            float o0 = 0.0f, o1 = 0.0f, o2 = 0.0f, o3 = 0.0f;
-            for (int64_t g = 0; g < ng; g++) {
-                const float sg = sc[g];
-                float t0 = 0.0f, t1 = 0.0f, t2 = 0.0f, t3 = 0.0f;
-                for (int64_t j = g * spg; j < (g + 1) * spg; j++) {
-                    const int64_t k = j * 32, blk = k / QBLK;
-                    if (m == 0 && (j & 3) == 0) _mm_prefetch((const char *)(wr + K + j * 16), _MM_HINT_T0);
-                    __m256i wl, wh;
-                    I4_SEGMENT(wr + j * 16, wl, wh);
-                    f0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I4_DOT(wl, wh, q0, k)), _mm256_set1_ps(sg * s0[blk]), f0);
-                    f1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I4_DOT(wl, wh, q1, k)), _mm256_set1_ps(sg * s1[blk]), f1);
-                    f2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I4_DOT(wl, wh, q2, k)), _mm256_set1_ps(sg * s2[blk]), f2);
-                    f3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I4_DOT(wl, wh, q3, k)), _mm256_set1_ps(sg * s3[blk]), f3);
-                    t0 += u0[j]; t1 += u1[j]; t2 += u2[j]; t3 += u3[j];
-                }
-                o0 += of[g] * t0; o1 += of[g] * t1; o2 += of[g] * t2; o3 += of[g] * t3;
-            }
-            store(y + m * ldy + n, hsum(f0) + o0 + b, accumulate);
-            store(y + (m + 1) * ldy + n, hsum(f1) + o1 + b, accumulate);
-            store(y + (m + 2) * ldy + n, hsum(f2) + o2 + b, accumulate);
-            store(y + (m + 3) * ldy + n, hsum(f3) + o3 + b, accumulate);
-        }
-        for (; m < M; m++) { /* leftover rows (all of them at batch 1): the same arithmetic, one row */
-            const int16_t *q0 = xq + m * K;
-            const float *s0 = xs + m * nb, *u0 = xsum + m * nseg, *e0 = xseg + m * nseg;
-            __m256 f0 = _mm256_setzero_ps(), ov = _mm256_setzero_ps();
-            float o0 = 0.0f;
-            int64_t g = 0;
-            if (spg == 1) { /* groups of 32 (GGUF): eight segments' integer sums reduced into one vector,
-                               then one multiply-add against their eight scale products */
-                for (; g + 8 <= ng; g += 8) {
-                    __m256i v[8];
-                    _mm_prefetch((const char *)(wr + K + g * 16), _MM_HINT_T0);
-                    _mm_prefetch((const char *)(wr + K + g * 16 + 64), _MM_HINT_T0);
-                    for (int jj = 0; jj < 8; jj++) {
-                        __m256i wl, wh;
-                        I4_SEGMENT(wr + (g + jj) * 16, wl, wh);
-                        v[jj] = I4_DOT(wl, wh, q0, (g + jj) * 32);
-                    }
-                    __m256 mult = _mm256_mul_ps(_mm256_loadu_ps(sc + g), _mm256_loadu_ps(e0 + g));
-                    f0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hsum8_epi32(v)), mult, f0);
-                    ov = _mm256_fmadd_ps(_mm256_loadu_ps(of + g), _mm256_loadu_ps(u0 + g), ov);
-                }
-                o0 = hsum(ov);
-            }
-            for (; g < ng; g++) {
-                const float sg = sc[g];
-                float t0 = 0.0f;
-                for (int64_t j = g * spg; j < (g + 1) * spg; j++) {
-                    const int64_t k = j * 32;
-                    if ((j & 3) == 0) _mm_prefetch((const char *)(wr + K + j * 16), _MM_HINT_T0);
-                    __m256i wl, wh;
-                    I4_SEGMENT(wr + j * 16, wl, wh);
-                    f0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I4_DOT(wl, wh, q0, k)), _mm256_set1_ps(sg * s0[k / QBLK]), f0);
-                    t0 += u0[j];
-                }
-                o0 += of[g] * t0;
-            }
-            store(y + m * ldy + n, hsum(f0) + o0 + b, accumulate);
-        }
+/* this row's scales (or offsets) of segments [j, j + segs), one lane each */
+static inline __m256 segment_params(const float *p, int64_t j, int64_t segs, int64_t spg, __m256i mask) {
+    if (spg == 1) return segs == 8 ? _mm256_loadu_ps(p + j) : _mm256_maskload_ps(p + j, mask);
+    if (8 % spg == 0 || spg % 8 == 0) { /* j % 8 == 0: lane i is group j / spg + i / spg */
+        const int64_t need = (segs + spg - 1) / spg;
+        __m256i take = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)need), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        __m256i idx = _mm256_srli_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), __builtin_ctzll(spg < 8 ? spg : 8));
+        if (spg >= 8) idx = _mm256_setzero_si256();
+        return _mm256_and_ps(_mm256_permutevar8x32_ps(_mm256_maskload_ps(p + j / spg, take), idx),
+                             _mm256_castsi256_ps(mask));
     }
+    float t[8] = {0};
+    for (int64_t i = 0; i < segs; i++) t[i] = p[(j + i) / spg];
+    return _mm256_loadu_ps(t);
+}
+
+/* columns [n0, n1) of y from the rounded rows (xq [M, K] in pair order, xs and xsum [M, K / 32]) */
+#define DEFINE_GEMM_I4(NAME, ATTR, PAIR_DOT)                                                           \
+    ATTR static void NAME(const int8_t *xq, const float *xs, const float *xsum, const Linear *L, float *y, \
+                          int64_t M, int64_t ldy, int accumulate, int64_t n0, int64_t n1) {            \
+        const int64_t K = L->k, nseg = K / 32, ng = K / L->group, spg = L->group / 32;                 \
+        const uint8_t *w = (const uint8_t *)L->weight;                                                 \
+        const __m256i m4 = _mm256_set1_epi8(0x0F), order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7); \
+        for (int64_t n = n0; n < n1; n++) {                                                            \
+            const uint8_t *wr = w + n * (K / 2);                                                       \
+            const float *sc = L->scale + n * ng, *of = L->offset + n * ng;                             \
+            const float b = L->bias ? L->bias[n] : 0.0f;                                               \
+            for (int64_t m = 0; m < M;) {                                                              \
+                const int tile = M - m >= 4 ? 4 : 1; /* four rows share every split code vector */     \
+                __m256 f[4], ov[4];                                                                    \
+                for (int r = 0; r < 4; r++) f[r] = ov[r] = _mm256_setzero_ps();                        \
+                for (int64_t j = 0; j < nseg; j += 8) {                                                \
+                    const int64_t segs = nseg - j < 8 ? nseg - j : 8;                                  \
+                    const int pairs = (int)(segs / 2), full = segs == 8;                               \
+                    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)segs),              \
+                                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); \
+                    if (m == 0) { /* two rows ahead */                                                 \
+                        _mm_prefetch((const char *)(wr + K + j * 16), _MM_HINT_T0);                    \
+                        _mm_prefetch((const char *)(wr + K + j * 16 + 64), _MM_HINT_T0);               \
+                    }                                                                                  \
+                    __m256i lo[4], hi[4];                                                              \
+                    for (int p = 0; p < pairs; p++) {                                                  \
+                        __m256i c = _mm256_loadu_si256((const __m256i *)(wr + j * 16 + p * 32));        \
+                        lo[p] = _mm256_and_si256(c, m4);                                               \
+                        hi[p] = _mm256_and_si256(_mm256_srli_epi16(c, 4), m4);                         \
+                    }                                                                                  \
+                    const __m256 scv = segment_params(sc, j, segs, spg, mask);                         \
+                    const __m256 ofv = segment_params(of, j, segs, spg, mask);                         \
+                    if (tile == 4) {                                                                   \
+                        for (int r = 0; r < 4; r++)                                                    \
+                            I4_ROW_STEP(PAIR_DOT, xq + (m + r) * K + j * 32, xs + (m + r) * nseg + j,  \
+                                        xsum + (m + r) * nseg + j, f[r], ov[r]);                       \
+                    } else {                                                                           \
+                        I4_ROW_STEP(PAIR_DOT, xq + m * K + j * 32, xs + m * nseg + j, xsum + m * nseg + j, \
+                                    f[0], ov[0]);                                                      \
+                    }                                                                                  \
+                }                                                                                      \
+                for (int r = 0; r < tile; r++)                                                         \
+                    store(y + (m + r) * ldy + n, hsum(_mm256_add_ps(f[r], ov[r])) + b, accumulate);    \
+                m += tile;                                                                             \
+            }                                                                                          \
+        }                                                                                              \
+    }
+
+DEFINE_GEMM_I4(gemm_i4_avx2, , PAIR_DOT_AVX2)
+DEFINE_GEMM_I4(gemm_i4_vnni, __attribute__((target("avx512vnni,avx512vl"))), PAIR_DOT_VNNI)
+
+/* -1: not decided yet (the library's constructor decides); 0: AVX2 multiply-adds; 1: AVX512-VNNI (same results, fewer instructions) */
+static int i4_vnni = -1;
+
+/* Which int4 dot product runs: mode -1 asks (deciding from the CPU on first use), 0 / 1 chooses (1
+   only where the CPU has AVX512-VNNI and VL). Returns the one in use. */
+int int4_vnni(int mode) {
+    const int capable = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
+    if (mode >= 0) i4_vnni = mode && capable;
+    else if (i4_vnni < 0) i4_vnni = capable;
+    return i4_vnni;
+}
+
+__attribute__((constructor)) static void choose_int4_dot(void) { int4_vnni(-1); }
+
+static void gemm_i4(const int8_t *xq, const float *xs, const float *xsum, const Linear *L, float *y, int64_t M,
+                    int64_t ldy, int accumulate, int64_t n0, int64_t n1) {
+    if (i4_vnni > 0) gemm_i4_vnni(xq, xs, xsum, L, y, M, ldy, accumulate, n0, n1);
+    else gemm_i4_avx2(xq, xs, xsum, L, y, M, ldy, accumulate, n0, n1);
 }
 
 /* The fp32 weight of an int4 layer (rows [0, n) of w [n, k]), for prefills long enough that torch's
@@ -434,17 +468,19 @@ static int uses_pairs(const Linear *L) { return L->type == W_BF16 && L->k % 16 =
 /* Called inside a parallel region: the threads share the columns (an orphaned `omp for`, with the
    implicit barrier at its end, so y is complete when every thread returns). int8 layers first round
    x into xq/xs, bf16 layers split it into xp (which shares xq's room: M * k floats), the threads
-   sharing the rows; int4 layers round it too and keep segment sums in the half of that room the int16
-   values leave free. */
+   sharing the rows; int4 layers round it to int8 there, with their segment scales and sums after the
+   codes. */
 static void gemm(const Linear *L, const float *x, int64_t M, float *y, int64_t ldy, int accumulate,
                  int16_t *xq, float *xs) {
     const int i16 = uses_i16(L), pairs = uses_pairs(L), i4 = uses_i4(L);
-    float *xp = (float *)xq, *xsum = (float *)(xq + M * L->k), *xseg = xsum + M * (L->k / 32);
+    float *xp = (float *)xq;
+    /* int4: int8 codes [M, k], then activation scales and sums [M, k / 32] each (1.25 M k bytes) */
+    int8_t *x8 = (int8_t *)xq;
+    float *x8s = (float *)(x8 + M * L->k), *x8sum = x8s + M * (L->k / 32);
     if (i4) {
 #pragma omp for schedule(static)
         for (int64_t m = 0; m < M; m++)
-            quantize_row_i16_sums(x + m * L->k, L->k, xq + m * L->k, xs + m * (L->k / QBLK), xsum + m * (L->k / 32),
-                                  xseg + m * (L->k / 32));
+            quantize_row_i8(x + m * L->k, L->k, x8 + m * L->k, x8s + m * (L->k / 32), x8sum + m * (L->k / 32));
     } else if (i16) {
 #pragma omp for schedule(static)
         for (int64_t m = 0; m < M; m++) quantize_row_i16(x + m * L->k, L->k, xq + m * L->k, xs + m * (L->k / QBLK));
@@ -457,7 +493,7 @@ static void gemm(const Linear *L, const float *x, int64_t M, float *y, int64_t l
     for (int64_t c = 0; c < chunks; c++) {
         int64_t n0 = c * COLUMN_CHUNK, n1 = n0 + COLUMN_CHUNK < L->n ? n0 + COLUMN_CHUNK : L->n;
         if (i4) {
-            gemm_i4_i16(xq, xs, xsum, xseg, L, y, M, ldy, accumulate, n0, n1);
+            gemm_i4(x8, x8s, x8sum, L, y, M, ldy, accumulate, n0, n1);
             continue;
         }
         if (i16) {

@@ -5,7 +5,8 @@
 * :func:`linear_forward` - a matrix-vector product for a few rows against fp32, bf16 or int8 weights
   that reads each weight once and converts it in registers (what :mod:`openqwen.infer.quant` runs;
   for int8 weights the activations are rounded to int16 blocks and multiplied as integers, see
-  :func:`openqwen.infer.quant.round_activations_int16`);
+  :func:`openqwen.infer.quant.round_activations_int16`; int4 weights take int8 activations,
+  :func:`~openqwen.infer.quant.round_activations_int8`, through AVX512-VNNI where the CPU has it);
 * :class:`FusedDecoder` - one call that runs a whole decode step (every layer, for every active
   sequence) and writes keys and values into the engine's KV cache. At batch 1 a torch decode step is
   about a thousand small op dispatches (norms, RoPE, cache writes, attention, views), which cost 15-40 %
@@ -108,6 +109,8 @@ def load_kernels() -> ctypes.CDLL | None:
         lib.linear_forward.restype = ctypes.c_int
         lib.linear_forward.argtypes = [ctypes.POINTER(LinearSpec), ctypes.c_void_p, ctypes.c_void_p,
                                        ctypes.c_int64, ctypes.c_int]
+        lib.int4_vnni.restype = ctypes.c_int
+        lib.int4_vnni.argtypes = [ctypes.c_int]
         lib.dequantize_i4.restype = None
         lib.dequantize_i4.argtypes = [ctypes.POINTER(LinearSpec), ctypes.c_void_p, ctypes.c_int]
         lib.decode_scratch_floats.restype = ctypes.c_int64
@@ -121,8 +124,20 @@ def load_kernels() -> ctypes.CDLL | None:
 
 
 def kernel_status() -> str:
-    """'C kernels (AVX2)' or why the torch fallback is used."""
-    return "C kernels (AVX2)" if load_kernels() is not None else f"torch fallback: {_lib_error}"
+    """'C kernels (AVX2)' (with '+ VNNI int4' where the int4 dot products use AVX512-VNNI) or why the
+    torch fallback is used."""
+    lib = load_kernels()
+    if lib is None:
+        return f"torch fallback: {_lib_error}"
+    return "C kernels (AVX2 + VNNI int4)" if lib.int4_vnni(-1) else "C kernels (AVX2)"
+
+
+def use_int4_vnni(enabled: bool) -> bool:
+    """Choose the int4 kernel's dot product: AVX512-VNNI (the default where the CPU has it) or plain
+    AVX2. Both give identical results (exact integer sums); returns whether VNNI is now in use."""
+    lib = load_kernels()
+    assert lib is not None, "use_int4_vnni needs the C kernels (check kernel_status())"
+    return bool(lib.int4_vnni(1 if enabled else 0))
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -142,7 +157,7 @@ def linear_spec(module: nn.Module) -> LinearSpec | None:
     if kind == W_I8 and weight.dtype == torch.int8:
         scale = module.scale
     elif kind == W_I4 and weight.dtype == torch.uint8:
-        # codes packed two per byte; groups of whole 32-input segments; int16 activation blocks of 64
+        # codes packed two per byte; groups of whole 32-input segments; activations in pairs of segments
         scale, offset, group = module.scale, module.offset, module.group_size
         if (module.in_features % 64 or group % 32 or not scale.is_contiguous() or not offset.is_contiguous()
                 or scale.dtype != torch.float32 or offset.dtype != torch.float32):

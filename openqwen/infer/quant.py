@@ -54,6 +54,23 @@ def round_activations_int16(x: torch.Tensor) -> torch.Tensor:
     return (q * scale).reshape(shape)
 
 
+INT4_ACTIVATION_BLOCK = 32
+"""int4 layers round activations to int8 per segment of this many inputs (kernels.c's int4 path)."""
+
+
+def round_activations_int8(x: torch.Tensor) -> torch.Tensor:
+    """x [..., K] (K % 32 == 0) rounded as the int4 kernel rounds it: per block of 32, scale = absmax / 127,
+    q = round-half-even(x * (1 / scale)) clamped to +-127, returned as q * scale. A relative step of
+    0.8 % of the block's largest value (llama.cpp's Q8 activations for its 4-bit products), well under
+    the int4 weights' own rounding: the kernel then multiplies bytes by nibbles."""
+    shape = x.shape
+    xb = x.float().reshape(-1, shape[-1] // INT4_ACTIVATION_BLOCK, INT4_ACTIVATION_BLOCK)
+    scale = xb.abs().amax(-1, keepdim=True) / 127.0
+    inv = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
+    q = torch.round(xb * inv).clamp_(-127, 127)
+    return (q * scale).reshape(shape)
+
+
 MAX_KERNEL_ROWS = 384
 """Up to this many rows (decode, and prefills of short prompts) an int8 or bf16 layer runs through the C
 kernel, in chunks of KERNEL_ROW_CHUNK rows whose rounded activations stay in the L2 cache. On the 2-core
@@ -303,9 +320,9 @@ class Int4Linear(_KernelLinear):
 
     Built from codes and scales (:meth:`from_quantized`, the layout GPTQ and round-to-nearest produce:
     w = (q - zero) * scale, offset = -zero * scale) or from llama.cpp's Q4_K blocks (scale d * sc, offset
-    -dmin * m, groups of 32; :mod:`openqwen.checkpoint.gguf`). Activations are rounded to int16 blocks of 64
-    as for :class:`Int8Linear`, so the C kernel multiplies integers; the torch paths apply the same
-    rounding and multiply by :meth:`dequantize`.
+    -dmin * m, groups of 32; :mod:`openqwen.checkpoint.gguf`). Activations are rounded to int8 per block of
+    32 (:func:`round_activations_int8`), so the C kernel multiplies nibbles by bytes; the torch paths
+    apply the same rounding and multiply by :meth:`dequantize`.
 
     Buffers: ``weight`` uint8 [n, k / 2] (codes packed by :func:`pack_int4`), ``scale`` and ``offset``
     fp32 [n, k / group_size], ``zero`` (the codes' zero points when built from them, else None: only
@@ -378,7 +395,8 @@ class Int4Linear(_KernelLinear):
         return dequantize_int4(spec) if spec is not None else self.dequantize()
 
     def _prepare_input(self, x: torch.Tensor) -> torch.Tensor:
-        return round_activations_int16(x) if self.in_features % ACTIVATION_BLOCK == 0 else x.float()
+        # the kernel's int8 rounding (its layers have in_features % 64 == 0), so every path agrees
+        return round_activations_int8(x) if self.in_features % ACTIVATION_BLOCK == 0 else x.float()
 
     def _fallback(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.dequantize(), self.bias)

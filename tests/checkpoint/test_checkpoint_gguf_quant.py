@@ -11,6 +11,7 @@ from openqwen import Qwen, QwenConfig
 from openqwen.checkpoint import save_model
 from openqwen.checkpoint.gguf import q4_k_groups
 from openqwen.infer.loading import checkpoint_precision, load_for_inference
+from openqwen.infer import quant
 from openqwen.infer.gguf_quant import GGUFBlockEmbedding
 from openqwen.infer.quant import Int4Linear, Int8Embedding, Int8Linear
 
@@ -54,13 +55,17 @@ def test_int4_load_keeps_q4_k_exact_and_rounds_the_rest_within_half_a_step(tiny_
         step = gate_up.scale[512:].repeat_interleave(32, 1)
         assert bool(((w[512:] - up).abs() <= step / 2 * (1 + 1e-4) + 1e-7).all())
         assert torch.equal(model.layers[i].self_attn.qkv_proj.bias, dense.layers[i].self_attn.qkv_proj.bias)
-    # assembled right (row order, biases, head): the float model holding the dequantised int4 weights
-    # computes the same function
+    # assembled right (row order, biases, head): the float model holding the dequantised int4 weights,
+    # its inputs rounded as the quantised layers round theirs, computes the same function
     twin = load_for_inference(path, "fp32", announce=False)
     with torch.no_grad():
         for (name, ours), theirs in zip(model.named_modules(), twin.modules()):
             if isinstance(ours, (Int4Linear, Int8Linear)):
-                theirs.weight.copy_(ours.dequantize() if isinstance(ours, Int4Linear) else ours._dense())
+                int4 = isinstance(ours, Int4Linear)
+                theirs.weight.copy_(ours.dequantize() if int4 else ours._dense())
+                rounding = quant.round_activations_int8 if int4 else quant.round_activations_int16
+                if ours.in_features % quant.ACTIVATION_BLOCK == 0:
+                    theirs.register_forward_pre_hook(lambda mod, args, r=rounding: (r(args[0]),))
         embed = model.embed_tokens  # int8 rows in a quantised model: the twin gets them dequantised
         twin.embed_tokens.weight.copy_(embed.weight.float() * embed.scale[:, None])
         ids = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(1))

@@ -47,8 +47,8 @@ def test_int4_linear_equals_its_dequantised_weight(backend, rows, group_size):
     lin = torch.nn.Linear(256, 72, bias=True)
     m = Int4Linear.from_float(lin.weight, lin.bias, group_size=group_size)
     x = torch.randn(rows, 256) * 3
-    # every path multiplies the int16-rounded activations by the dequantised weight
-    exact = F.linear(quant.round_activations_int16(x), m.dequantize(), m.bias)
+    # every path multiplies the int8-rounded activations by the dequantised weight
+    exact = F.linear(quant.round_activations_int8(x), m.dequantize(), m.bias)
     torch.testing.assert_close(m(x), exact, atol=5e-5, rtol=1e-5)
     # a row's result does not depend on the other rows of its batch
     torch.testing.assert_close(m(x[:1]), m(x)[:1], atol=1e-5, rtol=1e-6)
@@ -60,7 +60,7 @@ def test_int4_linear_at_the_real_model_widths(backend, rows):
     torch.manual_seed(9)
     m = Int4Linear.from_float(torch.randn(40, 896), torch.randn(40), group_size=32)
     x = torch.randn(rows, 896)
-    exact = F.linear(quant.round_activations_int16(x), m.dequantize(), m.bias)
+    exact = F.linear(quant.round_activations_int8(x), m.dequantize(), m.bias)
     torch.testing.assert_close(m(x), exact, atol=1e-4, rtol=1e-5)
 
 
@@ -73,7 +73,7 @@ def test_min_offset_form_as_gguf_q4_k_stores_it(backend):
     w = q.float() * scale.repeat_interleave(32, 1) + offset.repeat_interleave(32, 1)
     assert torch.equal(m.dequantize(), w)
     x = torch.randn(5, 128)
-    torch.testing.assert_close(m(x), F.linear(quant.round_activations_int16(x), w), atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(m(x), F.linear(quant.round_activations_int8(x), w), atol=2e-5, rtol=1e-5)
 
 
 def test_bad_shapes_are_refused_with_a_message():
@@ -123,3 +123,42 @@ def test_the_c_dequantisation_for_long_prefills_equals_the_torch_one():
     q = torch.randint(0, 16, (8, 128), dtype=torch.uint8)  # the offset form (C may fuse the multiply-add)
     g = Int4Linear(pack_int4(q), torch.rand(8, 4), -torch.rand(8, 4), 32)
     torch.testing.assert_close(g._dense(), g.dequantize(), atol=1e-6, rtol=1e-6)
+
+
+def test_int8_activation_rounding_is_per_block_of_32():
+    x = torch.randn(3, 128, dtype=torch.float64) * torch.logspace(-3, 3, 128, dtype=torch.float64)
+    x[1, 32:64] = 0.0
+    r = quant.round_activations_int8(x.float()).double()
+    amax = x.reshape(3, 4, 32).abs().amax(-1, keepdim=True)
+    # each value within half a step (absmax / 127 / 2) of its block's grid, a zero block stays zero
+    assert bool(((r - x).reshape(3, 4, 32).abs() <= amax / 127 / 2 * 1.001 + 1e-30).all())
+    assert bool((r[1, 32:64] == 0).all())
+    # on the grid: the values are whole multiples of the block's step, at most 127 of them
+    steps = (r.reshape(3, 4, 32) / (amax / 127).clamp(min=1e-300))
+    assert bool(((steps - steps.round()).abs() < 1e-3).all()) and float(steps.abs().max()) <= 127.0 + 1e-3
+
+
+@pytest.mark.parametrize("group_size", [32, 64, 128, 96])
+@pytest.mark.parametrize("rows", [1, 4, 7])
+def test_vnni_and_avx2_int4_products_give_the_same_bits(group_size, rows):
+    """The AVX512-VNNI dot product (used where the CPU has it) and the AVX2 one (every other CPU) sum
+    the same integers exactly, so a machine of either kind computes the same output."""
+    from openqwen.infer import kernels
+
+    if quant.load_kernels() is None:
+        pytest.skip(f"C kernels unavailable: {quant.kernel_status()}")
+    if not kernels.use_int4_vnni(True):
+        pytest.skip("this CPU has no AVX512-VNNI")
+    torch.manual_seed(group_size + rows)
+    k = 1344 if group_size == 96 else 896  # 42 / 28 segments: tails of 2 and 4 segments after runs of 8
+    m = Int4Linear.from_float(torch.randn(37, k), torch.randn(37), group_size=group_size)
+    x = torch.randn(rows, k) * 2
+    try:
+        with_vnni = m(x)
+        kernels.use_int4_vnni(False)
+        with_avx2 = m(x)
+    finally:
+        kernels.use_int4_vnni(True)
+    assert torch.equal(with_vnni, with_avx2)
+    torch.testing.assert_close(with_vnni, F.linear(quant.round_activations_int8(x), m.dequantize(), m.bias),
+                               atol=1e-4, rtol=1e-5)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from openqwen.infer import quant
 from openqwen.infer.quant import Int4Linear, Int8Linear
 from openqwen.train.batches import PackedRows
 from openqwen.train.config import LoRASection, TrainConfig
@@ -49,7 +50,10 @@ def next_token_loss(model: nn.Module, ids: torch.Tensor) -> float:
     return float(torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten()))
 
 
-def transformers_logits(folder: Path, ids: torch.Tensor, adapter: Path | None = None) -> torch.Tensor:
+def transformers_logits(folder: Path, ids: torch.Tensor, adapter: Path | None = None,
+                        round_base_inputs=None) -> torch.Tensor:
+    """Logits of transformers (+ peft); ``round_base_inputs``: applied to the inputs of the adapted
+    layers' base linears, as our int4 layers round their activations (the adapters see them unrounded)."""
     import transformers
 
     model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
@@ -57,6 +61,11 @@ def transformers_logits(folder: Path, ids: torch.Tensor, adapter: Path | None = 
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter))
+        if round_base_inputs is not None:
+            bases = [m.base_layer for m in model.modules() if hasattr(m, "base_layer")]
+            assert bases
+            for b in bases:
+                b.register_forward_pre_hook(lambda mod, args: (round_base_inputs(args[0]),))
     with torch.no_grad():
         return model.eval()(ids).logits
 
@@ -96,13 +105,17 @@ def test_qlora_trains_on_frozen_quantised_base_and_peft_loads_it(tmp_path, packe
     with torch.no_grad():
         ours = model.eval()(ids)
     # transformers + peft on the dequantised base the adapters were trained on == our Q-LoRA model
-    # (the int4/int8 layers round activations to int16 blocks: ~1e-5 relative)
-    with_peft = transformers_logits(adapter / "base", ids, adapter)
+    # (int8 layers round activations to int16 blocks: ~1e-5 relative; int4 layers to int8 blocks of 32,
+    # which the peft model's base layers are given too)
+    rounding = quant.round_activations_int8 if base == "int4" else None
+    with_peft = transformers_logits(adapter / "base", ids, adapter, rounding)
     torch.testing.assert_close(with_peft, ours, atol=2e-3, rtol=1e-3)
+    # merged into the weights == base + adapters, both in float
+    plain_peft = with_peft if rounding is None else transformers_logits(adapter / "base", ids, adapter)
     merged = transformers_logits(tmp_path / "export", ids)
-    torch.testing.assert_close(merged, with_peft, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(merged, plain_peft, atol=1e-4, rtol=1e-4)
     # and the adapters matter: the base alone gives other logits
-    assert (transformers_logits(adapter / "base", ids) - with_peft).abs().max() > 1e-2
+    assert (transformers_logits(adapter / "base", ids) - plain_peft).abs().max() > 1e-2
 
 
 def test_qlora_gradients_equal_those_of_the_dequantised_float_layer():
@@ -113,6 +126,9 @@ def test_qlora_gradients_equal_those_of_the_dequantised_float_layer():
     with torch.no_grad():
         reference.weight.copy_(quantized.base.dequantize())
         reference.bias.copy_(float_layer.bias)
+    # the int4 layer rounds its input to int8 blocks; its backward passes the gradient straight through
+    reference.register_forward_pre_hook(
+        lambda mod, args: (args[0] + (quant.round_activations_int8(args[0]) - args[0]).detach(),))
     reference = LoRALinear(reference, 4, 8.0)
     with torch.no_grad():
         reference.lora_a.copy_(quantized.lora_a)
