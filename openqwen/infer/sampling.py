@@ -201,7 +201,33 @@ def sample_token(
     probs = torch.softmax(filtered, -1)
     if not bool(torch.isfinite(probs).all()):  # NaN logits (a broken model) or nothing left to sample
         raise ValueError("the sampling distribution is not finite (NaN logits, or every token removed)")
-    return int(torch.multinomial(probs, 1, generator=generator))
+    return draw_index(probs, generator)
+
+
+DRAW_BLOCK = 1024
+"""Probabilities per block in :func:`draw_index`'s two-level inverse CDF."""
+
+
+def draw_index(probs: torch.Tensor, generator: torch.Generator | None) -> int:
+    """One index drawn from a fp32 [V] probability vector (any positive total), by the inverse CDF.
+
+    ``torch.multinomial`` spends ~4 ms on a 151,936-token vocabulary on two cores, a sixth of a batch-1
+    decode step. This takes ~0.2 ms: one uniform number, block sums and their running total in
+    float64 to find the block, then the running total inside that one block. A token of probability 0
+    is never drawn (the running total does not rise across it)."""
+    n = probs.numel()
+    pad = (-n) % DRAW_BLOCK
+    blocks = (torch.nn.functional.pad(probs, (0, pad)) if pad else probs).view(-1, DRAW_BLOCK)
+    totals = blocks.sum(1, dtype=torch.float64).cumsum(0)
+    u = float(torch.rand((), dtype=torch.float64, generator=generator)) * float(totals[-1])
+    b = min(int(torch.searchsorted(totals, torch.tensor(u, dtype=torch.float64), right=True)), len(totals) - 1)
+    inner = blocks[b].to(torch.float64).cumsum(0)
+    rest = u - (float(totals[b - 1]) if b else 0.0)
+    i = min(int(torch.searchsorted(inner, torch.tensor(rest, dtype=torch.float64), right=True)), DRAW_BLOCK - 1)
+    index = b * DRAW_BLOCK + i
+    if index >= n or not float(probs[index]) > 0.0:  # rounding at a block's edge: the exact slow path
+        return int(torch.multinomial(probs, 1, generator=generator))
+    return index
 
 
 def sampled_logprob(filtered: torch.Tensor, token: int, params: SamplingParams) -> float:

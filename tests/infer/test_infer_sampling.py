@@ -78,3 +78,25 @@ def test_sampling_follows_the_distribution_and_the_seed():
 def test_chat_defaults_are_the_releases():
     p = SamplingParams.chat_defaults(seed=3)
     assert (p.top_p, p.top_k, p.repetition_penalty, p.max_new_tokens, p.seed) == (0.8, 0, 1.1, 512, 3)
+
+
+def test_draw_index_follows_the_distribution_and_never_draws_a_removed_token():
+    from openqwen.infer.sampling import draw_index
+
+    torch.manual_seed(0)
+    probs = torch.rand(3000) ** 4  # spans three blocks and a padded tail, with zeros as top-k leaves them
+    probs[::7] = 0.0
+    probs[2500:] = 0.0
+    probs[1500] = 40.0  # one heavy token (totals need not be 1)
+    gen = torch.Generator().manual_seed(1)
+    draws = torch.tensor([draw_index(probs, gen) for _ in range(30000)])
+    counts = torch.bincount(draws, minlength=3000).double()
+    assert int(counts[probs == 0].sum()) == 0
+    expected = probs.double() / probs.double().sum() * len(draws)
+    # every token within 5 standard deviations of its binomial count, and the heavy one close
+    sigma = (expected * (1 - expected / len(draws))).sqrt()
+    assert bool(((counts - expected).abs() <= 5 * sigma + 1).all())
+    assert abs(counts[1500] - expected[1500]) / expected[1500] < 0.03
+    # the same seed draws the same sequence
+    again = torch.Generator().manual_seed(1)
+    assert [draw_index(probs, again) for _ in range(200)] == draws[:200].tolist()
