@@ -112,7 +112,6 @@ def load_for_inference(path: str | Path, dtype: str = "auto", announce: bool = T
 
     from ..checkpoint import load_model  # noqa: PLC0415
     from ..train.cpu_matmul import bf16_products_preferred  # noqa: PLC0415
-    from .weight_pages import place_buffers_on_huge_pages  # noqa: PLC0415
     from .quant import (Int8Linear, optimise_for_decode, quantize_embedding, quantize_int4,  # noqa: PLC0415
                         quantize_int8)
 
@@ -150,7 +149,6 @@ def load_for_inference(path: str | Path, dtype: str = "auto", announce: bool = T
                 optimise_for_decode(model)
         if precision in ("int4", "int8"):
             quantize_embedding(model)  # int8 rows, shared with a tied head: no fp32 copy of the vocabulary
-    place_buffers_on_huge_pages(model)  # the quantised weights decode streams: fewer TLB misses
     release_freed_memory()
     bf16_products = bf16_products_preferred()  # a bad OPENQWEN_PREFILL_PRODUCTS fails here, before any prompt
     if announce:
