@@ -46,11 +46,17 @@ ACTIVATION_BLOCK = 64
 def round_activations_int16(x: torch.Tensor) -> torch.Tensor:
     """x [..., K] (K % ACTIVATION_BLOCK == 0) rounded as the int8 kernel rounds it: per block of 64,
     scale = absmax / 32767, q = round-half-even(x / scale) clamped to +-32767, returned as q * scale."""
+    return _round_blocks(x, ACTIVATION_BLOCK, 32767)
+
+
+def _round_blocks(x: torch.Tensor, block: int, qmax: int) -> torch.Tensor:
+    """Symmetric rounding per ``block`` inputs onto qmax steps of absmax / qmax (the kernels' rounding:
+    the reciprocal of the scale, then round-half-even)."""
     shape = x.shape
-    xb = x.float().reshape(-1, shape[-1] // ACTIVATION_BLOCK, ACTIVATION_BLOCK)
-    scale = xb.abs().amax(-1, keepdim=True) / 32767.0
+    xb = x.float().reshape(-1, shape[-1] // block, block)
+    scale = xb.abs().amax(-1, keepdim=True) / float(qmax)
     inv = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
-    q = torch.round(xb * inv).clamp_(-32767, 32767)
+    q = torch.round(xb * inv).clamp_(-qmax, qmax)
     return (q * scale).reshape(shape)
 
 
@@ -63,12 +69,7 @@ def round_activations_int8(x: torch.Tensor) -> torch.Tensor:
     q = round-half-even(x * (1 / scale)) clamped to +-127, returned as q * scale. A relative step of
     0.8 % of the block's largest value (llama.cpp's Q8 activations for its 4-bit products), well under
     the int4 weights' own rounding: the kernel then multiplies bytes by nibbles."""
-    shape = x.shape
-    xb = x.float().reshape(-1, shape[-1] // INT4_ACTIVATION_BLOCK, INT4_ACTIVATION_BLOCK)
-    scale = xb.abs().amax(-1, keepdim=True) / 127.0
-    inv = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
-    q = torch.round(xb * inv).clamp_(-127, 127)
-    return (q * scale).reshape(shape)
+    return _round_blocks(x, INT4_ACTIVATION_BLOCK, 127)
 
 
 MAX_KERNEL_ROWS = 384
