@@ -244,8 +244,9 @@ class FusedDecoder:
         cfg = model.config
         if model.training and cfg.dropout:
             return no("the model is in training mode with dropout")
-        if cfg.head_dim % 8 or cfg.head_dim > 128 or cfg.hidden_size % 8:
-            return no(f"head_dim {cfg.head_dim} / hidden {cfg.hidden_size} not supported (multiples of 8, head_dim <= 128)")
+        if cfg.head_dim % 8 or cfg.head_dim > 128 or cfg.hidden_size % 8 or cfg.intermediate_size % 8:
+            return no(f"head_dim {cfg.head_dim} / hidden {cfg.hidden_size} / intermediate {cfg.intermediate_size} "
+                      "not supported (multiples of 8, head_dim <= 128)")
         hooked = [name for name, mod in model.named_modules() if name != "lm_head" and _has_hooks(mod)]
         if hooked:
             return no(f"forward hooks are registered on {hooked[0]!r} (the fused step would skip them)")

@@ -74,3 +74,32 @@ def test_fused_decoder_refuses_what_it_cannot_run():
     fused.cache.lengths.fill_(4)
     with pytest.raises(ValueError, match="KV cache overflow"):
         fused.hidden_states(torch.zeros(1, 1, dtype=torch.long))
+
+
+def _rounding_inputs(rows: int, k: int, block: int, qmax: int) -> torch.Tensor:
+    """Magnitudes over 12 decades, an all-zero block, and a block whose step is exactly 1 holding
+    half-way values (round half to even: 2.5 -> 2, 3.5 -> 4, -0.5 -> -0)."""
+    torch.manual_seed(rows * k)
+    x = torch.randn(rows, k) * torch.logspace(-6, 6, k)
+    x[0, block : 2 * block] = 0.0
+    halves = torch.tensor([2.5, 3.5, -0.5, 0.5, -1.5, 126.5, -126.5, float(qmax)])
+    x[-1, :block] = halves.repeat(block // len(halves))
+    return x
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_kernel_activation_rounding_equals_torch_bit_for_bit(rows):
+    """A one-hot weight (code 1, scale 1, offset 0) makes each output one product q * step, so the
+    layer's output is the kernel's rounded activation itself: it must equal the torch reference's."""
+    from openqwen.infer.quant import (Int4Linear, Int8Linear, pack_int4, round_activations_int8,
+                                      round_activations_int16)
+
+    k = 320  # 10 int4 segments (a tail of 2 after a run of 8), 5 int16 blocks
+    x = _rounding_inputs(rows, k, 32, 127)
+    int4 = Int4Linear(pack_int4(torch.eye(k, dtype=torch.uint8)), torch.ones(k, k // 32), torch.zeros(k, k // 32), 32)
+    assert torch.equal(int4(x), round_activations_int8(x))
+    int8 = Int8Linear(torch.eye(k), None)
+    int8.scale.fill_(1.0)  # codes 127 on the diagonal, scale 1/127: make the weight exactly the identity
+    int8.weight.copy_(torch.eye(k, dtype=torch.int8))
+    x = _rounding_inputs(rows, k, 64, 32767)
+    assert torch.equal(int8(x), round_activations_int16(x))
