@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.bench_prefill_matmul [--model GGUF] [--precisions int8,int4]
         [--tokens 256,512,2048] [--threads 2] [--rounds 3]
 
-Prompts longer than a layer type's ``kernel_rows`` (``quant.MAX_KERNEL_ROWS`` at most) multiply each
+Prompts longer than a layer type's ``kernel_rows`` (none for int8 and int4 layers since 2026-12-04) multiply each
 layer's dequantised fp32 weight by the prompt's activations (compute-bound);
 :func:`openqwen.train.cpu_matmul.onednn_preferred` decides whether that product runs on oneDNN or on
 torch's default (MKL). The variants force one path for every layer, whatever the prompt's length. This benchmark prefills the same prompt (the
@@ -34,13 +34,12 @@ DEFAULT_MODEL = "~/.cache/openqwen-artifacts/qwen2.5-coder-0.5b-instruct-q4_k_m.
 
 
 VARIANTS = {"C kernel": None, "MKL": False, "oneDNN": True, "oneDNN bf16": "bf16"}
-"""How the long-prompt products run: the C kernel (prompts up to ``quant.MAX_KERNEL_ROWS`` tokens only,
-as the engine runs them), or every prompt through torch's matmul on MKL or on oneDNN in fp32, or in
+"""How the long-prompt products run: the C kernel (every length, as the engine runs int8 and int4 layers), or every prompt through torch's matmul on MKL or on oneDNN in fp32, or in
 bf16 on oneDNN (``OPENQWEN_PREFILL_PRODUCTS=bf16``; fp32 for the others)."""
 
 
 def prefill_seconds(model, ids: torch.Tensor, onednn: bool | str | None) -> tuple[float, torch.Tensor]:
-    rows = quant.MAX_KERNEL_ROWS if onednn is None else 0
+    rows = quant.NO_ROW_LIMIT if onednn is None else 0
     os.environ["OPENQWEN_PREFILL_PRODUCTS"] = "bf16" if onednn == "bf16" else "fp32"
     with mock.patch.object(quant, "onednn_preferred", lambda: bool(onednn)), \
             mock.patch.object(quant._KernelLinear, "max_kernel_rows", lambda self, onednn: rows), \
@@ -75,7 +74,7 @@ def main() -> int:
         model = load_for_inference(path, precision, announce=False)
         for n in (int(t) for t in args.tokens.split(",")):
             ids = torch.tensor([tok.encode(text)[:n]])
-            names = [v for v in VARIANTS if VARIANTS[v] is not None or n <= quant.MAX_KERNEL_ROWS]
+            names = list(VARIANTS)
             times: dict[str, list[float]] = {v: [] for v in names}
             logits = {}
             for v in names:  # warm-up

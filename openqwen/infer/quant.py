@@ -30,6 +30,8 @@ The model file knows nothing of this: quantisation replaces ``nn.Linear`` module
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -73,14 +75,23 @@ def round_activations_int8(x: torch.Tensor) -> torch.Tensor:
 
 
 MAX_KERNEL_ROWS = 384
-"""Up to this many rows (decode, and prefills of short prompts) an int8 or bf16 layer runs through the C
-kernel, in chunks of KERNEL_ROW_CHUNK rows whose rounded activations stay in the L2 cache. On the 2-core
+"""Up to this many rows (decode, and prefills of short prompts) a bf16 layer (the default ``kernel_rows``)
+runs through the C kernel, in chunks of KERNEL_ROW_CHUNK rows whose rounded activations stay in the L2
+cache; int8 and int4 layers have no limit since 2026-12-04 (:data:`NO_ROW_LIMIT`). On the 2-core
 benchmark machine (Qwen2.5-0.5B, int8) that prefills 128 tokens in 2.0 s against 4.8 s for torch's
 matmul (MKL) on weights dequantised at every call, 256 in 3.5 s against 5.6 s; from about 400 rows up
 the matmul wins (512: 7.2 s against 8.3 s), its dequantisation spread over many rows. Each layer type
 states its own limit per library (``kernel_rows``): ``benchmarks/bench_prefill_matmul.py`` measured
 them on a 2-core AVX-512 EPYC (2026-12-03), where oneDNN's matmul ties the int8 kernel at 256 rows and
 beats the int4 kernel (whose 4-bit unpacking costs more per row) from 32 rows, MKL from 64."""
+
+
+NO_ROW_LIMIT = sys.maxsize
+"""A ``kernel_rows`` entry for layer types whose C kernel beats torch's fp32 matmul at every prompt
+length: since the int8 and int4 kernels keep their accumulators in registers (2026-12-04), they
+prefill 64-2,048 tokens 1.07-2.7x faster than MKL or oneDNN on the dequantised weight on a 2-core AVX2
+EPYC (``benchmarks/bench_prefill_matmul.py``; docs/benchmarks/inference.md). CPUs with native bf16
+products still switch to those past ``bf16_kernel_rows``."""
 
 
 class _KernelLinear(nn.Module):
@@ -171,7 +182,7 @@ class Int8Linear(_KernelLinear):
     """y = x @ (int8 W * per-row scale)^T + b, with fp32 activations."""
 
     kernel_weight_type = W_I8  # what :func:`openqwen.infer.kernels.linear_spec` reads
-    kernel_rows = (MAX_KERNEL_ROWS, 256)
+    kernel_rows = (NO_ROW_LIMIT, NO_ROW_LIMIT)
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
@@ -331,7 +342,7 @@ class Int4Linear(_KernelLinear):
     """
 
     kernel_weight_type = W_I4
-    kernel_rows = (48, 24)
+    kernel_rows = (NO_ROW_LIMIT, NO_ROW_LIMIT)
 
     def __init__(self, packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, group_size: int,
                  bias: torch.Tensor | None = None, zero: torch.Tensor | None = None) -> None:

@@ -33,11 +33,12 @@ def test_int8_linear_equals_its_dequantised_weight(backend, rows):
 
 @pytest.mark.parametrize("onednn", [False, True])
 def test_long_prefills_multiply_alike_on_either_library(monkeypatch, onednn):
-    """Past MAX_KERNEL_ROWS the product runs on MKL or oneDNN (onednn_preferred); both compute the
+    """Past a layer's kernel rows the product runs on MKL or oneDNN (onednn_preferred); both compute the
     int16-rounded activations times the dequantised weight, up to fp32 summation order."""
     if onednn and not onednn_available():
         pytest.skip("this torch build has no oneDNN")
     monkeypatch.setattr(quant, "onednn_preferred", lambda: onednn)
+    monkeypatch.setattr(Int8Linear, "kernel_rows", (quant.MAX_KERNEL_ROWS,) * 2)  # int8 has no limit of its own
     torch.manual_seed(1)
     lin = torch.nn.Linear(192, 320, bias=True)
     x = torch.randn(quant.MAX_KERNEL_ROWS + 30, 192)
@@ -45,6 +46,27 @@ def test_long_prefills_multiply_alike_on_either_library(monkeypatch, onednn):
         dense = layer.weight.double() * (layer.scale[:, None].double() if hasattr(layer, "scale") else 1.0)
         exact = F.linear(layer._prepare_input(x).double(), dense, layer.bias.double())
         torch.testing.assert_close(layer(x).double(), exact, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_int8_and_int4_layers_run_every_prompt_length_through_the_kernel(monkeypatch, kind):
+    """Without native bf16 products, a 1,000-row prompt still goes through the C kernel (which beats
+    torch's fp32 matmul at every length measured), in KERNEL_ROW_CHUNK pieces."""
+    if quant.load_kernels() is None:
+        pytest.skip(f"C kernels unavailable: {quant.kernel_status()}")
+    monkeypatch.setenv("OPENQWEN_PREFILL_PRODUCTS", "fp32")
+    calls = []
+    real = quant.linear_forward
+    monkeypatch.setattr(quant, "linear_forward", lambda spec, x, n: calls.append(x.shape[0]) or real(spec, x, n))
+    torch.manual_seed(4)
+    lin = torch.nn.Linear(256, 96, bias=True)
+    layer = Int8Linear(lin.weight, lin.bias) if kind == "int8" else quant.Int4Linear.from_float(lin.weight, lin.bias, 64)
+    x = torch.randn(1000, 256)
+    with torch.no_grad():
+        y = layer(x)
+    assert sum(calls) == 1000 and max(calls) == quant.KERNEL_ROW_CHUNK
+    exact = F.linear(layer._prepare_input(x).double(), layer._dense().double(), layer.bias.double())
+    torch.testing.assert_close(y.double(), exact, atol=2e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["int8", "int4"])

@@ -33,7 +33,9 @@ def check(model, prompts, conts, results):
     for p, c, r in zip(prompts, conts, results):
         want, hits = reference(model, p, c)
         assert r.num_tokens == len(c) == len(r.token_logprobs)
-        assert r.token_logprobs == pytest.approx(want, abs=1e-5)
+        # fp32 rounding: the engine's steps (the fused C decode step among them) and one full torch
+        # forward sum in different orders, a few ulp apart (relative 3e-7 on a log-probability of -41)
+        assert r.token_logprobs == pytest.approx(want, abs=1e-5, rel=1e-6)
         assert r.total == pytest.approx(sum(want), abs=1e-4)
         assert r.greedy == all(hits)
 
