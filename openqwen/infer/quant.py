@@ -193,7 +193,9 @@ class Int8Linear(_KernelLinear):
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
 
     bf16_products = True
-    bf16_kernel_rows = 48  # bf16 products tie the kernel at 32 rows and beat it 1.3x at 64 (AVX-512 EPYC)
+    # bf16 products tied the kernel at 32 rows and beat it 1.3x at 64 (AVX-512 EPYC, 2026-12-03: before
+    # the kernel's 1.5-1.8x faster tiles of 2026-12-04, so worth measuring again on such a CPU)
+    bf16_kernel_rows = 48
 
     def _dense(self) -> torch.Tensor:
         return torch.mul(self.weight, self.scale[:, None])  # int8 x fp32 -> fp32 in one pass
@@ -398,6 +400,7 @@ class Int4Linear(_KernelLinear):
 
     bf16_products = True
     # below 256 rows rounding the dequantised fp32 weight to bf16 costs more than the bf16 kernels save
+    # (measured 2026-12-03, before the int4 kernel's faster tiles)
     bf16_kernel_rows = 255
 
     def _dense(self) -> torch.Tensor:
