@@ -42,11 +42,16 @@ def test_quick_demo_runs_every_stage_and_resumes(tmp_path):
             rows = ev["samples"]["arithmetic"]
             truth = dict(heldout_arithmetic(dc.eval_items))
             assert ev["metrics"]["arithmetic"] == sum(extract_answer(r) == truth[q] for q, r, _ in rows) / len(rows)
-    # every training stage ran its planned steps and learnt (last losses below the first)
+    # every training stage ran its planned steps and learnt: its validation loss (a fixed set) fell where
+    # it measures one, else its last training losses are below the first. code-continue's training
+    # losses cannot tell: two 512-token rows a step swing by +-0.3 (5.09 at step 1, 5.56 at step 10 on an
+    # AVX2 EPYC while its validation loss fell from 4.95 to 4.84)
     for stage in ("pretrain", "sft", "code-continue", "math"):
-        losses = [r["loss"] for r in map(json.loads, (tmp_path / stage / "metrics.jsonl").read_text().splitlines())
-                  if r.get("kind") == "train"]
-        assert len(losses) == dc.max_steps[stage] and min(losses[-3:]) < losses[0], stage
+        rows = [json.loads(line) for line in (tmp_path / stage / "metrics.jsonl").read_text().splitlines()]
+        losses = [r["loss"] for r in rows if r.get("kind") == "train"]
+        val = [r["val_loss"] for r in rows if r.get("kind") == "val"]
+        assert len(losses) == dc.max_steps[stage], stage
+        assert (val[-1] < val[0]) if len(val) >= 2 else (min(losses[-3:]) < losses[0]), (stage, losses, val)
     assert records["reward"]["heldout_accuracy"] is not None
     curves = records["long-context"]["curves"]
     assert set(curves) == {"plain RoPE", "dynamic NTK + LogN", "NTK + LogN + windows"}
