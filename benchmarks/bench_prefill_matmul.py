@@ -8,7 +8,7 @@ layer's dequantised fp32 weight by the prompt's activations (compute-bound);
 :func:`openqwen.train.cpu_matmul.onednn_preferred` decides whether that product runs on oneDNN or on
 torch's default (MKL). The variants force one path for every layer, whatever the prompt's length. This benchmark prefills the same prompt (the
 first N tokens of CPython's ``textwrap.py``, as ``bench_infer_quant``) into a fresh KV cache with each
-library in turn (and, for prompts the engine sends through the C kernel, with the kernel), ``--rounds``
+library in turn and with the C kernel (the engine's path for int8 and int4 layers), ``--rounds``
 times, and prints a markdown row of tokens/s per variant and the oneDNN/MKL ratio; the two libraries give
 the same logits up to fp32 summation order (printed: the largest difference of the last position's
 logits).

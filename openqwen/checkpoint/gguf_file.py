@@ -115,7 +115,8 @@ class GGUFFile:
         st = os.stat(self.path)
         key = (str(self.path.resolve()), st.st_size, st.st_mtime_ns)
         if key in _HEADERS:  # the same bytes parsed before: its strings bound to this mapping
-            self.version, metadata, self.tensors, self.alignment = _HEADERS[key]
+            self.version, metadata, tensors, self.alignment = _HEADERS[key]
+            self.tensors = dict(tensors)  # this file's own table: a caller's edits stay out of the cache
             self.metadata = {k: StringArray(self._buf, v) if isinstance(v, array) else v for k, v in metadata.items()}
             return
         try:

@@ -197,6 +197,27 @@ def test_gguf_metadata_reader(tmp_path):
         tokens[0]
 
 
+def test_gguf_header_is_parsed_once_per_unchanged_file(tmp_path, monkeypatch):
+    """A second open of the same bytes reuses the parsed header, its strings read from the new mapping
+    (the first one is closed); a rewritten file is parsed again."""
+    from openqwen.checkpoint import gguf_file
+
+    path = tmp_path / "m.gguf"
+    write_gguf(path, Qwen(QwenConfig(**GGUF_CONFIG, tie_word_embeddings=True)), all_f32=True)
+    parses = []
+    real = GGUFFile._parse
+    monkeypatch.setattr(GGUFFile, "_parse", lambda self: parses.append(self.path) or real(self))
+    with GGUFFile(path) as f:
+        first = f.metadata["tokenizer.ggml.tokens"].tolist()
+    with GGUFFile(path) as f:
+        assert f.metadata["tokenizer.ggml.tokens"].tolist() == first and f.metadata["qwen2.block_count"] == 2
+    assert len(parses) == 1
+    write_gguf(path, Qwen(QwenConfig(**{**GGUF_CONFIG, "num_hidden_layers": 1}, tie_word_embeddings=True)), all_f32=True)
+    with GGUFFile(path) as f:
+        assert f.metadata["qwen2.block_count"] == 1 and "blk.1.ffn_down.weight" not in f.tensors
+    assert len(parses) == 2 and len(gguf_file._HEADERS) <= gguf_file._HEADERS_KEPT
+
+
 def test_gguf_errors_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.gguf"):
         load_model(tmp_path / "nothing.gguf")
