@@ -30,6 +30,7 @@ from torch import nn
 
 from ..checkpoint.gguf import RawLinear, dequantize, q4_k_groups
 from ..checkpoint.gguf_file import GGUFTensorInfo, ggml_type_info
+from .kernels import round_rows_int8_c
 from .quant import Int4Linear, Int8Linear, pack_int4, quantize_rtn_int4
 
 GGUF_INT4_GROUP = 32
@@ -100,6 +101,12 @@ def int8_linear_from_gguf(layer: RawLinear) -> Int8Linear:
         exact = _q8_0_uniform_rows(raw, info.shape) if info.ggml_type == _Q8_0 else None
         if exact is not None:
             weight[at : at + info.shape[0]], scale[at : at + info.shape[0]] = exact
+            at += info.shape[0]
+            continue
+        # Q8_0 / Q5_0 rows are rounded straight from their blocks in C (no float32 rows at all)
+        direct = round_rows_int8_c(raw, *info.shape, source=info.type_name) if info.type_name in ("Q5_0", "Q8_0") else None
+        if direct is not None:
+            weight[at : at + info.shape[0]], scale[at : at + info.shape[0]] = direct
             at += info.shape[0]
             continue
         for start in range(0, info.shape[0], _ROW_CHUNK):

@@ -509,6 +509,80 @@ void dequantize_i4(const Linear *L, float *w, int nthreads) {
     }
 }
 
+/* ------------------------------------------------------------------------------ per-row int8 rounding
+   What openqwen/infer/quant.py's round_rows_int8 computes in torch, bit for bit, from fp32 rows or
+   straight from a GGUF file's Q8_0 / Q5_0 blocks (the dequantised values are exact in fp32 whatever the
+   order: a small integer times an fp16 scale), without the five full passes over memory that the torch
+   version makes: per row, scale = max(absmax, 1e-12) / 127 and q = round_half_even(w / scale), clamped
+   to [-127, 127]. Loading a GGUF as int8 spent most of its time there (4.5-5 ns a weight in torch). */
+enum { SRC_F32 = 0, SRC_Q8_0 = 8, SRC_Q5_0 = 6 }; /* the GGML type numbers */
+
+static float half_to_float(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 31, m = h & 1023;
+    union { uint32_t u; float f; } v;
+    if (e == 0) { /* zero or subnormal: m * 2^-24, exact */
+        float f = (float)m * 5.9604644775390625e-08f;
+        return sign ? -f : f;
+    }
+    v.u = sign | (e == 31 ? 0x7f800000u | (m << 13) : ((e + 112) << 23) | (m << 13));
+    return v.f;
+}
+
+static void dequantize_row(const uint8_t *src, int type, int64_t k, float *out) {
+    for (int64_t b = 0; b < k / 32; b++) {
+        float *o = out + b * 32;
+        if (type == SRC_Q8_0) { /* fp16 d, 32 int8 codes: w = d * q */
+            const uint8_t *blk = src + b * 34;
+            const float d = half_to_float((uint16_t)(blk[0] | blk[1] << 8));
+            for (int i = 0; i < 32; i++) o[i] = (float)(int8_t)blk[2 + i] * d;
+        } else { /* Q5_0: fp16 d, 32 high bits, 16 bytes of low nibbles: w = d * (q - 16) */
+            const uint8_t *blk = src + b * 22;
+            const float d = half_to_float((uint16_t)(blk[0] | blk[1] << 8));
+            const uint32_t qh = (uint32_t)blk[2] | (uint32_t)blk[3] << 8 | (uint32_t)blk[4] << 16 | (uint32_t)blk[5] << 24;
+            for (int i = 0; i < 16; i++) {
+                o[i] = ((float)((blk[6 + i] & 15) | ((qh >> i) & 1) << 4) - 16.0f) * d;
+                o[i + 16] = ((float)((blk[6 + i] >> 4) | ((qh >> (i + 16)) & 1) << 4) - 16.0f) * d;
+            }
+        }
+    }
+}
+
+/* rows [0, n) of a [n, k] matrix (fp32, or GGML blocks when type says so; k % 32 == 0 for blocks and
+   k % 8 == 0 always) -> int8 codes q [n, k] and per-row scales [n]. Returns 0, or -1 when out of memory. */
+int round_rows_i8(const void *src, int type, int64_t n, int64_t k, int8_t *q, float *scale, int nthreads) {
+    const int64_t row_bytes = type == SRC_Q8_0 ? k / 32 * 34 : type == SRC_Q5_0 ? k / 32 * 22 : k * 4;
+    int failed = 0;
+#pragma omp parallel num_threads(nthreads)
+    {
+        float *buf = type == SRC_F32 ? NULL : malloc(sizeof(float) * k);
+        if (type != SRC_F32 && !buf) failed = 1;
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < n; r++) {
+            if (type != SRC_F32 && !buf) continue;
+            const float *w = (const float *)((const uint8_t *)src + r * row_bytes);
+            if (buf) {
+                dequantize_row((const uint8_t *)src + r * row_bytes, type, k, buf);
+                w = buf;
+            }
+            const __m256 sign = _mm256_set1_ps(-0.0f), limit = _mm256_set1_ps(127.0f);
+            __m256 m = _mm256_setzero_ps();
+            for (int64_t i = 0; i < k; i += 8) m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(w + i)), m);
+            const float s = fmaxf(absmax8(m), 1e-12f) / 127.0f;
+            const __m256 vs = _mm256_set1_ps(s);
+            scale[r] = s;
+            int8_t *qr = q + r * k;
+            for (int64_t i = 0; i < k; i += 8) { /* a true division, as torch's part / s */
+                __m256 v = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(w + i), vs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                __m256i c = _mm256_cvtps_epi32(_mm256_max_ps(_mm256_min_ps(v, limit), _mm256_sub_ps(_mm256_setzero_ps(), limit)));
+                __m128i p16 = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+                _mm_storel_epi64((__m128i *)(qr + i), _mm_packs_epi16(p16, p16));
+            }
+        }
+        free(buf);
+    }
+    return failed ? -1 : 0;
+}
+
 #define COLUMN_CHUNK 16 /* columns per work item: threads take contiguous runs of chunks */
 
 static int uses_i16(const Linear *L) { return L->type == W_I8 && L->k % QBLK == 0; }

@@ -113,6 +113,9 @@ def load_kernels() -> ctypes.CDLL | None:
         lib.int4_vnni.argtypes = [ctypes.c_int]
         lib.dequantize_i4.restype = None
         lib.dequantize_i4.argtypes = [ctypes.POINTER(LinearSpec), ctypes.c_void_p, ctypes.c_int]
+        lib.round_rows_i8.restype = ctypes.c_int
+        lib.round_rows_i8.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                                      ctypes.c_void_p, ctypes.c_int]
         lib.decode_scratch_floats.restype = ctypes.c_int64
         lib.decode_scratch_floats.argtypes = [ctypes.POINTER(ModelSpec), ctypes.c_int64]
         lib.decode_step.restype = None
@@ -192,6 +195,34 @@ def dequantize_int4(spec: LinearSpec) -> torch.Tensor:
     w = torch.empty(spec.n, spec.k, dtype=torch.float32)
     lib.dequantize_i4(ctypes.byref(spec), w.data_ptr(), torch.get_num_threads())
     return w
+
+
+ROUND_SOURCES = {"F32": 0, "Q5_0": 6, "Q8_0": 8}
+"""What :func:`round_rows_int8_c` reads: fp32 rows, or a GGUF file's Q5_0 / Q8_0 blocks (GGML type numbers)."""
+
+
+def round_rows_int8_c(src: torch.Tensor, rows: int, k: int, source: str = "F32",
+                      threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per-row int8 codes [rows, k] and scales [rows] of ``src`` in C, bit for bit what
+    :func:`openqwen.infer.quant.round_rows_int8` computes in torch: ``src`` is a contiguous fp32 [rows, k]
+    matrix, or the raw bytes (uint8) of ``rows`` rows of ``source`` blocks (:data:`ROUND_SOURCES`),
+    dequantised on the fly. None when the kernels are unavailable or the shape does not fit them (the
+    caller then rounds in torch). ``threads``: OpenMP threads (default: torch's)."""
+    kind = ROUND_SOURCES[source]
+    lib = _lib if _lib is not None else load_kernels()
+    if lib is None or src.device.type != "cpu" or not src.is_contiguous() or k % (32 if kind else 8):
+        return None
+    want = torch.float32 if kind == 0 else torch.uint8
+    nbytes = rows * k * 4 if kind == 0 else rows * (k // 32) * (34 if source == "Q8_0" else 22)
+    if src.dtype != want or src.numel() * src.element_size() != nbytes:
+        raise ValueError(f"round_rows_int8_c: {rows} x {k} {source} needs {nbytes} bytes of {want}, "
+                         f"got {src.dtype} {tuple(src.shape)}")
+    q = torch.empty(rows, k, dtype=torch.int8)
+    scale = torch.empty(rows, dtype=torch.float32)
+    if lib.round_rows_i8(src.data_ptr(), kind, rows, k, q.data_ptr(), scale.data_ptr(),
+                         threads or torch.get_num_threads()):
+        raise MemoryError("round_rows_int8_c could not allocate a row buffer")
+    return q, scale
 
 
 def _has_hooks(module: nn.Module) -> bool:

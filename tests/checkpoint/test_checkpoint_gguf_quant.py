@@ -11,7 +11,7 @@ from openqwen import Qwen, QwenConfig
 from openqwen.checkpoint import save_model
 from openqwen.checkpoint.gguf import q4_k_groups
 from openqwen.infer.loading import checkpoint_precision, load_for_inference
-from openqwen.infer import quant
+from openqwen.infer import kernels, quant
 from openqwen.infer.gguf_quant import GGUFBlockEmbedding
 from openqwen.infer.quant import Int4Linear, Int8Embedding, Int8Linear
 
@@ -105,8 +105,37 @@ def test_int8_load_equals_quantising_the_dequantised_model(tiny_gguf):
     for (name, ours), theirs in zip(model.named_modules(), dense.modules()):
         if isinstance(theirs, torch.nn.Linear):
             assert isinstance(ours, Int8Linear), name
-            expected = Int8Linear(theirs.weight, theirs.bias)  # per-row int8 of the float32 weight
-            assert torch.equal(ours.weight, expected.weight) and torch.equal(ours.scale, expected.scale), name
+            # per-row int8 of the float32 weight, rounded by torch ops (the load rounds in C, some parts
+            # straight from their Q8_0 / Q5_0 blocks)
+            codes, scale = quant.round_rows_int8_torch(theirs.weight.detach())
+            assert torch.equal(ours.weight, codes) and torch.equal(ours.scale, scale), name
+
+
+@pytest.mark.skipif(kernels.load_kernels() is None, reason=f"C kernels: {kernels.kernel_status()}")
+@pytest.mark.parametrize("qtype", ["F32", "Q8_0", "Q5_0"])
+def test_int8_rounding_in_c_equals_torch_bit_for_bit(qtype):
+    """round_rows_int8_c from fp32 rows, or straight from blocks, against gguf's dequantiser followed by
+    torch's rounding: the same codes and scales, over rows of every magnitude, an all-zero row, rows
+    with half-way values, and blocks whose fp16 scale is zero, subnormal or negative."""
+    rows, k = 24, 320
+    if qtype == "F32":
+        w = torch.randn(rows, k, generator=torch.Generator().manual_seed(3)) * torch.logspace(-30, 30, rows)[:, None]
+        w[4] = 0.0
+        w[5, :] = torch.arange(k) % 7 - 3.0
+        w[5, 0] = 127 * 2.0  # scale 2: the odd entries are half-way between two codes
+        raw, expected = w, quant.round_rows_int8_torch(w)
+    else:
+        blocks = random_blocks(qtype, rows * k // 32, seed=7)
+        d = np.array([0.0, 1e-7, -3e-5, 6e-5, -2.5, 60000.0], dtype=np.float16)  # 0, subnormals, the extremes
+        blocks[: len(d), :2] = d.view(np.uint8).reshape(-1, 2)
+        blocks[k // 32 : 2 * k // 32, :2] = 0  # the whole second row is zero
+        ref = gguf.quants.dequantize(blocks.reshape(rows, -1), Q[qtype])
+        raw, expected = torch.from_numpy(blocks.reshape(-1).copy()), quant.round_rows_int8_torch(torch.from_numpy(ref))
+    codes, scale = kernels.round_rows_int8_c(raw, rows, k, source=qtype)
+    assert torch.equal(codes, expected[0]) and torch.equal(scale, expected[1])
+    assert int(codes.abs().max()) == 127 and not codes[1 if qtype != "F32" else 4].any()
+    with pytest.raises(ValueError, match="needs"):
+        kernels.round_rows_int8_c(raw[:-2] if qtype != "F32" else raw[:-1], rows, k, source=qtype)
 
 
 def test_auto_precision_follows_the_checkpoint(tiny_gguf, tmp_path, capsys):
