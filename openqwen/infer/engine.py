@@ -46,6 +46,7 @@ from ..model import Qwen
 from ..tokenizer.chat import DEFAULT_CHAT_WINDOW, chat_prompt_ids
 from ..tokenizer.template import chat_template_from_flag
 from .embed import pool_hidden
+from .kernels import argmax_rows
 from .loading import load_model_and_tokenizer, release_freed_memory
 from .requests import Completion, EventSink, Request, RequestHandle, StreamEvent, params_list, wait_all
 from .runner import ModelRunner
@@ -345,7 +346,7 @@ class Engine:
         self._scheduler.decoded(start, rows, fed, idle)
         live = [(i, r) for i, r in enumerate(rows) if r is not None and r.next_input >= 0]
         # one argmax for every plain greedy row instead of one per row
-        argmax = torch.argmax(logits, -1).tolist() if any(r.plain_greedy for _, r in live) else None
+        argmax = argmax_rows(logits) if any(r.plain_greedy for _, r in live) else None
         for i, r in live:
             self._accept(r, logits[i], argmax[i] if argmax is not None and r.plain_greedy else None)
 

@@ -30,7 +30,7 @@ from torch import nn
 
 from ..checkpoint.gguf import RawLinear, dequantize, q4_k_groups
 from ..checkpoint.gguf_file import GGUFTensorInfo, ggml_type_info
-from .kernels import round_rows_int8_c
+from .kernels import gather_rows_gguf, round_rows_int8_c
 from .quant import Int4Linear, Int8Linear, pack_int4, quantize_rtn_int4
 
 GGUF_INT4_GROUP = 32
@@ -153,8 +153,10 @@ class GGUFBlockEmbedding(nn.Module):
         self.num_embeddings, self.embedding_dim = weight.shape[0], embedding_dim
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        rows = self.weight[input_ids.reshape(-1)]
-        out = dequantize(rows, self.ggml_type, (rows.shape[0], self.embedding_dim))
+        out = gather_rows_gguf(self.weight, self.ggml_type, input_ids, self.embedding_dim)  # C, for Q8_0 / Q5_0
+        if out is None:
+            rows = self.weight[input_ids.reshape(-1)]
+            out = dequantize(rows, self.ggml_type, (rows.shape[0], self.embedding_dim))
         return out.view(*input_ids.shape, self.embedding_dim)
 
     def extra_repr(self) -> str:

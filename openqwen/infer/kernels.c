@@ -589,6 +589,49 @@ int round_rows_i8(const void *src, int type, int64_t n, int64_t k, int8_t *q, fl
     return failed ? -1 : 0;
 }
 
+/* An input embedding kept as a GGUF file's Q8_0 / Q5_0 blocks: the n rows idx[i] of src [vocab, k / 32
+   blocks] into out [n, k], the file's exact values (torch's dequantisation of one gathered row made
+   ~10 small ops, 0.2 ms of every decode step). Returns -1 for another block type or an index outside
+   [0, vocab), writing nothing. */
+int gather_rows_gguf(const uint8_t *src, int type, int64_t vocab, const int64_t *idx, int64_t n, int64_t k, float *out) {
+    if (type != SRC_Q8_0 && type != SRC_Q5_0) return -1;
+    for (int64_t i = 0; i < n; i++)
+        if (idx[i] < 0 || idx[i] >= vocab) return -1;
+    const int64_t row_bytes = k / 32 * (type == SRC_Q8_0 ? 34 : 22);
+    for (int64_t i = 0; i < n; i++) dequantize_row(src + idx[i] * row_bytes, type, k, out + i * k);
+    return 0;
+}
+
+/* out[m] = the index of the first largest of each row of x [M, n] (torch.argmax's choice), or -1 for a
+   row holding a NaN (torch ranks NaN above every number: the caller asks torch). Two passes, the second
+   over data still in cache: the vector maximum, then the first index that equals it. torch's argmax
+   over a 152k vocabulary took 0.16 ms of a decode step. */
+void argmax_rows(const float *x, int64_t M, int64_t n, int64_t *out) {
+    for (int64_t m = 0; m < M; m++) {
+        const float *r = x + m * n;
+        __m256 best = _mm256_set1_ps(-INFINITY), nan = _mm256_setzero_ps();
+        int64_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+            __m256 v = _mm256_loadu_ps(r + i);
+            nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+            best = _mm256_max_ps(best, v);
+        }
+        float lanes[8];
+        _mm256_storeu_ps(lanes, best);
+        float top = lanes[0];
+        for (int l = 1; l < 8; l++) top = lanes[l] > top ? lanes[l] : top;
+        int has_nan = _mm256_movemask_ps(nan) != 0;
+        for (; i < n; i++) {
+            has_nan |= r[i] != r[i];
+            top = r[i] > top ? r[i] : top;
+        }
+        out[m] = -1;
+        if (has_nan) continue;
+        for (int64_t j = 0; j < n; j++)
+            if (r[j] == top) { out[m] = j; break; }
+    }
+}
+
 #define COLUMN_CHUNK 16 /* columns per work item: threads take contiguous runs of chunks */
 
 static int uses_i16(const Linear *L) { return L->type == W_I8 && L->k % QBLK == 0; }

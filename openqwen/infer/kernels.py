@@ -116,6 +116,11 @@ def load_kernels() -> ctypes.CDLL | None:
         lib.round_rows_i8.restype = ctypes.c_int
         lib.round_rows_i8.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
                                       ctypes.c_void_p, ctypes.c_int]
+        lib.gather_rows_gguf.restype = ctypes.c_int
+        lib.gather_rows_gguf.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
+                                         ctypes.c_int64, ctypes.c_void_p]
+        lib.argmax_rows.restype = None
+        lib.argmax_rows.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
         lib.decode_scratch_floats.restype = ctypes.c_int64
         lib.decode_scratch_floats.argtypes = [ctypes.POINTER(ModelSpec), ctypes.c_int64]
         lib.decode_step.restype = None
@@ -223,6 +228,36 @@ def round_rows_int8_c(src: torch.Tensor, rows: int, k: int, source: str = "F32",
                          threads or torch.get_num_threads()):
         raise MemoryError("round_rows_int8_c could not allocate a row buffer")
     return q, scale
+
+
+def gather_rows_gguf(raw: torch.Tensor, ggml_type: int, ids: torch.Tensor, k: int) -> torch.Tensor | None:
+    """fp32 rows [len(ids), k] of a matrix stored as Q8_0 / Q5_0 blocks (``raw``: uint8 [rows, bytes per
+    row], contiguous), exactly the file's values; None when the kernels are unavailable or the block type
+    is another, or an id lies outside ``[0, rows)`` (the caller then dequantises in torch, which raises
+    for it or wraps a negative id as indexing does)."""
+    lib = _lib if _lib is not None else load_kernels()
+    block_bytes = {ROUND_SOURCES["Q5_0"]: 22, ROUND_SOURCES["Q8_0"]: 34}.get(ggml_type)
+    if (lib is None or block_bytes is None or raw.dtype != torch.uint8 or raw.dim() != 2 or not raw.is_contiguous()
+            or k % 32 or raw.shape[1] != k // 32 * block_bytes or raw.device.type != "cpu"):
+        return None
+    ids = ids.reshape(-1).to(torch.int64).contiguous()
+    out = torch.empty(ids.numel(), k, dtype=torch.float32)
+    done = lib.gather_rows_gguf(raw.data_ptr(), ggml_type, raw.shape[0], ids.data_ptr(), ids.numel(), k, out.data_ptr())
+    return out if done == 0 else None
+
+
+def argmax_rows(logits: torch.Tensor) -> list[int]:
+    """torch.argmax(logits, -1).tolist() of fp32 logits [M, vocab] (the first largest entry of each row),
+    in C where it can: one vectorised pass and one scan of a row still in cache. Rows holding a NaN, and
+    anything but a contiguous fp32 CPU matrix, go to torch."""
+    lib = _lib if _lib is not None else load_kernels()
+    if (lib is None or logits.dim() != 2 or logits.dtype != torch.float32 or logits.device.type != "cpu"
+            or not logits.is_contiguous() or logits.shape[1] == 0):
+        return torch.argmax(logits, -1).tolist()
+    out = torch.empty(logits.shape[0], dtype=torch.int64)
+    lib.argmax_rows(logits.data_ptr(), logits.shape[0], logits.shape[1], out.data_ptr())
+    found = out.tolist()
+    return [i if i >= 0 else int(torch.argmax(logits[m])) for m, i in enumerate(found)]
 
 
 def _has_hooks(module: nn.Module) -> bool:

@@ -87,6 +87,23 @@ def test_an_embedding_of_fewer_than_8_bits_stays_in_its_blocks(tmp_path, embed_t
     ids = torch.tensor([[0, 5, 96, 5], [17, 3, 3, 60]])
     assert np.array_equal(embed(ids).numpy(), rows[ids.numpy()])
     assert np.array_equal(embed(torch.tensor([42])).numpy(), rows[[42]])  # a decode step's one row
+    with pytest.raises(IndexError):  # an id past the vocabulary is refused, never read out of bounds
+        embed(torch.tensor([97]))
+
+
+@pytest.mark.skipif(kernels.load_kernels() is None, reason=f"C kernels: {kernels.kernel_status()}")
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q5_0"])
+def test_gathering_block_rows_in_c_equals_the_gguf_dequantiser(qtype):
+    rows, k = 40, 256
+    blocks = random_blocks(qtype, rows * k // 32, seed=9)
+    ref = gguf.quants.dequantize(blocks.reshape(rows, -1), Q[qtype])
+    raw = torch.from_numpy(blocks.reshape(rows, -1).copy())
+    ids = torch.tensor([39, 0, 7, 7, 21])
+    out = kernels.gather_rows_gguf(raw, Q[qtype].value, ids, k)
+    assert out is not None and np.array_equal(out.numpy(), ref[ids.numpy()])
+    assert kernels.gather_rows_gguf(raw, Q[qtype].value, torch.tensor([3, 40]), k) is None  # out of range: torch's turn
+    assert kernels.gather_rows_gguf(raw, Q[qtype].value, torch.tensor([-1]), k) is None
+    assert kernels.gather_rows_gguf(raw, Q.Q4_K.value, ids, k) is None  # not a type the C gather reads
 
 
 def test_an_embedding_of_8_bits_or_a_tied_one_becomes_int8_rows(tmp_path):

@@ -103,3 +103,21 @@ def test_kernel_activation_rounding_equals_torch_bit_for_bit(rows):
     int8.weight.copy_(torch.eye(k, dtype=torch.int8))
     x = _rounding_inputs(rows, k, 64, 32767)
     assert torch.equal(int8(x), round_activations_int16(x))
+
+
+def test_argmax_rows_picks_what_torch_argmax_picks():
+    """The first largest entry of each row, whatever the length (tails past a multiple of 8), ties,
+    signed zeros and infinities; a row holding a NaN goes to torch (which ranks NaN highest)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(9, 1003, generator=g)
+    x[1, [5, 700]] = 50.0  # a tie: the first
+    x[2, 1001] = 60.0  # the maximum in the tail
+    x[3] = float("-inf")
+    x[4] = 0.0
+    x[4, 10] = -0.0  # -0.0 == 0.0: still the first index
+    x[5, 3] = float("nan")
+    x[6, 1000] = float("inf")
+    x[7] = torch.round(torch.randn(1003, generator=g))  # many ties
+    assert kernels.argmax_rows(x) == torch.argmax(x, -1).tolist()
+    assert kernels.argmax_rows(x[:, :5]) == torch.argmax(x[:, :5], -1).tolist()  # shorter than one vector
+    assert kernels.argmax_rows(x.t().contiguous()[:2]) == torch.argmax(x.t()[:2], -1).tolist()
