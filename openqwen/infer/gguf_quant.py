@@ -8,8 +8,8 @@
   bit for bit those of ``gguf``'s reference dequantiser), and so do Q4_0 blocks (code, scale d, zero 8:
   Q4_0's nibble order is our packing's, so its bytes are copied; what ``openqwen quantize --format gguf``
   writes loads back to its own codes). Other block types (Q5_0, Q6_K, Q8_0 ... in a
-  q4_k_m file) are dequantised one tensor at a time and rounded to int4 (asymmetric, round-to-nearest,
-  groups of 32): that rounding is the documented cost (docs/inference.md, precision). The output head
+  q4_k_m file) are rounded to int4 (asymmetric, round-to-nearest, groups of 32; Q5_0 / Q8_0 straight
+  from their blocks in C, others dequantised one tensor at a time): that rounding is the documented cost (docs/inference.md, precision). The output head
   is kept at int8 (:class:`~openqwen.infer.quant.Int8Linear`, per-row scales), where 4 bits cost the most.
 * :func:`int8_builder`: every layer becomes an ``Int8Linear`` (per-row int8), dequantised in chunks of
   rows, never a whole float32 matrix. Q8_0 rows whose blocks all share one scale (what our export
@@ -30,7 +30,7 @@ from torch import nn
 
 from ..checkpoint.gguf import RawLinear, dequantize, q4_k_groups
 from ..checkpoint.gguf_file import GGUFTensorInfo, ggml_type_info
-from .kernels import gather_rows_gguf, round_rows_int8_c
+from .kernels import gather_rows_gguf, round_groups_int4_c, round_rows_int8_c
 from .quant import Int4Linear, Int8Linear, pack_int4, quantize_rtn_int4
 
 GGUF_INT4_GROUP = 32
@@ -60,9 +60,17 @@ def int4_linear_from_gguf(layer: RawLinear, group_size: int = GGUF_INT4_GROUP) -
             z = torch.full_like(s, 8.0)
             o = -z * s
         else:
-            q, s, rz = quantize_rtn_int4(_part_rows(raw, info.ggml_type, info.shape, 0, info.shape[0]), group_size)
-            codes.append(pack_int4(q))
-            o, z = -rz * s, None  # as before Q4_0 was read exactly: offsets only, the kernels' form
+            # Q8_0 / Q5_0 parts are rounded straight from their blocks in C, the same bits as below
+            direct = (round_groups_int4_c(raw, *info.shape, group_size, source=info.type_name)
+                      if info.type_name in ("Q5_0", "Q8_0") else None)
+            if direct is not None:
+                packed, s, o = direct
+                codes.append(packed)
+            else:
+                q, s, rz = quantize_rtn_int4(_part_rows(raw, info.ggml_type, info.shape, 0, info.shape[0]), group_size)
+                codes.append(pack_int4(q))
+                o = -rz * s  # as before Q4_0 was read exactly: offsets only, the kernels' form
+            z = None
         scales.append(s)
         offsets.append(o)
         zeros.append(z)

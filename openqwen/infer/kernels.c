@@ -589,6 +589,59 @@ int round_rows_i8(const void *src, int type, int64_t n, int64_t k, int8_t *q, fl
     return failed ? -1 : 0;
 }
 
+/* Rows [0, n) of a [n, k] matrix (read as round_rows_i8 reads it) rounded to asymmetric int4 per group of
+   g inputs, bit for bit quant.quantize_rtn_int4: lo = min(min w, 0), hi = max(max w, 0), s = max((hi - lo)
+   / 15, 1e-12), z = clamp(round(-lo / s), 0, 15), q = clamp(round(w / s) + z, 0, 15), every step one fp32
+   operation as torch does it (true divisions, ties to even). Writes the codes packed as pack_int4 packs
+   them (per segment of 32 inputs, input i in the low nibble of byte i and input i + 16 in its high one),
+   and scales s and offsets -z * s [n, k / g]. Needs g % 32 == 0 and k % g == 0. torch's ops took ~1 s of
+   the q4_k_m file's int4 load (its Q5_0 layers). Returns 0, or -1 when out of memory. */
+int round_groups_i4(const void *src, int type, int64_t n, int64_t k, int64_t g, uint8_t *packed, float *scale,
+                    float *offset, int nthreads) {
+    const int64_t row_bytes = type == SRC_Q8_0 ? k / 32 * 34 : type == SRC_Q5_0 ? k / 32 * 22 : k * 4;
+    const int64_t ng = k / g;
+    int failed = 0;
+#pragma omp parallel num_threads(nthreads)
+    {
+        float *buf = type == SRC_F32 ? NULL : malloc(sizeof(float) * k);
+        if (type != SRC_F32 && !buf) failed = 1;
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < n; r++) {
+            if (type != SRC_F32 && !buf) continue;
+            const float *w = (const float *)((const uint8_t *)src + r * row_bytes);
+            if (buf) {
+                dequantize_row((const uint8_t *)src + r * row_bytes, type, k, buf);
+                w = buf;
+            }
+            for (int64_t j = 0; j < ng; j++) {
+                const float *x = w + j * g;
+                float lo = 0.0f, hi = 0.0f;
+                for (int64_t i = 0; i < g; i++) {
+                    lo = x[i] < lo ? x[i] : lo;
+                    hi = x[i] > hi ? x[i] : hi;
+                }
+                float s = (hi - lo) / 15.0f;
+                s = s < 1e-12f ? 1e-12f : s;
+                float z = nearbyintf(-lo / s);
+                z = z < 0.0f ? 0.0f : z > 15.0f ? 15.0f : z;
+                scale[r * ng + j] = s;
+                offset[r * ng + j] = -z * s;
+                uint8_t *out = packed + (r * k + j * g) / 2;
+                for (int64_t seg = 0; seg < g; seg += 32) {
+                    uint8_t code[32];
+                    for (int i = 0; i < 32; i++) {
+                        float q = nearbyintf(x[seg + i] / s) + z;
+                        code[i] = (uint8_t)(q < 0.0f ? 0.0f : q > 15.0f ? 15.0f : q);
+                    }
+                    for (int i = 0; i < 16; i++) out[seg / 2 + i] = (uint8_t)(code[i] | code[i + 16] << 4);
+                }
+            }
+        }
+        free(buf);
+    }
+    return failed ? -1 : 0;
+}
+
 /* An input embedding kept as a GGUF file's Q8_0 / Q5_0 blocks: the n rows idx[i] of src [vocab, k / 32
    blocks] into out [n, k], the file's exact values (torch's dequantisation of one gathered row made
    ~10 small ops, 0.2 ms of every decode step). Returns -1 for another block type or an index outside

@@ -116,6 +116,9 @@ def load_kernels() -> ctypes.CDLL | None:
         lib.round_rows_i8.restype = ctypes.c_int
         lib.round_rows_i8.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
                                       ctypes.c_void_p, ctypes.c_int]
+        lib.round_groups_i4.restype = ctypes.c_int
+        lib.round_groups_i4.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                                        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
         lib.gather_rows_gguf.restype = ctypes.c_int
         lib.gather_rows_gguf.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
                                          ctypes.c_int64, ctypes.c_void_p]
@@ -206,13 +209,10 @@ ROUND_SOURCES = {"F32": 0, "Q5_0": 6, "Q8_0": 8}
 """What :func:`round_rows_int8_c` reads: fp32 rows, or a GGUF file's Q5_0 / Q8_0 blocks (GGML type numbers)."""
 
 
-def round_rows_int8_c(src: torch.Tensor, rows: int, k: int, source: str = "F32",
-                      threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Per-row int8 codes [rows, k] and scales [rows] of ``src`` in C, bit for bit what
-    :func:`openqwen.infer.quant.round_rows_int8` computes in torch: ``src`` is a contiguous fp32 [rows, k]
-    matrix, or the raw bytes (uint8) of ``rows`` rows of ``source`` blocks (:data:`ROUND_SOURCES`),
-    dequantised on the fly. None when the kernels are unavailable or the shape does not fit them (the
-    caller then rounds in torch). ``threads``: OpenMP threads (default: torch's)."""
+def _rounding_source(src: torch.Tensor, rows: int, k: int, source: str, caller: str) -> tuple[ctypes.CDLL, int] | None:
+    """The library and GGML type number for a C rounding of ``rows`` x ``k`` ``source`` values held in
+    ``src``; None when the kernels are unavailable or the shape does not fit them. Raises ValueError when
+    ``src`` does not hold exactly those bytes."""
     kind = ROUND_SOURCES[source]
     lib = _lib if _lib is not None else load_kernels()
     if lib is None or src.device.type != "cpu" or not src.is_contiguous() or k % (32 if kind else 8):
@@ -220,14 +220,50 @@ def round_rows_int8_c(src: torch.Tensor, rows: int, k: int, source: str = "F32",
     want = torch.float32 if kind == 0 else torch.uint8
     nbytes = rows * k * 4 if kind == 0 else rows * (k // 32) * (34 if source == "Q8_0" else 22)
     if src.dtype != want or src.numel() * src.element_size() != nbytes:
-        raise ValueError(f"round_rows_int8_c: {rows} x {k} {source} needs {nbytes} bytes of {want}, "
+        raise ValueError(f"{caller}: {rows} x {k} {source} needs {nbytes} bytes of {want}, "
                          f"got {src.dtype} {tuple(src.shape)}")
+    return lib, kind
+
+
+def round_rows_int8_c(src: torch.Tensor, rows: int, k: int, source: str = "F32",
+                      threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per-row int8 codes [rows, k] and scales [rows] of ``src`` in C, bit for bit what
+    :func:`openqwen.infer.quant.round_rows_int8` computes in torch: ``src`` is a contiguous fp32 [rows, k]
+    matrix, or the raw bytes (uint8) of ``rows`` rows of ``source`` blocks (:data:`ROUND_SOURCES`),
+    dequantised on the fly. None when the kernels are unavailable or the shape does not fit them (the
+    caller then rounds in torch). ``threads``: OpenMP threads (default: torch's)."""
+    found = _rounding_source(src, rows, k, source, "round_rows_int8_c")
+    if found is None:
+        return None
+    lib, kind = found
     q = torch.empty(rows, k, dtype=torch.int8)
     scale = torch.empty(rows, dtype=torch.float32)
     if lib.round_rows_i8(src.data_ptr(), kind, rows, k, q.data_ptr(), scale.data_ptr(),
                          threads or torch.get_num_threads()):
         raise MemoryError("round_rows_int8_c could not allocate a row buffer")
     return q, scale
+
+
+def round_groups_int4_c(src: torch.Tensor, rows: int, k: int, group_size: int, source: str = "F32",
+                        threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Asymmetric group-wise int4 of ``src`` (read as :func:`round_rows_int8_c` reads it) in C: packed codes
+    uint8 [rows, k / 2] (:func:`openqwen.infer.quant.pack_int4`'s order), scales and offsets fp32
+    [rows, k / group_size], bit for bit ``pack_int4(q), s, -z * s`` of
+    :func:`openqwen.infer.quant.quantize_rtn_int4`. None when the kernels are unavailable or the shape
+    does not fit them (``group_size`` a multiple of 32 that divides ``k``)."""
+    if group_size < 32 or group_size % 32 or k % group_size:
+        return None
+    found = _rounding_source(src, rows, k, source, "round_groups_int4_c")
+    if found is None:
+        return None
+    lib, kind = found
+    packed = torch.empty(rows, k // 2, dtype=torch.uint8)
+    scale = torch.empty(rows, k // group_size, dtype=torch.float32)
+    offset = torch.empty_like(scale)
+    if lib.round_groups_i4(src.data_ptr(), kind, rows, k, group_size, packed.data_ptr(), scale.data_ptr(),
+                           offset.data_ptr(), threads or torch.get_num_threads()):
+        raise MemoryError("round_groups_int4_c could not allocate a row buffer")
+    return packed, scale, offset
 
 
 def gather_rows_gguf(raw: torch.Tensor, ggml_type: int, ids: torch.Tensor, k: int) -> torch.Tensor | None:

@@ -155,6 +155,34 @@ def test_int8_rounding_in_c_equals_torch_bit_for_bit(qtype):
         kernels.round_rows_int8_c(raw[:-2] if qtype != "F32" else raw[:-1], rows, k, source=qtype)
 
 
+@pytest.mark.skipif(kernels.load_kernels() is None, reason=f"C kernels: {kernels.kernel_status()}")
+@pytest.mark.parametrize("qtype,group", [("F32", 32), ("F32", 128), ("Q8_0", 32), ("Q5_0", 32), ("Q5_0", 64)])
+def test_int4_rounding_in_c_equals_torch_bit_for_bit(qtype, group):
+    """round_groups_int4_c against quantize_rtn_int4 (on gguf's dequantisation for blocks) then pack_int4:
+    the same packed codes, scales and offsets -z * s, over groups of every magnitude, all-positive and
+    all-negative groups (the zero point at 0 or 15), an all-zero row and codes half-way between two."""
+    rows, k = 24, 384
+    if qtype == "F32":
+        w = torch.randn(rows, k, generator=torch.Generator().manual_seed(5)) * torch.logspace(-30, 30, rows)[:, None]
+        w[2] = w[2].abs()
+        w[3] = -w[3].abs()
+        w[4] = 0.0
+        w[5] = ((torch.arange(k) % 32) * 0.25 - 1.5).clamp(max=6.0)  # s = 0.5, so w / s lands on halves
+        raw, ref = w, w
+    else:
+        blocks = random_blocks(qtype, rows * k // 32, seed=11)
+        d = np.array([0.0, 1e-7, -3e-5, 6e-5, -2.5, 60000.0], dtype=np.float16)
+        blocks[: len(d), :2] = d.view(np.uint8).reshape(-1, 2)
+        blocks[k // 32 : 2 * k // 32, :2] = 0  # the whole second row is zero
+        raw = torch.from_numpy(blocks.reshape(-1).copy())
+        ref = torch.from_numpy(gguf.quants.dequantize(blocks.reshape(rows, -1), Q[qtype]))
+    q, s, z = quant.quantize_rtn_int4(ref, group)
+    packed, scale, offset = kernels.round_groups_int4_c(raw, rows, k, group, source=qtype)
+    assert torch.equal(packed, quant.pack_int4(q)) and torch.equal(scale, s) and torch.equal(offset, -z * s)
+    assert {int(q.min()), int(q.max())} == {0, 15}  # both ends of the code range are exercised
+    assert kernels.round_groups_int4_c(raw, rows, k, 48, source=qtype) is None  # not a multiple of 32
+
+
 def test_auto_precision_follows_the_checkpoint(tiny_gguf, tmp_path, capsys):
     path, _, _ = tiny_gguf
     # the tiny file is mostly Q8_0 / Q6_K / F16 by weights: nearest to int8
