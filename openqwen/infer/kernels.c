@@ -211,8 +211,8 @@ static inline __m256i load_i16(const int16_t *p) { return _mm256_loadu_si256((co
    50.8 against 54.0 with 1 KB, and 47.0 with 2 KB. The int4 model (its head is int8): 51.5 -> 54.3 tok/s one
    row ahead, then 58.0 -> 59.7 with 1 KB. */
 #define I8_PREFETCH 1024
-#define DEFINE_I8_TILE(NAME, R)                                                                        \
-    static __attribute__((noinline)) void NAME(const int16_t *xq, const float *xs, const int8_t *w, const float *scale, \
+#define DEFINE_I8_TILE(NAME, ATTR, MADD, R)                                                        \
+    ATTR static __attribute__((noinline)) void NAME(const int16_t *xq, const float *xs, const int8_t *w, const float *scale, \
                                                const float *bias, float *y, int64_t m, int64_t K, int64_t ldy, \
                                                int accumulate, int64_t n0, int64_t n1) {               \
         const int64_t nb = K / QBLK;                                                                   \
@@ -226,10 +226,10 @@ static inline __m256i load_i16(const int16_t *p) { return _mm256_loadu_si256((co
                 if (m == 0) _mm_prefetch((const char *)(wr + blk * QBLK + I8_PREFETCH), _MM_HINT_T0); \
                 const int64_t k = blk * QBLK;                                                          \
                 if (R == 1) { /* two chains of two multiply-adds */                                    \
-                    __m256i i0 = _mm256_madd_epi16(load_i8_i16(wr + k), load_i16(xr + k));             \
-                    __m256i i1 = _mm256_madd_epi16(load_i8_i16(wr + k + 16), load_i16(xr + k + 16));   \
-                    i0 = _mm256_add_epi32(i0, _mm256_madd_epi16(load_i8_i16(wr + k + 32), load_i16(xr + k + 32))); \
-                    i1 = _mm256_add_epi32(i1, _mm256_madd_epi16(load_i8_i16(wr + k + 48), load_i16(xr + k + 48))); \
+                    __m256i i0 = MADD(_mm256_setzero_si256(), load_i8_i16(wr + k), load_i16(xr + k));  \
+                    __m256i i1 = MADD(_mm256_setzero_si256(), load_i8_i16(wr + k + 16), load_i16(xr + k + 16)); \
+                    i0 = MADD(i0, load_i8_i16(wr + k + 32), load_i16(xr + k + 32));                    \
+                    i1 = MADD(i1, load_i8_i16(wr + k + 48), load_i16(xr + k + 48));                    \
                     f[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(i0, i1)), _mm256_set1_ps(xsr[blk]), f[0]); \
                 } else {                                                                               \
                     __m256i acc[R];                                                                    \
@@ -237,7 +237,7 @@ static inline __m256i load_i16(const int16_t *p) { return _mm256_loadu_si256((co
                     for (int64_t kk = k; kk < k + QBLK; kk += 16) {                                    \
                         __m256i wv = load_i8_i16(wr + kk);                                             \
                         for (int r = 0; r < R; r++)                                                    \
-                            acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(wv, load_i16(xr + r * K + kk))); \
+                            acc[r] = MADD(acc[r], wv, load_i16(xr + r * K + kk));                           \
                     }                                                                                  \
                     for (int r = 0; r < R; r++)                                                        \
                         f[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r]), _mm256_set1_ps(xsr[r * nb + blk]), f[r]); \
@@ -248,16 +248,41 @@ static inline __m256i load_i16(const int16_t *p) { return _mm256_loadu_si256((co
         }                                                                                              \
     }
 
+/* acc + the pairwise products of 16-bit lanes, summed per 32-bit lane: AVX2's multiply-add and add, or
+   AVX512-VNNI's one instruction (the same wrapped integer sums: the two give identical bits) */
+#define MADD_AVX2(acc, a, b) _mm256_add_epi32((acc), _mm256_madd_epi16((a), (b)))
+#define MADD_VNNI(acc, a, b) _mm256_dpwssd_epi32((acc), (a), (b))
+#define VNNI_TARGET __attribute__((target("avx512vnni,avx512vl")))
+
 _Static_assert(QBLK == 64, "the one-row case unrolls a block into four multiply-adds of 16");
-DEFINE_I8_TILE(gemm_i8_i16_1, 1)
-DEFINE_I8_TILE(gemm_i8_i16_4, 4)
+DEFINE_I8_TILE(gemm_i8_i16_1, , MADD_AVX2, 1)
+DEFINE_I8_TILE(gemm_i8_i16_4, , MADD_AVX2, 4)
+DEFINE_I8_TILE(gemm_i8_i16_vnni_1, VNNI_TARGET, MADD_VNNI, 1)
+DEFINE_I8_TILE(gemm_i8_i16_vnni_4, VNNI_TARGET, MADD_VNNI, 4)
+
+/* -1: not decided yet (the library's constructor decides); 0: AVX2 multiply-adds; 1: AVX512-VNNI (same
+   results, fewer instructions), for the int8 and the int4 kernels alike */
+static int vnni = -1;
+
+/* Which dot products run: mode -1 asks (deciding from the CPU on first use), 0 / 1 chooses (1 only
+   where the CPU has AVX512-VNNI and VL). Returns the one in use. */
+int use_vnni(int mode) {
+    const int capable = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
+    if (mode >= 0) vnni = mode && capable;
+    else if (vnni < 0) vnni = capable;
+    return vnni;
+}
+
+__attribute__((constructor)) static void choose_dot_products(void) { use_vnni(-1); }
 
 /* columns [n0, n1) of y from the quantised rows (xq [M, K], xs [M, K / QBLK]); K % QBLK == 0 */
 static void gemm_i8_i16(const int16_t *xq, const float *xs, const int8_t *w, const float *scale, const float *bias,
                         float *y, int64_t M, int64_t K, int64_t ldy, int accumulate, int64_t n0, int64_t n1) {
     for (int64_t m = 0; m < M;) {
-        if (M - m >= 4) { gemm_i8_i16_4(xq, xs, w, scale, bias, y, m, K, ldy, accumulate, n0, n1); m += 4; }
-        else { gemm_i8_i16_1(xq, xs, w, scale, bias, y, m, K, ldy, accumulate, n0, n1); m += 1; }
+        const int four = M - m >= 4;
+        if (vnni > 0) (four ? gemm_i8_i16_vnni_4 : gemm_i8_i16_vnni_1)(xq, xs, w, scale, bias, y, m, K, ldy, accumulate, n0, n1);
+        else (four ? gemm_i8_i16_4 : gemm_i8_i16_1)(xq, xs, w, scale, bias, y, m, K, ldy, accumulate, n0, n1);
+        m += four ? 4 : 1;
     }
 }
 
@@ -472,25 +497,11 @@ static inline __attribute__((always_inline)) __m256 segment_params(const float *
     }
 
 DEFINE_GEMM_I4(gemm_i4_avx2, , PAIR_DOT_AVX2)
-DEFINE_GEMM_I4(gemm_i4_vnni, __attribute__((target("avx512vnni,avx512vl"))), PAIR_DOT_VNNI)
-
-/* -1: not decided yet (the library's constructor decides); 0: AVX2 multiply-adds; 1: AVX512-VNNI (same results, fewer instructions) */
-static int i4_vnni = -1;
-
-/* Which int4 dot product runs: mode -1 asks (deciding from the CPU on first use), 0 / 1 chooses (1
-   only where the CPU has AVX512-VNNI and VL). Returns the one in use. */
-int int4_vnni(int mode) {
-    const int capable = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
-    if (mode >= 0) i4_vnni = mode && capable;
-    else if (i4_vnni < 0) i4_vnni = capable;
-    return i4_vnni;
-}
-
-__attribute__((constructor)) static void choose_int4_dot(void) { int4_vnni(-1); }
+DEFINE_GEMM_I4(gemm_i4_vnni, VNNI_TARGET, PAIR_DOT_VNNI)
 
 static void gemm_i4(const int8_t *xq, const float *xs, const float *xsum, const Linear *L, float *y, int64_t M,
                     int64_t ldy, int accumulate, int64_t n0, int64_t n1) {
-    if (i4_vnni > 0) gemm_i4_vnni(xq, xs, xsum, L, y, M, ldy, accumulate, n0, n1);
+    if (vnni > 0) gemm_i4_vnni(xq, xs, xsum, L, y, M, ldy, accumulate, n0, n1);
     else gemm_i4_avx2(xq, xs, xsum, L, y, M, ldy, accumulate, n0, n1);
 }
 

@@ -109,8 +109,8 @@ def load_kernels() -> ctypes.CDLL | None:
         lib.linear_forward.restype = ctypes.c_int
         lib.linear_forward.argtypes = [ctypes.POINTER(LinearSpec), ctypes.c_void_p, ctypes.c_void_p,
                                        ctypes.c_int64, ctypes.c_int]
-        lib.int4_vnni.restype = ctypes.c_int
-        lib.int4_vnni.argtypes = [ctypes.c_int]
+        lib.use_vnni.restype = ctypes.c_int
+        lib.use_vnni.argtypes = [ctypes.c_int]
         lib.dequantize_i4.restype = None
         lib.dequantize_i4.argtypes = [ctypes.POINTER(LinearSpec), ctypes.c_void_p, ctypes.c_int]
         lib.round_rows_i8.restype = ctypes.c_int
@@ -135,20 +135,20 @@ def load_kernels() -> ctypes.CDLL | None:
 
 
 def kernel_status() -> str:
-    """'C kernels (AVX2)' (with '+ VNNI int4' where the int4 dot products use AVX512-VNNI) or why the
+    """'C kernels (AVX2)' (with '+ AVX512-VNNI' where the int8 and int4 dot products use it) or why the
     torch fallback is used."""
     lib = load_kernels()
     if lib is None:
         return f"torch fallback: {_lib_error}"
-    return "C kernels (AVX2 + VNNI int4)" if lib.int4_vnni(-1) else "C kernels (AVX2)"
+    return "C kernels (AVX2 + AVX512-VNNI)" if lib.use_vnni(-1) else "C kernels (AVX2)"
 
 
-def use_int4_vnni(enabled: bool) -> bool:
-    """Choose the int4 kernel's dot product: AVX512-VNNI (the default where the CPU has it) or plain
-    AVX2. Both give identical results (exact integer sums); returns whether VNNI is now in use."""
+def use_vnni(enabled: bool) -> bool:
+    """Choose the int8 and int4 kernels' dot products: AVX512-VNNI (the default where the CPU has it) or
+    plain AVX2. Both give identical results (exact integer sums); returns whether VNNI is now in use."""
     lib = load_kernels()
-    assert lib is not None, "use_int4_vnni needs the C kernels (check kernel_status())"
-    return bool(lib.int4_vnni(1 if enabled else 0))
+    assert lib is not None, "use_vnni needs the C kernels (check kernel_status())"
+    return bool(lib.use_vnni(1 if enabled else 0))
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:

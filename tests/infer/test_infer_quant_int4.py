@@ -147,7 +147,7 @@ def test_vnni_and_avx2_int4_products_give_the_same_bits(group_size, rows):
 
     if quant.load_kernels() is None:
         pytest.skip(f"C kernels unavailable: {quant.kernel_status()}")
-    if not kernels.use_int4_vnni(True):
+    if not kernels.use_vnni(True):
         pytest.skip("this CPU has no AVX512-VNNI")
     torch.manual_seed(group_size + rows)
     k = 1344 if group_size == 96 else 896  # 42 / 28 segments: tails of 2 and 4 segments after runs of 8
@@ -155,10 +155,10 @@ def test_vnni_and_avx2_int4_products_give_the_same_bits(group_size, rows):
     x = torch.randn(rows, k) * 2
     try:
         with_vnni = m(x)
-        kernels.use_int4_vnni(False)
+        kernels.use_vnni(False)
         with_avx2 = m(x)
     finally:
-        kernels.use_int4_vnni(True)
+        kernels.use_vnni(True)
     assert torch.equal(with_vnni, with_avx2)
     torch.testing.assert_close(with_vnni, F.linear(quant.round_activations_int8(x), m.dequantize(), m.bias),
                                atol=1e-4, rtol=1e-5)
