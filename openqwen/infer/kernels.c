@@ -564,10 +564,21 @@ static void dequantize_row(const uint8_t *src, int type, int64_t k, float *out) 
     }
 }
 
+static int64_t source_row_bytes(int type, int64_t k) {
+    return type == SRC_Q8_0 ? k / 32 * 34 : type == SRC_Q5_0 ? k / 32 * 22 : k * 4;
+}
+
+/* row r of a [n, k] matrix stored as `type`: the fp32 row itself, or its blocks dequantised into buf */
+static const float *source_row(const void *src, int type, int64_t r, int64_t k, float *buf) {
+    const uint8_t *p = (const uint8_t *)src + r * source_row_bytes(type, k);
+    if (type == SRC_F32) return (const float *)p;
+    dequantize_row(p, type, k, buf);
+    return buf;
+}
+
 /* rows [0, n) of a [n, k] matrix (fp32, or GGML blocks when type says so; k % 32 == 0 for blocks and
    k % 8 == 0 always) -> int8 codes q [n, k] and per-row scales [n]. Returns 0, or -1 when out of memory. */
 int round_rows_i8(const void *src, int type, int64_t n, int64_t k, int8_t *q, float *scale, int nthreads) {
-    const int64_t row_bytes = type == SRC_Q8_0 ? k / 32 * 34 : type == SRC_Q5_0 ? k / 32 * 22 : k * 4;
     int failed = 0;
 #pragma omp parallel num_threads(nthreads)
     {
@@ -576,11 +587,7 @@ int round_rows_i8(const void *src, int type, int64_t n, int64_t k, int8_t *q, fl
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < n; r++) {
             if (type != SRC_F32 && !buf) continue;
-            const float *w = (const float *)((const uint8_t *)src + r * row_bytes);
-            if (buf) {
-                dequantize_row((const uint8_t *)src + r * row_bytes, type, k, buf);
-                w = buf;
-            }
+            const float *w = source_row(src, type, r, k, buf);
             const __m256 sign = _mm256_set1_ps(-0.0f), limit = _mm256_set1_ps(127.0f);
             __m256 m = _mm256_setzero_ps();
             for (int64_t i = 0; i < k; i += 8) m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(w + i)), m);
@@ -609,7 +616,6 @@ int round_rows_i8(const void *src, int type, int64_t n, int64_t k, int8_t *q, fl
    the q4_k_m file's int4 load (its Q5_0 layers). Returns 0, or -1 when out of memory. */
 int round_groups_i4(const void *src, int type, int64_t n, int64_t k, int64_t g, uint8_t *packed, float *scale,
                     float *offset, int nthreads) {
-    const int64_t row_bytes = type == SRC_Q8_0 ? k / 32 * 34 : type == SRC_Q5_0 ? k / 32 * 22 : k * 4;
     const int64_t ng = k / g;
     int failed = 0;
 #pragma omp parallel num_threads(nthreads)
@@ -619,11 +625,7 @@ int round_groups_i4(const void *src, int type, int64_t n, int64_t k, int64_t g, 
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < n; r++) {
             if (type != SRC_F32 && !buf) continue;
-            const float *w = (const float *)((const uint8_t *)src + r * row_bytes);
-            if (buf) {
-                dequantize_row((const uint8_t *)src + r * row_bytes, type, k, buf);
-                w = buf;
-            }
+            const float *w = source_row(src, type, r, k, buf);
             for (int64_t j = 0; j < ng; j++) {
                 const float *x = w + j * g;
                 float lo = 0.0f, hi = 0.0f;
@@ -661,8 +663,7 @@ int gather_rows_gguf(const uint8_t *src, int type, int64_t vocab, const int64_t 
     if (type != SRC_Q8_0 && type != SRC_Q5_0) return -1;
     for (int64_t i = 0; i < n; i++)
         if (idx[i] < 0 || idx[i] >= vocab) return -1;
-    const int64_t row_bytes = k / 32 * (type == SRC_Q8_0 ? 34 : 22);
-    for (int64_t i = 0; i < n; i++) dequantize_row(src + idx[i] * row_bytes, type, k, out + i * k);
+    for (int64_t i = 0; i < n; i++) dequantize_row(src + idx[i] * source_row_bytes(type, k), type, k, out + i * k);
     return 0;
 }
 

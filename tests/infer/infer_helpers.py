@@ -110,3 +110,22 @@ def assert_fused_step_equals_torch(model: Qwen, caches: tuple, lengths: list[int
             ids = torch.randint(0, 259, (len(lengths), 1), generator=gen)
             ref = model.hidden_states(ids, cache=caches[0])
             torch.testing.assert_close(fused.hidden_states(ids), ref, atol=2e-4, rtol=2e-4)
+
+
+def with_and_without_vnni(fn):
+    """(fn() with the C kernels' AVX512-VNNI dot products, fn() with their AVX2 ones), VNNI restored
+    after; skips the test where the kernels or VNNI are unavailable."""
+    import pytest  # noqa: PLC0415
+
+    from openqwen.infer import kernels  # noqa: PLC0415
+
+    if kernels.load_kernels() is None:
+        pytest.skip(f"C kernels unavailable: {kernels.kernel_status()}")
+    if not kernels.use_vnni(True):
+        pytest.skip("this CPU has no AVX512-VNNI")
+    try:
+        with_vnni = fn()
+        kernels.use_vnni(False)
+        return with_vnni, fn()
+    finally:
+        kernels.use_vnni(True)

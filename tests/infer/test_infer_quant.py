@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from infer_helpers import ByteTokenizer, tiny_model
+from infer_helpers import ByteTokenizer, tiny_model, with_and_without_vnni
 
 from openqwen.infer import quant
 from openqwen.infer.engine import Engine
@@ -224,21 +224,10 @@ def test_engine_runs_int8_and_bf16_models():
 def test_vnni_and_avx2_int8_products_give_the_same_bits(rows):
     """The int8 kernel's AVX512-VNNI multiply-adds (used where the CPU has them) and its AVX2 ones sum the
     same integers exactly, at one row and at tiles of four, so every machine computes the same output."""
-    from openqwen.infer import kernels
-
-    if quant.load_kernels() is None:
-        pytest.skip(f"C kernels unavailable: {quant.kernel_status()}")
-    if not kernels.use_vnni(True):
-        pytest.skip("this CPU has no AVX512-VNNI")
     torch.manual_seed(rows)
     m = Int8Linear(torch.randn(37, 896), torch.randn(37))
     x = torch.randn(rows, 896) * 3
-    try:
-        with_vnni = m(x)
-        kernels.use_vnni(False)
-        with_avx2 = m(x)
-    finally:
-        kernels.use_vnni(True)
+    with_vnni, with_avx2 = with_and_without_vnni(lambda: m(x))
     assert torch.equal(with_vnni, with_avx2)
     w = m.weight.float() * m.scale[:, None]
     torch.testing.assert_close(with_vnni, F.linear(quant.round_activations_int16(x), w, m.bias), atol=1e-3, rtol=1e-5)

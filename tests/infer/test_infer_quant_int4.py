@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from infer_helpers import ByteTokenizer, tiny_model
+from infer_helpers import ByteTokenizer, tiny_model, with_and_without_vnni
 
 from openqwen.infer import quant
 from openqwen.infer.engine import Engine
@@ -143,22 +143,11 @@ def test_int8_activation_rounding_is_per_block_of_32():
 def test_vnni_and_avx2_int4_products_give_the_same_bits(group_size, rows):
     """The AVX512-VNNI dot product (used where the CPU has it) and the AVX2 one (every other CPU) sum
     the same integers exactly, so a machine of either kind computes the same output."""
-    from openqwen.infer import kernels
-
-    if quant.load_kernels() is None:
-        pytest.skip(f"C kernels unavailable: {quant.kernel_status()}")
-    if not kernels.use_vnni(True):
-        pytest.skip("this CPU has no AVX512-VNNI")
     torch.manual_seed(group_size + rows)
     k = 1344 if group_size == 96 else 896  # 42 / 28 segments: tails of 2 and 4 segments after runs of 8
     m = Int4Linear.from_float(torch.randn(37, k), torch.randn(37), group_size=group_size)
     x = torch.randn(rows, k) * 2
-    try:
-        with_vnni = m(x)
-        kernels.use_vnni(False)
-        with_avx2 = m(x)
-    finally:
-        kernels.use_vnni(True)
+    with_vnni, with_avx2 = with_and_without_vnni(lambda: m(x))
     assert torch.equal(with_vnni, with_avx2)
     torch.testing.assert_close(with_vnni, F.linear(quant.round_activations_int8(x), m.dequantize(), m.bias),
                                atol=1e-4, rtol=1e-5)
