@@ -612,8 +612,8 @@ int round_rows_i8(const void *src, int type, int64_t n, int64_t k, int8_t *q, fl
    / 15, 1e-12), z = clamp(round(-lo / s), 0, 15), q = clamp(round(w / s) + z, 0, 15), every step one fp32
    operation as torch does it (true divisions, ties to even). Writes the codes packed as pack_int4 packs
    them (per segment of 32 inputs, input i in the low nibble of byte i and input i + 16 in its high one),
-   and scales s and offsets -z * s [n, k / g]. Needs g % 32 == 0 and k % g == 0. torch's ops took ~1 s of
-   the q4_k_m file's int4 load (its Q5_0 layers). Returns 0, or -1 when out of memory. */
+   and scales s and offsets -z * s [n, k / g]. Needs g % 32 == 0 and k % g == 0. The q4_k_m file's int4
+   load (its Q5_0 layers) took 1.5 s with torch's ops, 1.0 s with this. Returns 0, or -1 when out of memory. */
 int round_groups_i4(const void *src, int type, int64_t n, int64_t k, int64_t g, uint8_t *packed, float *scale,
                     float *offset, int nthreads) {
     const int64_t ng = k / g;
