@@ -9,8 +9,9 @@
   Q4_0's nibble order is our packing's, so its bytes are copied; what ``openqwen quantize --format gguf``
   writes loads back to its own codes). Other block types (Q5_0, Q6_K, Q8_0 ... in a
   q4_k_m file) are rounded to int4 (asymmetric, round-to-nearest, groups of 32; Q5_0 / Q8_0 straight
-  from their blocks in C, others dequantised one tensor at a time): that rounding is the documented cost (docs/inference.md, precision). The output head
-  is kept at int8 (:class:`~openqwen.infer.quant.Int8Linear`, per-row scales), where 4 bits cost the most.
+  from their blocks in C, others dequantised one tensor at a time): that rounding is the documented
+  cost (docs/inference.md, precision). The output head is kept at int8
+  (:class:`~openqwen.infer.quant.Int8Linear`, per-row scales), where 4 bits cost the most.
 * :func:`int8_builder`: every layer becomes an ``Int8Linear`` (per-row int8), dequantised in chunks of
   rows, never a whole float32 matrix. Q8_0 rows whose blocks all share one scale (what our export
   writes) keep their codes and that scale exactly; other rows are rounded to a per-row grid.
@@ -35,6 +36,7 @@ from .quant import Int4Linear, Int8Linear, pack_int4, quantize_rtn_int4
 
 GGUF_INT4_GROUP = 32
 """Group size of int4 layers built from GGUF blocks: the sub-block of Q4_K / Q5_K and the block of Q4_0 / Q5_0 / Q8_0."""
+_C_BLOCKS = ("Q5_0", "Q8_0")  # block types the C rounding reads straight from a file's bytes (raw is uint8)
 
 _Q4_0, _Q8_0, _Q4_K = 2, 8, 12
 _ROW_CHUNK = 8192
@@ -62,7 +64,7 @@ def int4_linear_from_gguf(layer: RawLinear, group_size: int = GGUF_INT4_GROUP) -
         else:
             # Q8_0 / Q5_0 parts are rounded straight from their blocks in C, the same bits as below
             direct = (round_groups_int4_c(raw, *info.shape, group_size, source=info.type_name)
-                      if info.type_name in ("Q5_0", "Q8_0") else None)
+                      if info.type_name in _C_BLOCKS else None)
             if direct is not None:
                 packed, s, o = direct
                 codes.append(packed)
@@ -112,7 +114,7 @@ def int8_linear_from_gguf(layer: RawLinear) -> Int8Linear:
             at += info.shape[0]
             continue
         # Q8_0 / Q5_0 rows are rounded straight from their blocks in C (no float32 rows at all)
-        direct = round_rows_int8_c(raw, *info.shape, source=info.type_name) if info.type_name in ("Q5_0", "Q8_0") else None
+        direct = round_rows_int8_c(raw, *info.shape, source=info.type_name) if info.type_name in _C_BLOCKS else None
         if direct is not None:
             weight[at : at + info.shape[0]], scale[at : at + info.shape[0]] = direct
             at += info.shape[0]
