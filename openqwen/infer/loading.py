@@ -22,6 +22,8 @@ bits per weight keeps those blocks as they are (:class:`~openqwen.infer.gguf_qua
 
 ``float32`` and ``bfloat16`` are accepted as spellings of fp32 and bf16. The choice and its reason are
 printed at load (stderr). A GGUF loaded as int4 / int8 never exists in float32 (:mod:`.gguf_quant`).
+Whatever the precision, the weights a decode step reads end up in one block of memory, in the order
+the step reads them, on transparent huge pages where the OS gives them (:mod:`.arena`).
 
 The long-context flags (``--rope-scaling``, ``--rope-update``, ``--logn``, ``--window-sizes``,
 ``--attention-sinks``, ``--seq-length``) override what the checkpoint says, through
@@ -112,6 +114,7 @@ def load_for_inference(path: str | Path, dtype: str = "auto", announce: bool = T
 
     from ..checkpoint import load_model  # noqa: PLC0415
     from ..train.cpu_matmul import bf16_products_preferred  # noqa: PLC0415
+    from .arena import pack_decode_weights  # noqa: PLC0415
     from .quant import (Int8Linear, optimise_for_decode, quantize_embedding, quantize_int4,  # noqa: PLC0415
                         quantize_int8)
 
@@ -149,6 +152,7 @@ def load_for_inference(path: str | Path, dtype: str = "auto", announce: bool = T
                 optimise_for_decode(model)
         if precision in ("int4", "int8"):
             quantize_embedding(model)  # int8 rows, shared with a tied head: no fp32 copy of the vocabulary
+    pack_decode_weights(model)
     release_freed_memory()
     bf16_products = bf16_products_preferred()  # a bad OPENQWEN_PREFILL_PRODUCTS fails here, before any prompt
     if announce:
