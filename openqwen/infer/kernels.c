@@ -205,12 +205,15 @@ static inline __m256i load_i16(const int16_t *p) { return _mm256_loadu_si256((co
    One small function per R holding the column loop, as for int4 below: the accumulators stay in
    registers (one function for both cases ran 30 % slower from L2). The block sums are exact integers
    whatever the order, so both cases give a row the same result. */
-/* The weight stream is prefetched a fixed 1 KB (16 lines) ahead. Interleaved whole-step runs of the
-   int8 model on the AVX2 EPYC (2026-12-04): two rows ahead (the old distance: 1,792 bytes for rows of
-   896 inputs, 9.7 KB for the down layer's 4,864) 48.1 tok/s against 52.2 one row ahead; then one row
-   50.8 against 54.0 with 1 KB, and 47.0 with 2 KB. The int4 model (its head is int8): 51.5 -> 54.3 tok/s one
-   row ahead, then 58.0 -> 59.7 with 1 KB. */
-#define I8_PREFETCH 1024
+/* The weight stream is prefetched a fixed 6 KB ahead into L2 (T1), far enough to cover the memory's
+   latency when it is fast: into L1 (T0) the lines hold the core's few L1 miss buffers the whole way.
+   Interleaved runs on the 2-core Zen 4 VM (2026-12-04, weights packed by openqwen/infer/arena.py), GB/s
+   of the int8 model's layers with the probe above / below 50 GB/s: 29.6 -> 32.7 and 26.8 -> 27.8
+   against 1 KB into L1; its head (in the int4 model) 34.4 -> 40.3 and 27.1 -> 28.2. 4 KB into L2 gave
+   less, 8 KB more in the fast phase and less in the slow one. (On the AVX2 EPYC, before the arena,
+   1 KB into L1 had beaten one and two rows ahead: 54.0 against 50.8 and 48.1 tok/s.) */
+#define I8_PREFETCH 6144
+#define I8_PREFETCH_HINT _MM_HINT_T1
 #define DEFINE_I8_TILE(NAME, ATTR, MADD, R)                                                        \
     ATTR static __attribute__((noinline)) void NAME(const int16_t *xq, const float *xs, const int8_t *w, const float *scale, \
                                                const float *bias, float *y, int64_t m, int64_t K, int64_t ldy, \
@@ -223,7 +226,7 @@ static inline __m256i load_i16(const int16_t *p) { return _mm256_loadu_si256((co
             __m256 f[R];                                                                               \
             for (int r = 0; r < R; r++) f[r] = _mm256_setzero_ps();                                    \
             for (int64_t blk = 0; blk < nb; blk++) {                                                   \
-                if (m == 0) _mm_prefetch((const char *)(wr + blk * QBLK + I8_PREFETCH), _MM_HINT_T0); \
+                if (m == 0) _mm_prefetch((const char *)(wr + blk * QBLK + I8_PREFETCH), I8_PREFETCH_HINT); \
                 const int64_t k = blk * QBLK;                                                          \
                 if (R == 1) { /* two chains of two multiply-adds */                                    \
                     __m256i i0 = MADD(_mm256_setzero_si256(), load_i8_i16(wr + k), load_i16(xr + k));  \
@@ -414,6 +417,11 @@ static inline __attribute__((always_inline)) __m256 segment_params(const float *
     return _mm256_loadu_ps(t);
 }
 
+/* The codes are prefetched 6 KB ahead into L1 (two rows ahead before: 896 bytes for rows of 896 inputs).
+   Zen 4 VM, interleaved, GB/s of the int4 layers with the probe above / below 50 GB/s: 32.8 -> 35.8 and
+   27.1 -> 27.5; into L2 instead gave less. */
+#define I4_PREFETCH 6144
+
 /* Segments [j, j + segs) of one weight row (codes wr, scales sc, offsets of) against R rows of rounded
    activations (R = 1 or 4, sharing the split codes): f[r] += segment sums * (scale * activation scale),
    ov[r] += offset * activation sum. Always inlined with constant segs (8 in the main loop), spg and R,
@@ -427,9 +435,9 @@ static inline __attribute__((always_inline)) __m256 segment_params(const float *
         const int pairs = segs / 2;                                                                    \
         const __m256i m4 = _mm256_set1_epi8(0x0F), order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7); \
         const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(segs), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); \
-        if (prefetch) { /* two rows ahead */                                                           \
-            _mm_prefetch((const char *)(wr + K + j * 16), _MM_HINT_T0);                                \
-            _mm_prefetch((const char *)(wr + K + j * 16 + 64), _MM_HINT_T0);                           \
+        if (prefetch) { /* I4_PREFETCH bytes ahead */                                                  \
+            _mm_prefetch((const char *)(wr + I4_PREFETCH + j * 16), _MM_HINT_T0);                      \
+            _mm_prefetch((const char *)(wr + I4_PREFETCH + j * 16 + 64), _MM_HINT_T0);                 \
         }                                                                                              \
         __m256i lo[4], hi[4];                                                                          \
         for (int p = 0; p < pairs; p++) {                                                              \
