@@ -39,9 +39,10 @@ class BandwidthProbe:
     roofline is the best read this machine does, not the one the weights used to get."""
 
     def __init__(self, mib: int = 512) -> None:
-        from openqwen.infer.arena import anonymous_block  # noqa: PLC0415
+        from openqwen.infer.arena import advise_huge_pages, anonymous_block  # noqa: PLC0415
 
-        self.a = anonymous_block(mib << 20, huge_pages=True)[0].view(torch.float32).uniform_()
+        self.a = anonymous_block(mib << 20).view(torch.float32).uniform_()
+        advise_huge_pages(self.a)
         self.a.sum()
 
     def seconds_per_byte(self) -> float:

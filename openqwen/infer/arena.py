@@ -1,15 +1,16 @@
 """One block of memory for the weights a decode step streams, laid out in the order the step reads them.
 
 A batch-1 decode step reads every weight once, so its speed is the memory's read bandwidth over the
-bytes. Loaded layer by layer, those bytes lie in a hundred separate allocations in 4 KB pages: each
-matrix starts a new stream for the hardware prefetchers, and every 4 KB costs a TLB miss (two page-table
-walks in a virtual machine). :func:`pack_decode_weights` copies them into one anonymous mapping, aligned
-to 2 MB and advised for transparent huge pages (Linux's ``MADV_HUGEPAGE``; elsewhere the layout alone),
-in the order of :func:`decode_order`, and points the modules at views of it. The values, dtypes and
-shapes are unchanged, so every path (the fused C step, torch's reference, ``state_dict``) reads the
-same numbers. Measured on a 2-core Zen 4 EPYC VM (docs/benchmarks/inference.md, "One block of memory
-for the weights"): a plain read of the int4 model's layer weights went from 28.5 to 31.5 GB/s packed
-and 32.3 GB/s on huge pages.
+bytes. Loaded layer by layer, those bytes lie in some 360 separate allocations in 4 KB pages: each
+matrix starts a new stream for the hardware prefetchers, and every 4 KB costs a TLB miss (a
+two-dimensional page walk in a virtual machine). :func:`pack_decode_weights` copies them into one
+anonymous mapping aligned to 2 MB, in the order of :func:`decode_order`, backs it with transparent huge
+pages once written (:func:`advise_huge_pages`; elsewhere than Linux the layout alone), and points the
+modules at views of it. Values, dtypes and shapes are unchanged, so every path (the fused C step,
+torch's reference, ``state_dict``) reads the same numbers. On the 2-core Zen 4 EPYC VM
+(docs/benchmarks/inference.md, "One block of memory for the weights"): a plain read of the int4
+model's layer weights went from 28.5 GB/s to 31.5 packed and 32.3 on huge pages, and whole int4 decode
+steps 1.08x.
 
 For inference only (:func:`~openqwen.infer.loading.load_for_inference` calls it): the tensors become
 views of one buffer, which a trainer's optimizer or a sharding wrapper should not be handed.
@@ -17,7 +18,10 @@ views of one buffer, which a trainer's optimizer or a sharding wrapper should no
 
 from __future__ import annotations
 
+import ctypes
 import mmap
+import sys
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -25,17 +29,26 @@ from torch import nn
 
 ALIGN = 64  # bytes: every tensor starts on a cache line
 HUGE_PAGE = 2 << 20
+MADV_HUGEPAGE, MADV_COLLAPSE = 14, 25  # Linux's <asm-generic/mman-common.h>
 
 
 @dataclass
 class PackedWeights:
-    """What :func:`pack_decode_weights` did: ``tensors`` moved, ``nbytes`` of them, ``huge_pages``:
-    whether the block was advised for transparent huge pages (the kernel may still decline)."""
+    """What :func:`pack_decode_weights` did: ``tensors`` moved, ``nbytes`` of them, and the huge-page
+    advice it gave (the OS may still have found no free huge pages)."""
 
     tensors: int
     nbytes: int
-    huge_pages: bool
     buffer: torch.Tensor | None = None  # the block itself (uint8); the modules hold views of it
+    collapsing: threading.Thread | None = None  # the background advice of advise_huge_pages, if any
+
+    @property
+    def huge_pages(self) -> bool:
+        """Whether the OS took the huge-page advice (waits for the background thread to finish)."""
+        if self.collapsing is None:
+            return False
+        self.collapsing.join()
+        return self.collapsing.result
 
 
 def _tensors_of(module: nn.Module) -> list[tuple[nn.Module, str, torch.Tensor]]:
@@ -64,21 +77,63 @@ def decode_order(model: nn.Module) -> list[tuple[nn.Module, str, torch.Tensor]]:
     return order
 
 
-def anonymous_block(nbytes: int, huge_pages: bool = True) -> tuple[torch.Tensor, bool]:
-    """A zero-filled uint8 tensor of ``nbytes`` on its own anonymous mapping, starting on a 2 MB boundary,
-    and whether the mapping was advised for transparent huge pages (``huge_pages`` and the OS allows)."""
+def anonymous_block(nbytes: int) -> torch.Tensor:
+    """A zero-filled uint8 tensor of ``nbytes`` on its own private anonymous mapping, starting on a 2 MB
+    boundary (so :func:`advise_huge_pages` can back all of it with huge pages)."""
     size = nbytes + HUGE_PAGE  # room to move the start to a boundary (the skipped head is never touched)
-    block = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | getattr(mmap, "MAP_ANONYMOUS", 0x20))
-    advised = False
-    if huge_pages and hasattr(mmap, "MADV_HUGEPAGE"):
-        try:
-            block.madvise(mmap.MADV_HUGEPAGE)
-            advised = True
-        except OSError:  # a kernel built without transparent huge pages
-            pass
+    block = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | getattr(mmap, "MAP_ANONYMOUS", getattr(mmap, "MAP_ANON", 0x20)))
     whole = torch.frombuffer(block, dtype=torch.uint8)  # keeps the mapping alive as long as a view lives
     start = -whole.data_ptr() % HUGE_PAGE
-    return whole[start:start + nbytes], advised
+    return whole[start:start + nbytes]
+
+
+def _madvise():
+    """libc's madvise through ctypes (Linux only), or None."""
+    if sys.platform != "linux":
+        return None
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    madvise.restype = ctypes.c_int
+    return madvise
+
+
+def advise_huge_pages(block: torch.Tensor, background: bool = False) -> threading.Thread | bool:
+    """Back ``block`` (from :func:`anonymous_block`, already written) with transparent huge pages: Linux
+    6.1+'s ``MADV_COLLAPSE`` does it at once, else ``MADV_HUGEPAGE`` leaves it to the kernel's
+    khugepaged. After the copy, not before: faulting an empty block in huge pages cost 0.47 s for 400 MB
+    on the Zen 4 VM, and collapsing a written one 0.28-0.93 s (the kernel compacts memory to find free
+    2 MB pages; the time depends on how fragmented it is), against 0.10 s for the copy itself. So a
+    load collapses in the ``background``: a thread (ctypes lets go of the GIL) works through the block
+    in 64 MB pieces while the model already runs on 4 KB pages, and the values never change under it.
+    Returns whether the OS took the advice, or with ``background`` the started thread (its ``result``
+    attribute says the same once it ends). Off Linux, False: the layout alone."""
+    madvise = _madvise()
+    if madvise is None or block.numel() < HUGE_PAGE:
+        return False
+    start, length = block.data_ptr(), block.numel() // HUGE_PAGE * HUGE_PAGE
+    piece = 32 * HUGE_PAGE
+
+    def collapse() -> bool:
+        ok = True
+        for off in range(0, length, piece):
+            n = min(piece, length - off)
+            ok &= any(madvise(start + off, n, advice) == 0 for advice in (MADV_COLLAPSE, MADV_HUGEPAGE))
+        return ok
+
+    if not background:
+        return collapse()
+
+    def run() -> None:
+        thread.result = collapse()
+        thread.block = None  # the block may go once the advice is given
+
+    thread = threading.Thread(target=run, name="openqwen-huge-pages", daemon=True)
+    thread.result, thread.block = False, block  # holds the mapping until the kernel is done with it
+    thread.start()
+    return thread
 
 
 def pack_decode_weights(model: nn.Module, huge_pages: bool = True) -> PackedWeights:
@@ -87,18 +142,19 @@ def pack_decode_weights(model: nn.Module, huge_pages: bool = True) -> PackedWeig
     allocations are freed as their last reference goes. Returns what was moved."""
     order = decode_order(model)
     if not order:
-        return PackedWeights(0, 0, False)
+        return PackedWeights(0, 0)
     offsets, total = [], 0
     for _, _, t in order:
         offsets.append(total)
         total += -(-t.numel() * t.element_size() // ALIGN) * ALIGN
-    block, advised = anonymous_block(total, huge_pages)
+    block = anonymous_block(total)
     moved: dict[int, torch.Tensor] = {}
     for (_, _, t), off in zip(order, offsets):
         nb = t.numel() * t.element_size()
         view = block[off:off + nb].view(t.dtype).view(t.shape)
         view.copy_(t.detach())
         moved[id(t)] = view
+    collapsing = advise_huge_pages(block, background=True) if huge_pages else None
     for mod in model.modules():  # rebind every holder, so no module keeps an old copy alive
         for name, p in list(mod._parameters.items()):
             if p is not None and id(p) in moved:
@@ -106,4 +162,4 @@ def pack_decode_weights(model: nn.Module, huge_pages: bool = True) -> PackedWeig
         for name, b in list(mod._buffers.items()):
             if b is not None and id(b) in moved:
                 mod._buffers[name] = moved[id(b)]
-    return PackedWeights(len(order), total, advised, block)
+    return PackedWeights(len(order), total, block, collapsing if isinstance(collapsing, threading.Thread) else None)

@@ -12,7 +12,7 @@ import torch
 from infer_helpers import ByteTokenizer, tiny_model
 
 from openqwen.checkpoint import save_model
-from openqwen.infer.arena import ALIGN, HUGE_PAGE, anonymous_block, decode_order, pack_decode_weights
+from openqwen.infer.arena import ALIGN, HUGE_PAGE, advise_huge_pages, anonymous_block, decode_order, pack_decode_weights
 from openqwen.infer.engine import Engine
 from openqwen.infer.loading import load_for_inference
 from openqwen.infer.quant import Int8Embedding, quantize_embedding, quantize_int4, quantize_int8
@@ -113,12 +113,14 @@ def test_block_gets_huge_pages_where_the_os_offers_them():
     thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
     if not thp.exists() or "[never]" in thp.read_text():
         pytest.skip("no transparent huge pages on this machine")
-    block, advised = anonymous_block(16 << 20, huge_pages=True)
-    assert advised
-    block.fill_(1)  # first touch: the faults are where the pages get chosen
-    assert _huge_kb(block) >= 2048
-    plain, advised = anonymous_block(16 << 20, huge_pages=False)
-    assert not advised
-    plain.fill_(1)
-    if "[madvise]" in thp.read_text():  # only advised mappings get them
-        assert _huge_kb(plain) == 0
+    block = anonymous_block(16 << 20)
+    assert block.data_ptr() % HUGE_PAGE == 0 and block.numel() == 16 << 20
+    block.fill_(7)  # written in 4 KB pages first, as pack_decode_weights writes it
+    assert advise_huge_pages(block)
+    assert _huge_kb(block) >= 2048  # MADV_COLLAPSE: now; MADV_HUGEPAGE alone would leave it to khugepaged
+    assert bool((block == 7).all())  # collapsing kept the contents
+    later = anonymous_block(8 << 20)
+    later.fill_(3)
+    thread = advise_huge_pages(later, background=True)  # as a load does it
+    thread.join()
+    assert thread.result and _huge_kb(later) >= 2048 and bool((later == 3).all())
