@@ -18,10 +18,12 @@ views of one buffer, which a trainer's optimizer or a sharding wrapper should no
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import mmap
 import sys
 import threading
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -119,6 +121,8 @@ def advise_huge_pages(block: torch.Tensor, background: bool = False) -> threadin
     def collapse() -> bool:
         ok = True
         for off in range(0, length, piece):
+            if _exiting.is_set():  # the interpreter is shutting down: stop between pieces
+                return False
             n = min(piece, length - off)
             ok &= any(madvise(start + off, n, advice) == 0 for advice in (MADV_COLLAPSE, MADV_HUGEPAGE))
         return ok
@@ -132,8 +136,22 @@ def advise_huge_pages(block: torch.Tensor, background: bool = False) -> threadin
 
     thread = threading.Thread(target=run, name="openqwen-huge-pages", daemon=True)
     thread.result, thread.block = False, block  # holds the mapping until the kernel is done with it
+    _threads.add(thread)
     thread.start()
     return thread
+
+
+# A daemon thread still inside madvise when the interpreter finalises is torn down mid-call (the process
+# then aborts): at exit the threads stop after their current 64 MB piece and are joined.
+_threads: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()
+_exiting = threading.Event()
+
+
+@atexit.register
+def _stop_collapsing() -> None:
+    _exiting.set()
+    for thread in list(_threads):
+        thread.join()
 
 
 def pack_decode_weights(model: nn.Module, huge_pages: bool = True) -> PackedWeights:
