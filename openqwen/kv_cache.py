@@ -55,30 +55,47 @@ def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) ->
     return (q.float() * scale[..., None]).to(dtype)
 
 
+def packed_offsets(nbytes: list[int], align: int = 64) -> tuple[list[int], int]:
+    """Byte offsets that lay buffers of ``nbytes`` end to end, each starting on an ``align`` boundary
+    (a cache line by default), and the total length."""
+    offsets, total = [], 0
+    for n in nbytes:
+        offsets.append(total)
+        total += -(-n // align) * align
+    return offsets, total
+
+
+def anonymous_map(nbytes: int, start_align: int = 64, huge_pages: bool = True) -> torch.Tensor:
+    """A uint8 tensor of ``nbytes`` on its own private anonymous memory map, starting on a
+    ``start_align`` boundary. The OS supplies its pages, zeroed, on first write, so it is resident only
+    where written; ``huge_pages=False`` asks for 4 KB pages (``MADV_NOHUGEPAGE``), so that a first write
+    makes 4 KB resident, not 2 MB. Private: a forked child (a code sandbox, a data loader) must not
+    share the parent's pages. The tensor holds the map."""
+    size = nbytes + start_align  # room to move the start to a boundary (the skipped head is never touched)
+    flags = {"flags": mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS} if hasattr(mmap, "MAP_PRIVATE") else {}
+    buffer = mmap.mmap(-1, size, **flags)
+    if not huge_pages and hasattr(buffer, "madvise") and hasattr(mmap, "MADV_NOHUGEPAGE"):
+        buffer.madvise(mmap.MADV_NOHUGEPAGE)
+    whole = torch.frombuffer(buffer, dtype=torch.uint8)
+    start = -whole.data_ptr() % start_align
+    return whole[start:start + nbytes]
+
+
 def zeroed_buffers(shapes: list[tuple[int, ...]], dtype: torch.dtype,
                    device: torch.device | str | None = None) -> list[torch.Tensor]:
-    """Zero-filled tensors of ``shapes``. On the CPU they are views of one anonymous memory map, whose
-    pages the OS supplies (zeroed) on first write: a cache costs resident memory only for the
+    """Zero-filled tensors of ``shapes``. On the CPU they are views of one :func:`anonymous_map` (4 KB
+    pages), whose pages the OS supplies on first write: a cache costs resident memory only for the
     positions it has held, not for its whole ``max_length`` (``torch.zeros`` writes every byte, so a
     4,096-position fp32 cache of a 0.5B model was 100 MB resident from the first token)."""
     if torch.device(device or "cpu").type != "cpu":
         return [torch.zeros(s, dtype=dtype, device=device) for s in shapes]
     itemsize = torch.empty((), dtype=dtype).element_size()
-    align = 64 // itemsize  # every view starts on a cache line
     counts = [math.prod(s) for s in shapes]
-    offsets, total = [], 0
-    for n in counts:
-        offsets.append(total)
-        total += -(-n // align) * align
+    offsets, total = packed_offsets([n * itemsize for n in counts])
     if total == 0:
         return [torch.zeros(s, dtype=dtype) for s in shapes]
-    # private: a forked child (a code sandbox, a data loader) must not share the parent's cache pages
-    flags = {"flags": mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS} if hasattr(mmap, "MAP_PRIVATE") else {}
-    buffer = mmap.mmap(-1, total * itemsize, **flags)
-    if hasattr(buffer, "madvise") and hasattr(mmap, "MADV_NOHUGEPAGE"):
-        buffer.madvise(mmap.MADV_NOHUGEPAGE)  # a 2 MB huge page would make a first write resident 2 MB at once
-    flat = torch.frombuffer(buffer, dtype=dtype)  # the tensor holds the map
-    return [flat[o:o + n].view(s) for o, n, s in zip(offsets, counts, shapes)]
+    block = anonymous_map(total, huge_pages=False)
+    return [block[o:o + n * itemsize].view(dtype).view(s) for o, n, s in zip(offsets, counts, shapes)]
 
 
 class KVCache:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import atexit
 import ctypes
-import mmap
 import sys
 import threading
 import weakref
@@ -28,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from ..kv_cache import anonymous_map, packed_offsets
 
 ALIGN = 64  # bytes: every tensor starts on a cache line
 HUGE_PAGE = 2 << 20
@@ -80,13 +81,9 @@ def decode_order(model: nn.Module) -> list[tuple[nn.Module, str, torch.Tensor]]:
 
 
 def anonymous_block(nbytes: int) -> torch.Tensor:
-    """A zero-filled uint8 tensor of ``nbytes`` on its own private anonymous mapping, starting on a 2 MB
+    """A zero-filled uint8 tensor of ``nbytes`` on its own private anonymous map, starting on a 2 MB
     boundary (so :func:`advise_huge_pages` can back all of it with huge pages)."""
-    size = nbytes + HUGE_PAGE  # room to move the start to a boundary (the skipped head is never touched)
-    block = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | getattr(mmap, "MAP_ANONYMOUS", getattr(mmap, "MAP_ANON", 0x20)))
-    whole = torch.frombuffer(block, dtype=torch.uint8)  # keeps the mapping alive as long as a view lives
-    start = -whole.data_ptr() % HUGE_PAGE
-    return whole[start:start + nbytes]
+    return anonymous_map(nbytes, start_align=HUGE_PAGE)
 
 
 def _madvise():
@@ -161,10 +158,7 @@ def pack_decode_weights(model: nn.Module, huge_pages: bool = True) -> PackedWeig
     order = decode_order(model)
     if not order:
         return PackedWeights(0, 0)
-    offsets, total = [], 0
-    for _, _, t in order:
-        offsets.append(total)
-        total += -(-t.numel() * t.element_size() // ALIGN) * ALIGN
+    offsets, total = packed_offsets([t.numel() * t.element_size() for _, _, t in order], ALIGN)
     block = anonymous_block(total)
     moved: dict[int, torch.Tensor] = {}
     for (_, _, t), off in zip(order, offsets):
