@@ -43,7 +43,7 @@ class PackedWeights:
     tensors: int
     nbytes: int
     buffer: torch.Tensor | None = None  # the block itself (uint8); the modules hold views of it
-    collapsing: threading.Thread | None = None  # the background advice of advise_huge_pages, if any
+    collapsing: "HugePageAdvice | None" = None  # the background advice, if any
 
     @property
     def huge_pages(self) -> bool:
@@ -99,48 +99,48 @@ def _madvise():
     return madvise
 
 
-def advise_huge_pages(block: torch.Tensor, background: bool = False) -> threading.Thread | bool:
-    """Back ``block`` (from :func:`anonymous_block`, already written) with transparent huge pages: Linux
-    6.1+'s ``MADV_COLLAPSE`` does it at once, else ``MADV_HUGEPAGE`` leaves it to the kernel's
-    khugepaged. After the copy, not before: faulting an empty block in huge pages cost 0.47 s for 400 MB
-    on the Zen 4 VM, and collapsing a written one 0.28-0.93 s (the kernel compacts memory to find free
-    2 MB pages; the time depends on how fragmented it is), against 0.10 s for the copy itself. So a
-    load collapses in the ``background``: a thread (ctypes lets go of the GIL) works through the block
-    in 64 MB pieces while the model already runs on 4 KB pages, and the values never change under it.
-    Returns whether the OS took the advice, or with ``background`` the started thread (its ``result``
-    attribute says the same once it ends). Off Linux, False: the layout alone."""
+def advise_huge_pages(block: torch.Tensor) -> bool:
+    """Back ``block`` (a contiguous tensor on a map of :func:`anonymous_block`, already written) with
+    transparent huge pages: Linux 6.1+'s ``MADV_COLLAPSE`` does it at once, else ``MADV_HUGEPAGE`` leaves
+    it to the kernel's khugepaged. After the copy, not before: faulting an empty block in huge pages cost
+    0.47 s for 400 MB on the Zen 4 VM, collapsing a written one 0.28-0.93 s (the kernel compacts memory
+    to find free 2 MB pages; the time depends on how fragmented it is), against 0.10 s for the copy.
+    Works through the block in 64 MB pieces, stopping early when the interpreter exits. Returns whether
+    the OS took the advice (off Linux: False, the layout alone)."""
     madvise = _madvise()
-    if madvise is None or block.numel() < HUGE_PAGE:
+    nbytes = block.numel() * block.element_size()
+    if madvise is None or nbytes < HUGE_PAGE:
         return False
-    start, length = block.data_ptr(), block.numel() // HUGE_PAGE * HUGE_PAGE
+    start, length = block.data_ptr(), nbytes // HUGE_PAGE * HUGE_PAGE
     piece = 32 * HUGE_PAGE
+    ok = True
+    for off in range(0, length, piece):
+        if _exiting.is_set():  # the interpreter is shutting down: stop between pieces
+            return False
+        n = min(piece, length - off)
+        ok &= any(madvise(start + off, n, advice) == 0 for advice in (MADV_COLLAPSE, MADV_HUGEPAGE))
+    return ok
 
-    def collapse() -> bool:
-        ok = True
-        for off in range(0, length, piece):
-            if _exiting.is_set():  # the interpreter is shutting down: stop between pieces
-                return False
-            n = min(piece, length - off)
-            ok &= any(madvise(start + off, n, advice) == 0 for advice in (MADV_COLLAPSE, MADV_HUGEPAGE))
-        return ok
 
-    if not background:
-        return collapse()
+class HugePageAdvice(threading.Thread):
+    """:func:`advise_huge_pages` in a daemon thread (ctypes lets go of the GIL), so a load does not wait
+    for the collapse: the model runs on 4 KB pages meanwhile, and the values never change under it.
+    ``result``: what :func:`advise_huge_pages` returned, once the thread has ended."""
 
-    def run() -> None:
-        thread.result = collapse()
-        thread.block = None  # the block may go once the advice is given
+    def __init__(self, block: torch.Tensor) -> None:
+        super().__init__(name="openqwen-huge-pages", daemon=True)
+        self.block: torch.Tensor | None = block  # holds the map until the kernel is done with it
+        self.result = False
+        _threads.add(self)
 
-    thread = threading.Thread(target=run, name="openqwen-huge-pages", daemon=True)
-    thread.result, thread.block = False, block  # holds the mapping until the kernel is done with it
-    _threads.add(thread)
-    thread.start()
-    return thread
+    def run(self) -> None:
+        self.result = advise_huge_pages(self.block)
+        self.block = None
 
 
 # A daemon thread still inside madvise when the interpreter finalises is torn down mid-call (the process
 # then aborts): at exit the threads stop after their current 64 MB piece and are joined.
-_threads: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()
+_threads: "weakref.WeakSet[HugePageAdvice]" = weakref.WeakSet()
 _exiting = threading.Event()
 
 
@@ -152,26 +152,33 @@ def _stop_collapsing() -> None:
 
 
 def pack_decode_weights(model: nn.Module, huge_pages: bool = True) -> PackedWeights:
-    """Move the weights of :func:`decode_order` into one block, in that order (see the module docstring).
-    Every module that held one of them (a tied embedding included) holds the view afterwards; the old
-    allocations are freed as their last reference goes. Returns what was moved."""
+    """Move the weights of :func:`decode_order` into one block, in that order (see the module docstring),
+    then start a :class:`HugePageAdvice` on it (``huge_pages``). Every module that held a weight (a tied
+    embedding included) holds its view afterwards. Each weight is rebound as soon as it is copied, so its
+    old allocation is freed before the next is copied: the load's peak grows by one weight, not by a
+    second model. Returns what was moved."""
     order = decode_order(model)
     if not order:
         return PackedWeights(0, 0)
     offsets, total = packed_offsets([t.numel() * t.element_size() for _, _, t in order], ALIGN)
+    holders: dict[int, list[tuple[nn.Module, str]]] = {}  # every module slot that holds each weight
+    for mod in model.modules():
+        for name, t in list(mod._parameters.items()) + list(mod._buffers.items()):
+            if t is not None:
+                holders.setdefault(id(t), []).append((mod, name))
     block = anonymous_block(total)
-    moved: dict[int, torch.Tensor] = {}
-    for (_, _, t), off in zip(order, offsets):
-        nb = t.numel() * t.element_size()
-        view = block[off:off + nb].view(t.dtype).view(t.shape)
+    for i, off in enumerate(offsets):
+        t = order[i][2]
+        order[i] = None  # the list must not keep the old tensor alive
+        view = block[off:off + t.numel() * t.element_size()].view(t.dtype).view(t.shape)
         view.copy_(t.detach())
-        moved[id(t)] = view
-    collapsing = advise_huge_pages(block, background=True) if huge_pages else None
-    for mod in model.modules():  # rebind every holder, so no module keeps an old copy alive
-        for name, p in list(mod._parameters.items()):
-            if p is not None and id(p) in moved:
-                p.data = moved[id(p)]  # the same Parameter object: its holders and requires_grad stay
-        for name, b in list(mod._buffers.items()):
-            if b is not None and id(b) in moved:
-                mod._buffers[name] = moved[id(b)]
-    return PackedWeights(len(order), total, block, collapsing if isinstance(collapsing, threading.Thread) else None)
+        if isinstance(t, nn.Parameter):
+            t.data = view  # the same Parameter object everywhere: its holders and requires_grad stay
+        else:
+            for mod, name in holders[id(t)]:
+                mod._buffers[name] = view
+        del t
+    collapsing = HugePageAdvice(block) if huge_pages else None
+    if collapsing is not None:
+        collapsing.start()
+    return PackedWeights(len(offsets), total, block, collapsing)

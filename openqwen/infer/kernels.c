@@ -210,8 +210,9 @@ static inline __m256i load_i16(const int16_t *p) { return _mm256_loadu_si256((co
    Interleaved runs on the 2-core Zen 4 VM (2026-12-04, weights packed by openqwen/infer/arena.py), GB/s
    of the int8 model's layers with the probe above / below 50 GB/s: 29.6 -> 32.7 and 26.8 -> 27.8
    against 1 KB into L1; its head (in the int4 model) 34.4 -> 40.3 and 27.1 -> 28.2. 4 KB into L2 gave
-   less, 8 KB more in the fast phase and less in the slow one. (On the AVX2 EPYC, before the arena,
-   1 KB into L1 had beaten one and two rows ahead: 54.0 against 50.8 and 48.1 tok/s.) */
+   less, 8 KB more in the fast phase and less in the slow one. (On the AVX2 EPYC, before the arena, in
+   two interleaved runs of the int8 model: one row ahead beat two rows, 52.2 against 48.1 tok/s, and
+   1 KB beat one row, 54.0 against 50.8; 6 KB into L2 has not been measured there.) */
 #define I8_PREFETCH 6144
 #define I8_PREFETCH_HINT _MM_HINT_T1
 #define DEFINE_I8_TILE(NAME, ATTR, MADD, R)                                                        \
