@@ -1,7 +1,7 @@
 """openqwen on a quantised GGUF against llama.cpp on the same file, side by side in one run.
 
     .venv/bin/python -m benchmarks.bench_infer_quant --llama-python /tmp/llamavenv/bin/python \\
-        [--threads 2] [--rounds 5] [--prefill 512] [--precisions int4,int8] [--batch-sizes 4,16]
+        [--threads 2] [--rounds 5] [--prefill 512] [--decode-context 2048] [--precisions int4,int8] [--batch-sizes 4,16]
 
 Every contender is a worker process holding one model (openqwen at each precision, llama.cpp through
 llama-cpp-python), all alive at once and measured in turn, a little in every round: the machine is
@@ -10,7 +10,8 @@ load time and resident memory (the worker's peak RSS after loading, the mapped f
 decode tokens/s (prefill excluded; ``--decode-samples`` per round, each between two readings of the read
 bandwidth, whose per-sample ratio is the roofline share), prompt processing tokens/s of a
 ``--prefill``-token prompt (a real text: CPython's ``textwrap.py``; the whole prompt every time, no
-cached prefix reused), openqwen's aggregate decode at ``--batch-sizes``, and the greedy
+cached prefix reused), batch-1 decode after a ``--decode-context``-token prompt of the same text (each
+step attends over that many cached tokens), openqwen's aggregate decode at ``--batch-sizes``, and the greedy
 tokens of three chat prompts (how many of the first 24 equal llama.cpp's). Ratios against llama.cpp
 (medians of the per-round ratios) are the headline. Writes docs/benchmarks/inference_quant.json and
 prints a markdown table for docs/benchmarks/inference.md.
@@ -176,6 +177,9 @@ def main() -> int:
     ap.add_argument("--decode-samples", type=int, default=3,
                     help="batch-1 decode samples per contender and round, each between two bandwidth readings [3]")
     ap.add_argument("--prefill", default="512", help="prompt lengths to time, comma-separated ['512']")
+    ap.add_argument("--decode-context", default="",
+                    help="also time batch-1 decode after prompts of these many tokens (attention over a long cache), "
+                         "comma-separated, e.g. 2048 [off]")
     ap.add_argument("--precisions", default="int4,int8", help="openqwen precisions (auto is int8 for the q4_k_m 0.5B) [int4,int8]")
     ap.add_argument("--batch-sizes", default="4,16", help="openqwen aggregate decode at these batches ['4,16']")
     ap.add_argument("--json", default="inference_quant.json", help="file name under docs/benchmarks/ [inference_quant.json]")
@@ -190,6 +194,10 @@ def main() -> int:
     text_ids = tok.encode(open(inspect.getsourcefile(textwrap)).read() * 3)
     prompt_ids = [tok.apply_chat_template([{"role": "user", "content": p}]) for p in PROMPTS]
     lengths = [int(p) for p in args.prefill.split(",") if p]
+    contexts = [int(c) for c in args.decode_context.split(",") if c]
+    if any(c + args.tokens + 4 > 4096 for c in contexts):
+        ap.error("--decode-context: the workers' caches hold 4,096 tokens; use prompts of at most "
+                 f"{4096 - args.tokens - 4}")
     batches = [int(b) for b in args.batch_sizes.split(",") if b]
 
     label, llama_bytes = gguf_kind(gguf)
@@ -218,6 +226,8 @@ def main() -> int:
                 times.setdefault((w.name, "read"), []).append((before + after) / 2)
             for n in lengths:
                 times.setdefault((w.name, f"prefill {n}"), []).append(w.ask("prefill", text_ids[:n]))
+            for c in contexts:
+                times.setdefault((w.name, f"decode at {c}"), []).append(w.ask("decode", [args.tokens, 1, text_ids[:c]]))
             if r == 0:  # resident while serving one stream (before the batch engines add their KV caches)
                 serving_rss[w.name] = w.ask("rss", None)
             if w.name != "llama.cpp":
@@ -246,6 +256,10 @@ def main() -> int:
             key = f"prefill {n}"
             row[f"prefill_{n}_tok_s"] = n / med(times[(w.name, key)])
             row[f"prefill_{n}_vs_llama"] = med([a / b for a, b in zip(times[(llama, key)], times[(w.name, key)])])
+        for c in contexts:
+            key = f"decode at {c}"
+            row[f"decode_ctx_{c}_tok_s"] = 1 / med(times[(w.name, key)])
+            row[f"decode_ctx_{c}_vs_llama"] = med([a / b for a, b in zip(times[(llama, key)], times[(w.name, key)])])
         for b in batches if w.name != llama else []:
             row[f"batch_{b}_tok_s"] = b / med(times[(w.name, f"batch {b}")])
         row["peer"] = llama
@@ -258,9 +272,9 @@ def main() -> int:
     meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "model": gguf.name,
             "threads": args.threads, "rounds": args.rounds, "tokens": args.tokens, "cpu": _cpu(),
             "loadavg_end": open("/proc/loadavg").read().split()[:3],
-            "command": "python -m benchmarks.bench_infer_quant " + " ".join(sys.argv[1:])}
+            "decode_context": contexts, "command": "python -m benchmarks.bench_infer_quant " + " ".join(sys.argv[1:])}
     print(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    print(markdown(rows, lengths, batches))
+    print(markdown(rows, lengths, batches, contexts))
     if not args.no_write:
         (OUT / args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     return 0
@@ -295,11 +309,13 @@ def _cpu() -> str:
     return f"{name.group(1) if name else 'unknown'} ({' '.join(simd)})"
 
 
-def markdown(rows: list[dict], lengths: list[int], batches: list[int]) -> str:
+def markdown(rows: list[dict], lengths: list[int], batches: list[int], contexts: list[int] = ()) -> str:
     peer = rows[0]["peer"]
     head = ["engine", "precision", "decode tok/s", f"vs {peer}", "MB/token", "% of roofline"]
     for n in lengths:
         head += [f"prefill {n} tok/s", f"vs {peer}"]
+    for c in contexts:
+        head += [f"decode at {c} tok/s", f"vs {peer}"]
     head += [f"batch {b} tok/s" for b in batches] + ["load s", "peak RSS MB", f"vs {peer}", "serving RSS MB", f"vs {peer}", f"greedy = {peer} (of 24)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -307,6 +323,8 @@ def markdown(rows: list[dict], lengths: list[int], batches: list[int]) -> str:
                  f"{r['bytes_per_token_mb']:.0f}", f"{100 * r['roofline_fraction']:.0f} %"]
         for n in lengths:
             cells += [f"{r[f'prefill_{n}_tok_s']:.0f}", f"{r[f'prefill_{n}_vs_llama']:.2f}x"]
+        for c in contexts:
+            cells += [f"{r[f'decode_ctx_{c}_tok_s']:.1f}", f"{r[f'decode_ctx_{c}_vs_llama']:.2f}x"]
         cells += [f"{r[f'batch_{b}_tok_s']:.1f}" if f"batch_{b}_tok_s" in r else "" for b in batches]
         cells += [f"{r['load_s']:.1f}", f"{r['rss_mb']:.0f}", f"{r['rss_vs_llama']:.2f}x", f"{r['serving_rss_mb']:.0f}",
                   f"{r['serving_rss_vs_llama']:.2f}x",
