@@ -853,43 +853,75 @@ static inline __m256 hsum8(const __m256 *a) {
     return _mm256_add_ps(_mm256_permute2f128_ps(t0, t1, 0x20), _mm256_permute2f128_ps(t0, t1, 0x31));
 }
 
-/* Scores of query q against the keys of positions [a, b) into p[0 .. b - a) (scaled, and times the key
-   scales of an int8 cache); returns max(best, the largest). Eight positions at a time: eight independent dot
-   products whose sums reduce together, instead of one dependent chain and one horizontal sum each (the
-   scalar loop made a decode step at 4,096 tokens of context 2.5x one at 32). */
-static float score_range(const float *q, const Layer *ly, int64_t sinks, size_t base, int64_t a, int64_t b,
-                         int64_t D, float scale, float *p, float best) {
-    const float *ks = ly->key_scales ? ly->key_scales + base : NULL;
-    __m256 top = _mm256_set1_ps(best);
-    int64_t s = a;
-    for (; s + 8 <= b; s += 8) {
-        int64_t c[8];
-        for (int j = 0; j < 8; j++) c[j] = cache_slot(ly, sinks, s + j);
-        __m256 acc[8];
-        for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
-        for (int64_t i = 0; i < D; i += 8) {
-            const __m256 qv = _mm256_loadu_ps(q + i);
-            for (int j = 0; j < 8; j++)
-                acc[j] = _mm256_fmadd_ps(qv, ks ? load_i8((const int8_t *)ly->keys + (base + c[j]) * D + i)
-                                                : _mm256_loadu_ps((const float *)ly->keys + (base + c[j]) * D + i), acc[j]);
-        }
-        __m256 v = hsum8(acc);
-        if (ks) v = _mm256_mul_ps(v, _mm256_setr_ps(ks[c[0]], ks[c[1]], ks[c[2]], ks[c[3]], ks[c[4]], ks[c[5]], ks[c[6]], ks[c[7]]));
-        v = _mm256_mul_ps(v, _mm256_set1_ps(scale));
-        _mm256_storeu_ps(p + (s - a), v);
-        top = _mm256_max_ps(top, v);
+/* Scores of query q against `count` keys in consecutive cache rows (fp32 rows k, or int8 rows k8 with
+   their scales ks) into p[0 .. count), times `scale`; returns max(best, the largest). Eight rows at a
+   time: eight independent dot products whose sums reduce together, instead of one dependent chain and
+   one horizontal sum each. */
+#define DEFINE_SCORE_RUN(NAME, T, LOAD, SCALED)                                                         \
+    static float NAME(const float *q, const T *k, const float *ks, int64_t count, int64_t D, float scale, \
+                      float *p, float best) {                                                          \
+        __m256 top = _mm256_set1_ps(best);                                                             \
+        int64_t s = 0;                                                                                 \
+        for (; s + 8 <= count; s += 8) {                                                               \
+            const T *kr = k + s * D;                                                                   \
+            __m256 acc[8];                                                                             \
+            for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();                                  \
+            for (int64_t i = 0; i < D; i += 8) {                                                       \
+                const __m256 qv = _mm256_loadu_ps(q + i);                                              \
+                for (int j = 0; j < 8; j++) acc[j] = _mm256_fmadd_ps(qv, LOAD(kr + j * D + i), acc[j]); \
+            }                                                                                          \
+            __m256 v = _mm256_mul_ps(hsum8(acc), _mm256_set1_ps(scale));                               \
+            if (SCALED) v = _mm256_mul_ps(v, _mm256_loadu_ps(ks + s));                                 \
+            _mm256_storeu_ps(p + s, v);                                                                \
+            top = _mm256_max_ps(top, v);                                                               \
+        }                                                                                              \
+        float t8[8];                                                                                   \
+        _mm256_storeu_ps(t8, top);                                                                     \
+        for (int j = 0; j < 8; j++) best = t8[j] > best ? t8[j] : best;                                \
+        for (; s < count; s++) {                                                                       \
+            __m256 acc = _mm256_setzero_ps();                                                          \
+            for (int64_t i = 0; i < D; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), LOAD(k + s * D + i), acc); \
+            float v = hsum(acc) * scale;                                                               \
+            if (SCALED) v *= ks[s];                                                                    \
+            p[s] = v;                                                                                  \
+            best = v > best ? v : best;                                                                \
+        }                                                                                              \
+        return best;                                                                                   \
     }
-    float t8[8];
-    _mm256_storeu_ps(t8, top);
-    for (int j = 0; j < 8; j++) best = t8[j] > best ? t8[j] : best;
-    for (; s < b; s++) {
-        const int64_t c = cache_slot(ly, sinks, s);
-        const float v = (ks ? dot_i8(q, (const int8_t *)ly->keys + (base + c) * D, D) * ks[c]
-                            : dot(q, (const float *)ly->keys + (base + c) * D, D)) * scale;
-        p[s - a] = v;
-        best = v > best ? v : best;
+DEFINE_SCORE_RUN(score_run_f32, float, _mm256_loadu_ps, 0)
+DEFINE_SCORE_RUN(score_run_i8, int8_t, load_i8, 1)
+
+/* out[0 .. w) += sum over `count` cache rows (stride D) of p[s] * value row s, for a slice of w <= 64
+   columns of the rows (fp32 rows v, or int8 rows v8 times their scales vs). A full slice of 64 keeps its
+   eight sums in registers for the whole run; narrower ones (head_dim not a multiple of 64) go through
+   memory. */
+#define DEFINE_VALUE_SLICE(NAME, T, LOAD, SCALED)                                                      \
+    static void NAME(const float *p, const T *v, const float *vs, int64_t count, int64_t D, int64_t w, float *out) { \
+        if (w == 64) {                                                                                 \
+            __m256 a[8];                                                                               \
+            for (int j = 0; j < 8; j++) a[j] = _mm256_loadu_ps(out + 8 * j);                           \
+            for (int64_t s = 0; s < count; s++) {                                                      \
+                const __m256 ps = _mm256_set1_ps(SCALED ? p[s] * vs[s] : p[s]);                        \
+                for (int j = 0; j < 8; j++) a[j] = _mm256_fmadd_ps(ps, LOAD(v + s * D + 8 * j), a[j]); \
+            }                                                                                          \
+            for (int j = 0; j < 8; j++) _mm256_storeu_ps(out + 8 * j, a[j]);                           \
+            return;                                                                                    \
+        }                                                                                              \
+        for (int64_t s = 0; s < count; s++) {                                                          \
+            const __m256 ps = _mm256_set1_ps(SCALED ? p[s] * vs[s] : p[s]);                            \
+            for (int64_t j = 0; j < w; j += 8)                                                         \
+                _mm256_storeu_ps(out + j, _mm256_fmadd_ps(ps, LOAD(v + s * D + j), _mm256_loadu_ps(out + j))); \
+        }                                                                                              \
     }
-    return best;
+DEFINE_VALUE_SLICE(value_slice_f32, float, _mm256_loadu_ps, 0)
+DEFINE_VALUE_SLICE(value_slice_i8, int8_t, load_i8, 1)
+
+/* how many of the positions pos, pos + 1, ..., pos + count - 1 lie in consecutive cache slots (a ring
+   buffer wraps after its last slot; its sinks are slots of their own) */
+static inline int64_t slot_run(const Layer *ly, int64_t sinks, int64_t pos, int64_t count) {
+    if (!ly->ring) return count;
+    const int64_t room = pos < sinks ? sinks - pos : sinks + ly->window - cache_slot(ly, sinks, pos);
+    return room < count ? room : count;
 }
 
 /* p[a..b) = e^(p - best) eight at a time (exp8, within 2 ulp of expf); returns their sum */
@@ -926,32 +958,53 @@ static inline int64_t visible_position(int64_t i, int64_t sk, int64_t lo) { retu
 /* query q over the visible indices [a, b) of its key/value head (cache cells base + slot): p[a..b) gets
    e^(score - *top), acc the unnormalised value sum (D floats), *top and *total the largest score and the
    sum of p */
-static void attend_chunk(const float *q, const Layer *ly, int64_t sinks, size_t base, int64_t sk, int64_t lo,
-                         int64_t a, int64_t b, int64_t D, float scale, float *p, float *out, float *top, float *total) {
-    float best = -INFINITY;
-    if (a < sk) best = score_range(q, ly, sinks, base, a, b < sk ? b : sk, D, scale, p + a, best);
-    if (b > sk) {
-        const int64_t i0 = a > sk ? a : sk;
-        best = score_range(q, ly, sinks, base, lo + (i0 - sk), lo + (b - sk), D, scale, p + i0, best);
+/* Every query head of one key/value head (nh of them: queries q + h * D) over the visible indices
+   [a, b) of the chunk, in sub-blocks of ATTN_BLOCK cache rows that every head reads while they are in L1.
+   Head h's scores go to p + h * ps, e^(score - its largest) replacing them; its largest score, sum and
+   unnormalised value sum to top[h * st], total[h * st] and out + h * os. */
+#define ATTN_BLOCK 32
+static void attend_chunk(const float *q, int64_t nh, const Layer *ly, int64_t sinks, size_t base, int64_t sk,
+                         int64_t lo, int64_t a, int64_t b, int64_t D, float scale, float *p, int64_t ps,
+                         float *out, int64_t os, float *top, float *total, int64_t st) {
+    /* the chunk as runs of consecutive cache slots (at most three: the sinks, and a window that wraps) */
+    int64_t run_i[4], run_cell[4], run_len[4], runs = 0;
+    for (int64_t i = a; i < b;) {
+        const int64_t pos = visible_position(i, sk, lo), end = i < sk && b > sk ? sk : b;
+        const int64_t len = slot_run(ly, sinks, pos, end - i);
+        run_i[runs] = i, run_cell[runs] = (int64_t)base + cache_slot(ly, sinks, pos), run_len[runs] = len, runs++;
+        i += len;
     }
-    *top = best;
-    *total = exp_range(p, a, b, best);
-    const float *vs = ly->value_scales ? ly->value_scales + base : NULL;
-    __m256 acc[16]; /* head_dim <= 128 */
-    for (int64_t i = 0; i < D / 8; i++) acc[i] = _mm256_setzero_ps();
-    for (int64_t i = a; i < b; i++) {
-        const int64_t c = cache_slot(ly, sinks, visible_position(i, sk, lo));
-        if (vs) {
-            const int8_t *vr = (const int8_t *)ly->values + (base + c) * D;
-            const __m256 ps = _mm256_set1_ps(p[i] * vs[c]);
-            for (int64_t j = 0; j < D / 8; j++) acc[j] = _mm256_fmadd_ps(ps, load_i8(vr + 8 * j), acc[j]);
-        } else {
-            const float *vr = (const float *)ly->values + (base + c) * D;
-            const __m256 ps = _mm256_set1_ps(p[i]);
-            for (int64_t j = 0; j < D / 8; j++) acc[j] = _mm256_fmadd_ps(ps, _mm256_loadu_ps(vr + 8 * j), acc[j]);
+    for (int64_t h = 0; h < nh; h++) top[h * st] = -INFINITY;
+    for (int r = 0; r < runs; r++)
+        for (int64_t s0 = 0; s0 < run_len[r]; s0 += ATTN_BLOCK) {
+            const int64_t cnt = run_len[r] - s0 < ATTN_BLOCK ? run_len[r] - s0 : ATTN_BLOCK, cell = run_cell[r] + s0;
+            float *pr = p + run_i[r] + s0;
+            for (int64_t h = 0; h < nh; h++)
+                top[h * st] = ly->key_scales
+                    ? score_run_i8(q + h * D, (const int8_t *)ly->keys + cell * D, ly->key_scales + cell, cnt, D, scale,
+                                   pr + h * ps, top[h * st])
+                    : score_run_f32(q + h * D, (const float *)ly->keys + cell * D, NULL, cnt, D, scale, pr + h * ps,
+                                    top[h * st]);
         }
+    for (int64_t h = 0; h < nh; h++) {
+        total[h * st] = exp_range(p + h * ps, a, b, top[h * st]);
+        for (int64_t j = 0; j < D; j++) out[h * os + j] = 0.0f;
     }
-    for (int64_t j = 0; j < D / 8; j++) _mm256_storeu_ps(out + 8 * j, acc[j]);
+    for (int r = 0; r < runs; r++)
+        for (int64_t s0 = 0; s0 < run_len[r]; s0 += ATTN_BLOCK) {
+            const int64_t cnt = run_len[r] - s0 < ATTN_BLOCK ? run_len[r] - s0 : ATTN_BLOCK, cell = run_cell[r] + s0;
+            const float *pr = p + run_i[r] + s0;
+            for (int64_t h = 0; h < nh; h++)
+                for (int64_t d0 = 0; d0 < D; d0 += 64) {
+                    const int64_t w = D - d0 < 64 ? D - d0 : 64;
+                    if (ly->value_scales)
+                        value_slice_i8(pr + h * ps, (const int8_t *)ly->values + cell * D + d0, ly->value_scales + cell,
+                                       cnt, D, w, out + h * os + d0);
+                    else
+                        value_slice_f32(pr + h * ps, (const float *)ly->values + cell * D + d0, NULL, cnt, D, w,
+                                        out + h * os + d0);
+                }
+        }
 }
 
 /* one query head's output from its nc chunks (partial value sums [nc, D], largest scores and sums [nc]) */
@@ -1043,11 +1096,10 @@ void decode_step(const Model *md, float *x, const int64_t *lengths, int64_t row0
             const int64_t b = a + ATTN_CHUNK < sk + n - lo ? a + ATTN_CHUNK : sk + n - lo;
             if (a >= b) continue;
             const size_t base = (size_t)((row0 + m) * G + g) * ly->capacity;
-            for (int64_t head = g * group; head < (g + 1) * group; head++) {
-                const int64_t mh = m * H + head;
-                attend_chunk(qkv + m * QKV + head * D, ly, md->sinks, base, sk, lo, a, b, D, inv_sqrt_d,
-                             scores + mh * S, part + (mh * NC + c) * D, part_top + mh * NC + c, part_total + mh * NC + c);
-            }
+            const int64_t mh = m * H + g * group; /* the group's first query head */
+            attend_chunk(qkv + m * QKV + g * group * D, group, ly, md->sinks, base, sk, lo, a, b, D, inv_sqrt_d,
+                         scores + mh * S, S, part + (mh * NC + c) * D, NC * D, part_top + mh * NC + c,
+                         part_total + mh * NC + c, NC);
         }
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < M * H; t++) {

@@ -123,21 +123,25 @@ def test_argmax_rows_picks_what_torch_argmax_picks():
     assert kernels.argmax_rows(x.t().contiguous()[:2]) == torch.argmax(x.t()[:2], -1).tolist()
 
 
+@pytest.mark.parametrize("head_dim", [16, 64, 128])
 @pytest.mark.parametrize("kv", ["fp32", "int8"])
-@pytest.mark.parametrize("windows", [None, [29, None], [300, None]], ids=["full", "window+sinks", "long-window"])
-def test_attention_over_long_contexts_equals_torch(kv, windows):
+@pytest.mark.parametrize("windows,ring", [(None, False), ([29, None], True), ([29, None], False), ([300, None], True)],
+                         ids=["full", "window+sinks-ring", "window+sinks-dense", "long-window"])
+def test_attention_over_long_contexts_equals_torch(head_dim, kv, windows, ring):
     """The C attention splits each row's visible positions into chunks of 256 (merged by their largest
-    scores), scores eight cached positions at a time and then a tail, and takes e^x eight lanes at a time.
-    Rows of 37, 300 and 530 tokens (one to three chunks, blocks and tails of every size as they grow over
-    nine steps); a window of 29 with 3 sinks on a ring buffer (two visible ranges, each with its own tail);
-    a window of 300 with 3 sinks (a chunk that holds the sinks and the window's start); fp32 and int8
-    caches: all equal to the torch step."""
+    scores), walks each chunk as runs of consecutive cache slots in blocks of 32 that every query head of
+    the group reads, scores eight keys at a time and then a tail, and sums values 64 columns at a time
+    (narrower heads through memory). Rows of 37, 300 and 530 tokens (one to three chunks, blocks and
+    tails of every size as they grow over nine steps); a window of 29 with 3 sinks on a ring buffer (a
+    wrapping window) and on a dense cache (sinks and window apart); a window of 300 with 3 sinks (a chunk
+    holding both); fp32 and int8 caches; head_dim 16, 64 and 128: all equal to the torch step."""
     from infer_helpers import assert_fused_step_equals_torch  # noqa: PLC0415
 
     extra = {"window_sizes": windows, "attention_sinks": 3} if windows else {}
     if kv == "int8":
         extra["kv_cache_dtype"] = "int8"
-    model = tiny_model(seed=11, max_position_embeddings=1024, **extra).eval()
-    caches = model.new_cache(3, 560, ring=False), model.new_cache(3, 560)
-    assert caches[1].is_ring(0) == bool(windows)
+    model = tiny_model(seed=11, hidden_size=4 * head_dim, max_position_embeddings=1024, **extra).eval()
+    assert model.config.head_dim == head_dim
+    caches = model.new_cache(3, 560, ring=False), model.new_cache(3, 560, ring=ring)
+    assert caches[1].is_ring(0) == ring
     assert_fused_step_equals_torch(model, caches, [37, 300, 530])
