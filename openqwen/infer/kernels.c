@@ -853,8 +853,8 @@ static inline __m256 hsum8(const __m256 *a) {
     return _mm256_add_ps(_mm256_permute2f128_ps(t0, t1, 0x20), _mm256_permute2f128_ps(t0, t1, 0x31));
 }
 
-/* Scores of query q against `count` keys in consecutive cache rows (fp32 rows k, or int8 rows k8 with
-   their scales ks) into p[0 .. count), times `scale`; returns max(best, the largest). Eight rows at a
+/* Scores of query q against `count` keys in consecutive cache rows k (fp32 or int8; an int8 cache's
+   per-row scales in ks) into p[0 .. count), times `scale`; returns max(best, the largest). Eight rows at a
    time: eight independent dot products whose sums reduce together, instead of one dependent chain and
    one horizontal sum each. */
 #define DEFINE_SCORE_RUN(NAME, T, LOAD, SCALED)                                                         \
@@ -892,7 +892,7 @@ DEFINE_SCORE_RUN(score_run_f32, float, _mm256_loadu_ps, 0)
 DEFINE_SCORE_RUN(score_run_i8, int8_t, load_i8, 1)
 
 /* out[0 .. w) += sum over `count` cache rows (stride D) of p[s] * value row s, for a slice of w <= 64
-   columns of the rows (fp32 rows v, or int8 rows v8 times their scales vs). A full slice of 64 keeps its
+   columns of the rows v (fp32, or int8 times their per-row scales vs). A full slice of 64 keeps its
    eight sums in registers for the whole run; narrower ones (head_dim not a multiple of 64) go through
    memory. */
 #define DEFINE_VALUE_SLICE(NAME, T, LOAD, SCALED)                                                      \
