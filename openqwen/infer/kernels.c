@@ -797,18 +797,6 @@ static void rope(float *v, const float *cos, const float *sin, int64_t d) {
     }
 }
 
-static inline float dot(const float *a, const float *b, int64_t d) {
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t i = 0; i < d; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
-    return hsum(acc);
-}
-
-static inline float dot_i8(const float *a, const int8_t *b, int64_t d) {
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t i = 0; i < d; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load_i8(b + i), acc);
-    return hsum(acc);
-}
-
 /* the KV-cache slot of position p in a layer (openqwen/kv_cache.py's KVCache.slot_of) */
 static inline int64_t cache_slot(const Layer *ly, int64_t sinks, int64_t p) {
     return !ly->ring || p < sinks ? p : sinks + (p - sinks) % ly->window;
@@ -952,6 +940,13 @@ static float exp_range(float *p, int64_t a, int64_t b, float best) {
    merge_chunks combines them. The chunks are fixed in size, so results do not depend on the threads. */
 #define ATTN_CHUNK 256
 
+/* a row holding n positions (the new token included) sees, in a layer with a window, the sinks [0, *sk)
+   and the window [*lo, n); without one (or while n fits the window) all of [0, n): *sk = *lo = 0 */
+static inline void visible_ranges(const Layer *ly, int64_t sinks, int64_t n, int64_t *sk, int64_t *lo) {
+    *lo = ly->window > 0 && n > ly->window ? n - ly->window : 0;
+    *sk = sinks < *lo ? sinks : *lo;
+}
+
 /* visible index i (0 .. sk + n - lo) -> position: the sinks [0, sk), then the window [lo, n) */
 static inline int64_t visible_position(int64_t i, int64_t sk, int64_t lo) { return i < sk ? i : lo + (i - sk); }
 
@@ -1090,10 +1085,10 @@ void decode_step(const Model *md, float *x, const int64_t *lengths, int64_t row0
            (row, query head) merges its chunks */
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < M * G * NC; t++) {
-            const int64_t m = t / (G * NC), g = t / NC % G, c = t % NC, n = lengths[m] + 1;
-            const int64_t lo = ly->window > 0 && n > ly->window ? n - ly->window : 0;
-            const int64_t sk = md->sinks < lo ? md->sinks : lo, a = c * ATTN_CHUNK;
-            const int64_t b = a + ATTN_CHUNK < sk + n - lo ? a + ATTN_CHUNK : sk + n - lo;
+            const int64_t m = t / (G * NC), g = t / NC % G, c = t % NC, a = c * ATTN_CHUNK;
+            int64_t sk, lo;
+            visible_ranges(ly, md->sinks, lengths[m] + 1, &sk, &lo);
+            const int64_t visible = sk + lengths[m] + 1 - lo, b = a + ATTN_CHUNK < visible ? a + ATTN_CHUNK : visible;
             if (a >= b) continue;
             const size_t base = (size_t)((row0 + m) * G + g) * ly->capacity;
             const int64_t mh = m * H + g * group; /* the group's first query head */
@@ -1103,11 +1098,10 @@ void decode_step(const Model *md, float *x, const int64_t *lengths, int64_t row0
         }
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < M * H; t++) {
-            const int64_t m = t / H, n = lengths[m] + 1;
-            const int64_t lo = ly->window > 0 && n > ly->window ? n - ly->window : 0;
-            const int64_t sk = md->sinks < lo ? md->sinks : lo;
+            int64_t sk, lo;
+            visible_ranges(ly, md->sinks, lengths[t / H] + 1, &sk, &lo);
             merge_chunks(part + t * NC * D, part_top + t * NC, part_total + t * NC,
-                         (sk + n - lo + ATTN_CHUNK - 1) / ATTN_CHUNK, D, attn + t * D);
+                         (sk + lengths[t / H] + 1 - lo + ATTN_CHUNK - 1) / ATTN_CHUNK, D, attn + t * D);
         }
         gemm(&ly->o, attn, M, x, HD, 1, xq, xs); /* residual: x += o_proj(attn) */
 #pragma omp for schedule(static)
