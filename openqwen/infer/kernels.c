@@ -934,8 +934,8 @@ static float exp_range(float *p, int64_t a, int64_t b, float best) {
 
 /* Attention is split by key/value head and by chunks of ATTN_CHUNK visible positions: one work item
    takes every query head of its group over one chunk, so each chunk of keys and values comes from memory
-   once and from L2 for the group's other heads (scoring head by head over the whole context re-read the
-   cache once per query head: at 4,096 tokens a step was 2.4x one at 32). Each item leaves, per query
+   once, and from L1 for the group's other heads (attend_chunk; scoring head by head over the whole
+   context re-read the cache once per query head: at 4,096 tokens a step was 2.5x one at 32). Each item leaves, per query
    head, the chunk's largest score, its sum of e^(score - largest) and its unnormalised sum of values;
    merge_chunks combines them. The chunks are fixed in size, so results do not depend on the threads. */
 #define ATTN_CHUNK 256
@@ -950,9 +950,6 @@ static inline void visible_ranges(const Layer *ly, int64_t sinks, int64_t n, int
 /* visible index i (0 .. sk + n - lo) -> position: the sinks [0, sk), then the window [lo, n) */
 static inline int64_t visible_position(int64_t i, int64_t sk, int64_t lo) { return i < sk ? i : lo + (i - sk); }
 
-/* query q over the visible indices [a, b) of its key/value head (cache cells base + slot): p[a..b) gets
-   e^(score - *top), acc the unnormalised value sum (D floats), *top and *total the largest score and the
-   sum of p */
 /* Every query head of one key/value head (nh of them: queries q + h * D) over the visible indices
    [a, b) of the chunk, in sub-blocks of ATTN_BLOCK cache rows that every head reads while they are in L1.
    Head h's scores go to p + h * ps, e^(score - its largest) replacing them; its largest score, sum and
@@ -1008,7 +1005,7 @@ static void merge_chunks(const float *part, const float *top, const float *total
     for (int64_t c = 0; c < nc; c++) best = top[c] > best ? top[c] : best;
     for (int64_t i = 0; i < D; i++) out[i] = 0.0f;
     for (int64_t c = 0; c < nc; c++) {
-        const float f = nc == 1 ? 1.0f : expf(top[c] - best);
+        const float f = expf(top[c] - best); /* exactly 1 for the largest chunk (and a lone one) */
         sum += f * total[c];
         for (int64_t i = 0; i < D; i++) out[i] += f * part[c * D + i];
     }

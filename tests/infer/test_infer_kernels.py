@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from infer_helpers import ByteTokenizer, tiny_model
+from infer_helpers import ByteTokenizer, assert_fused_step_equals_torch, tiny_model
 
 from openqwen.infer import kernels
 from openqwen.infer.engine import Engine
@@ -135,8 +135,6 @@ def test_attention_over_long_contexts_equals_torch(head_dim, kv, windows, ring):
     tails of every size as they grow over nine steps); a window of 29 with 3 sinks on a ring buffer (a
     wrapping window) and on a dense cache (sinks and window apart); a window of 300 with 3 sinks (a chunk
     holding both); fp32 and int8 caches; head_dim 16, 64 and 128: all equal to the torch step."""
-    from infer_helpers import assert_fused_step_equals_torch  # noqa: PLC0415
-
     extra = {"window_sizes": windows, "attention_sinks": 3} if windows else {}
     if kv == "int8":
         extra["kv_cache_dtype"] = "int8"
